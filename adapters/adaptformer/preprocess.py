@@ -1,0 +1,123 @@
+"""Input specification and the one preprocessing path shared by training, evaluation and serving."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["InputSpec", "preprocess_clip", "preprocess_image", "spec_from_model"]
+
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model expects as input.
+
+    Args:
+        size: Square side in pixels the image is resized to.
+        mean: Per-channel mean subtracted after scaling to [0, 1].
+        std: Per-channel standard deviation divided by.
+        interpolation: Resampling filter name (``bicubic``, ``bilinear``, ``nearest``).
+        modality: ``image`` or ``clip``.
+        frames: Frames per clip (1 for images).
+        tubelet: Frames per space-time token (clips only).
+    """
+
+    size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"
+    modality: str = "image"
+    frames: int = 1
+    tubelet: int = 1
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.modality not in ("image", "clip"):
+            raise ValueError(f"modality must be 'image' or 'clip', got {self.modality!r}")
+        if self.interpolation not in _RESAMPLE:
+            raise ValueError(f"interpolation must be one of {sorted(_RESAMPLE)}, got {self.interpolation!r}")
+        if self.modality == "clip" and (self.frames < 1 or self.frames % max(self.tubelet, 1)):
+            raise ValueError(f"frames ({self.frames}) must be a positive multiple of tubelet ({self.tubelet})")
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d.pop("extra")
+        return json.dumps(d)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> InputSpec:
+        known = {k: d[k] for k in ("size", "interpolation", "modality", "frames", "tubelet") if k in d}
+        for k in ("mean", "std"):
+            if k in d:
+                known[k] = tuple(float(v) for v in d[k])
+        return cls(**known)
+
+    def as_clip(self, frames: int, tubelet: int) -> InputSpec:
+        return InputSpec(self.size, self.mean, self.std, self.interpolation, "clip", frames, tubelet)
+
+    def as_image(self) -> InputSpec:
+        return InputSpec(self.size, self.mean, self.std, self.interpolation, "image", 1, 1)
+
+
+def spec_from_model(model: torch.nn.Module) -> InputSpec:
+    """Reads a timm model's own data config (input size, mean, std, interpolation)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = cfg.get("input_size", (3, 224, 224))[-1]
+    patch_embed = getattr(model, "patch_embed", None)
+    img_size = getattr(patch_embed, "img_size", None)
+    if img_size is not None:
+        size = int(img_size[-1]) if isinstance(img_size, Sequence) else int(img_size)
+    return InputSpec(
+        size=int(size),
+        mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+        std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+        interpolation=cfg.get("interpolation", "bicubic") if cfg.get("interpolation") in _RESAMPLE else "bicubic",
+    )
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Transparent pixels become white, as they show in a browser on a light page.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def preprocess_image(img: Image.Image | np.ndarray, spec: InputSpec) -> torch.Tensor:
+    """Turns one image into a normalised float tensor of shape (3, size, size).
+
+    The image is resized to a square (no crop: small inputs such as digits or emoji must not lose their
+    borders), so that the same pixels reach the model at training and at serving time.
+    """
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
+    img = _to_rgb(img)
+    if img.size != (spec.size, spec.size):
+        img = img.resize((spec.size, spec.size), _RESAMPLE[spec.interpolation])
+    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(spec.mean).view(3, 1, 1)
+    std = torch.tensor(spec.std).view(3, 1, 1)
+    return (arr - mean) / std
+
+
+def preprocess_clip(frames: Sequence[Image.Image | np.ndarray], spec: InputSpec) -> torch.Tensor:
+    """Turns a clip into a tensor of shape (frames, 3, size, size).
+
+    Raises:
+        ValueError: the clip does not have exactly ``spec.frames`` frames.
+    """
+    if len(frames) != spec.frames:
+        raise ValueError(f"this task expects clips of {spec.frames} frames, got {len(frames)}")
+    return torch.stack([preprocess_image(f, spec) for f in frames])
