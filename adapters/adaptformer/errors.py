@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["AdapterFormatError", "AdaptformerError", "DataError", "IncompatibleAdapterError", "UnsupportedModelError"]
+__all__ = [
+    "AdapterFormatError",
+    "AdaptformerError",
+    "DataError",
+    "IncompatibleAdapterError",
+    "UnsupportedModelError",
+]
 
 
 class AdaptformerError(Exception):

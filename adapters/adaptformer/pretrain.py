@@ -22,7 +22,13 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from adaptformer.data.fashion_mnist import FASHION_MNIST_LABELS, load_fashion_mnist
-from adaptformer.embedded import EMBEDDED_CONFIG, EMBEDDED_NAME, EMBEDDED_SPEC, build_embedded, embedded_weights_path
+from adaptformer.embedded import (
+    EMBEDDED_CONFIG,
+    EMBEDDED_NAME,
+    EMBEDDED_SPEC,
+    build_embedded,
+    embedded_weights_path,
+)
 from adaptformer.preprocess import preprocess_image
 
 
@@ -84,7 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: timm VisionTransformer {EMBEDDED_CONFIG}, {n_params:,} parameters", flush=True)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n and "token" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "token" not in n)]
+    no_decay = [
+        p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "token" not in n)
+    ]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=args.lr,
@@ -145,7 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     tmp = args.out.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=metadata)
     tmp.replace(args.out)
-    print(f"test top-1 {test_top1:.4f}; wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) in {wall / 60:.1f} min")
+    print(
+        f"test top-1 {test_top1:.4f}; wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) in {wall / 60:.1f} min"
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,98 @@
+"""AdaptMLP, the bottleneck branch, and the forward pass of a timm block with branches beside its MLP."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from adaptformer.config import AdapterConfig
+
+__all__ = ["AdaptMLP", "AdaptedBlock", "block_forward"]
+
+
+class AdaptMLP(nn.Module):
+    """``s * up(dropout(ReLU(down(input))))``, the AdaptFormer branch of one block.
+
+    Args:
+        dim: Token width of the block.
+        config: Bottleneck, scale, mode, input and dropout.
+    """
+
+    def __init__(self, dim: int, config: AdapterConfig) -> None:
+        super().__init__()
+        self.mode = config.mode
+        self.adapter_input = config.adapter_input
+        self.norm = nn.LayerNorm(dim) if config.needs_own_norm else None
+        self.down = nn.Linear(dim, config.bottleneck)
+        self.up = nn.Linear(config.bottleneck, dim)
+        self.dropout = nn.Dropout(config.dropout)
+        if config.learnable_scale:
+            self.scale: nn.Parameter | float = nn.Parameter(torch.tensor(float(config.scale)))
+        else:
+            self.scale = float(config.scale)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """W_down Kaiming normal; W_up and both biases zero: a fresh branch adds exactly nothing."""
+        nn.init.kaiming_normal_(self.down.weight, a=0.0, mode="fan_in", nonlinearity="relu")
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def source(self, x: torch.Tensor, normed: torch.Tensor, mlp_out: torch.Tensor) -> torch.Tensor:
+        """Picks the branch input among x', LN2(x') and the MLP output (before the branch's own norm)."""
+        if self.mode == "sequential":
+            return mlp_out
+        return normed if self.adapter_input == "ln" else x
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.norm is not None:
+            h = self.norm(h)
+        return self.up(self.dropout(torch.relu(self.down(h)))) * self.scale
+
+    def extra_repr(self) -> str:
+        s = "learnable" if isinstance(self.scale, nn.Parameter) else f"{self.scale:g}"
+        return f"mode={self.mode}, input={self.adapter_input}, scale={s}"
+
+
+Branch = tuple["torch.Tensor | None", AdaptMLP]
+
+
+def block_forward(block: nn.Module, x: torch.Tensor, branches: Sequence[Branch], **attn_kwargs: object) -> torch.Tensor:
+    """A timm ``Block`` forward with AdaptMLP branches added.
+
+    ``x' = x + Attn(LN1(x))``; ``out = x' + MLP(LN2(x')) + s * branch(input)``. Each branch is
+    ``(rows, adapter)``: ``rows`` selects the samples of the batch it applies to (``None``: all), so a
+    batch mixing tasks runs the frozen attention and MLP once and each task's branch on its own rows.
+
+    Args:
+        block: A timm ``Block`` (pre-norm, optional layer scale and drop path).
+        x: Tokens, ``[batch, tokens, dim]``.
+        branches: The adapters to apply and the rows they apply to.
+    """
+    x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x), **attn_kwargs)))
+    normed = block.norm2(x)
+    mlp_out = block.drop_path2(block.ls2(block.mlp(normed)))
+    out = x + mlp_out
+    for rows, adapter in branches:
+        h = adapter.source(x, normed, mlp_out)
+        if rows is None:
+            out = out + adapter(h)
+        else:
+            out = out.index_add(0, rows, adapter(h.index_select(0, rows)))
+    return out
+
+
+class AdaptedBlock(nn.Module):
+    """A frozen timm block wrapped with one AdaptMLP (the single-task, trainable form)."""
+
+    def __init__(self, block: nn.Module, adapter: AdaptMLP) -> None:
+        super().__init__()
+        self.block = block
+        self.adapter = adapter
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        kwargs = {"attn_mask": attn_mask, "is_causal": is_causal} if attn_mask is not None or is_causal else {}
+        return block_forward(self.block, x, [(None, self.adapter)], **kwargs)

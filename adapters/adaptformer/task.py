@@ -1,0 +1,105 @@
+"""TaskAdapter: everything one task adds to the frozen backbone (branches per block, head, labels, input)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from adaptformer.config import AdapterConfig
+from adaptformer.layer import AdaptedBlock, AdaptMLP
+from adaptformer.model import base_vit
+from adaptformer.preprocess import InputSpec, spec_from_model
+
+__all__ = ["TaskAdapter", "TaskInfo", "extract_task"]
+
+
+@dataclass
+class TaskInfo:
+    """Metadata carried with a task (all of it goes into the adapter file).
+
+    Attributes:
+        task: Task name.
+        labels: Class names, one per head output.
+        method: ``adaptformer`` (branches + head) or ``linear`` (head only).
+        input: Input specification (size, mean, std, modality, frames).
+        backbone: Backbone name.
+        fingerprint: Hash of the frozen backbone weights the task was trained on.
+        metrics: Validation metrics and anything else worth keeping.
+    """
+
+    task: str
+    labels: list[str]
+    method: str = "adaptformer"
+    input: InputSpec = field(default_factory=InputSpec)
+    backbone: str = ""
+    fingerprint: str = ""
+    metrics: dict = field(default_factory=dict)
+
+
+class TaskAdapter(nn.Module):
+    """One task's trainable parts, detached from any backbone.
+
+    Attributes:
+        adapters: ``{str(block_index): AdaptMLP}``; empty for a linear probe.
+        head: The task's classifier on the backbone's pooled features.
+        config: The branch configuration (``None`` for a linear probe).
+        info: Labels, input spec, provenance and metrics.
+    """
+
+    def __init__(self, info: TaskInfo, head: nn.Linear, config: AdapterConfig | None, adapters: dict[int, AdaptMLP]):
+        super().__init__()
+        self.info = info
+        self.config = config
+        self.head = head
+        self.adapters = nn.ModuleDict({str(i): a for i, a in sorted(adapters.items())})
+
+    @property
+    def name(self) -> str:
+        return self.info.task
+
+    @property
+    def layers(self) -> list[int]:
+        return [int(k) for k in self.adapters]
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def extract_task(
+    model: nn.Module,
+    task: str,
+    labels: list[str] | None = None,
+    input_spec: InputSpec | None = None,
+    metrics: dict | None = None,
+    backbone_name: str | None = None,
+) -> TaskAdapter:
+    """Takes the adapters and head out of an adapted model (sharing their tensors) as a TaskAdapter."""
+    from adaptformer.fingerprint import backbone_fingerprint  # local: fingerprint imports model too
+
+    vit = base_vit(model)
+    if not isinstance(vit.head, nn.Linear):
+        raise ValueError("the model has no classification head; build it with add_adapters(..., num_classes=N)")
+    adapters = {i: blk.adapter for i, blk in enumerate(vit.blocks) if isinstance(blk, AdaptedBlock)}
+    config = getattr(model, "adapter_config", None) if adapters else None
+    labels = list(labels) if labels is not None else [str(i) for i in range(vit.head.out_features)]
+    if len(labels) != vit.head.out_features:
+        raise ValueError(f"{len(labels)} labels given for a head with {vit.head.out_features} outputs")
+    if input_spec is None:
+        input_spec = spec_from_model(vit)
+        if hasattr(model, "frames"):
+            input_spec = input_spec.as_clip(model.frames, model.tubelet)
+    info = TaskInfo(
+        task=task,
+        labels=labels,
+        method="adaptformer" if adapters else "linear",
+        input=input_spec,
+        backbone=backbone_name or (vit.pretrained_cfg or {}).get("architecture", type(vit).__name__),
+        fingerprint=backbone_fingerprint(model),
+        metrics=dict(metrics or {}),
+    )
+    return TaskAdapter(info, vit.head, config, adapters)
