@@ -124,19 +124,23 @@ class MultiTaskViT(nn.Module):
         return self.vit.forward_head(tokens, pre_logits=True), groups
 
     @torch.inference_mode()
-    def forward(self, x: torch.Tensor, tasks: Sequence[str] | str) -> list[torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, tasks: Sequence[str] | str, table: Mapping[str, TaskAdapter] | None = None
+    ) -> list[torch.Tensor]:
         """Logits per sample.
 
         Args:
             x: Images ``[batch, 3, H, W]`` or clips ``[batch, frames, 3, H, W]``.
             tasks: One task name per sample, or one name for the whole batch.
+            table: Task table to use instead of the engine's own (a server passes the exact adapter versions
+                each request started with); its TaskAdapters must be on the backbone's device and dtype.
 
         Returns:
             A list of ``batch`` tensors; entry ``i`` has the class count of ``tasks[i]``.
         """
         if isinstance(tasks, str):
             tasks = [tasks] * x.shape[0]
-        table = self._tasks
+        table = self._tasks if table is None else table
         features, groups = self.forward_features(x, tasks, table)
         out: list[torch.Tensor | None] = [None] * x.shape[0]
         for t, rows in groups.items():
