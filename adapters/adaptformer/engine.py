@@ -55,15 +55,19 @@ class MultiTaskViT(nn.Module):
 
     def add_task(self, name: str, adapter: TaskAdapter | str | os.PathLike) -> TaskAdapter:
         """Adds (or replaces) a task from a TaskAdapter or an adapter file; checks it fits the backbone."""
-        task = adapter if isinstance(adapter, TaskAdapter) else load_adapter(adapter)
-        check_compatible(task, self.vit, self.fingerprint)
-        ref = next(self.vit.parameters())
-        task = task.to(device=ref.device, dtype=ref.dtype).eval()
-        task.requires_grad_(False)
+        task = self.prepare(adapter if isinstance(adapter, TaskAdapter) else load_adapter(adapter))
         with self._lock:
             table = dict(self._tasks)
             table[name] = task
             self._tasks = table
+        return task
+
+    def prepare(self, task: TaskAdapter) -> TaskAdapter:
+        """Checks that ``task`` fits the backbone and moves it to the backbone's device and dtype, frozen."""
+        check_compatible(task, self.vit, self.fingerprint)
+        ref = next(self.vit.parameters())
+        task = task.to(device=ref.device, dtype=ref.dtype).eval()
+        task.requires_grad_(False)
         return task
 
     def remove_task(self, name: str) -> TaskAdapter:
