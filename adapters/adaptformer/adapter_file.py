@@ -69,6 +69,7 @@ def _metadata(task: TaskAdapter) -> dict[str, str]:
         "metrics": json.dumps(info.metrics),
         "layers": json.dumps(task.layers),
         "num_classes": str(task.num_classes),
+        "backbone_params": str(info.backbone_params),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if task.config is not None:
@@ -276,6 +277,7 @@ def task_from_bytes(data: bytes, source: str = "adapter") -> TaskAdapter:
         backbone=str(meta["backbone"]),
         fingerprint=str(meta["backbone_fingerprint"]),
         metrics=meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {},
+        backbone_params=int(meta["backbone_params"]) if str(meta.get("backbone_params", "")).isdigit() else 0,
     )
     return TaskAdapter(info, head, config, adapters).eval()
 

@@ -9,7 +9,6 @@ import json
 from importlib import resources
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer
@@ -27,9 +26,11 @@ __all__ = [
 ]
 
 EMBEDDED_NAME = "adaptformer-embedded-vit"
-# 32x32 input, 4x4 patches: 64 tokens + class token; about 1.2M parameters.
-EMBEDDED_CONFIG = dict(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4, mlp_ratio=4.0)
-EMBEDDED_SPEC = InputSpec(size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic")
+# 28x28 input (Fashion-MNIST's own size), 4x4 patches: 49 tokens, average pooling; about 1.2M parameters.
+EMBEDDED_CONFIG = dict(
+    img_size=28, patch_size=4, embed_dim=128, depth=6, num_heads=4, mlp_ratio=4.0, class_token=False, global_pool="avg"
+)
+EMBEDDED_SPEC = InputSpec(size=28, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic")
 
 
 def build_embedded(num_classes: int = 10) -> VisionTransformer:
@@ -77,5 +78,22 @@ def load_embedded(path: Path | None = None, with_head: bool = True) -> VisionTra
     return model.eval()
 
 
-def head_state(model: VisionTransformer) -> dict[str, torch.Tensor]:
-    return {"head.weight": model.head.weight.detach(), "head.bias": model.head.bias.detach()}
+def export_fashion_task(out: Path, weights: Path | None = None) -> Path:
+    """Writes the backbone's own Fashion-MNIST head as the head-only (linear) task ``fashion``."""
+    from adaptformer.adapter_file import save_adapter
+    from adaptformer.model import freeze_backbone
+
+    meta = embedded_metadata(weights)
+    model = load_embedded(weights, with_head=True)
+    freeze_backbone(model)
+    metrics = {"val_top1": float(meta["test_top1"]), "data": "fashion-mnist test set (10,000 images)"}
+    return save_adapter(model, out, task="fashion", labels=list(meta["labels"]), input_spec=EMBEDDED_SPEC,
+                        metrics=metrics, backbone_name=EMBEDDED_NAME)  # fmt: skip
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Export the embedded backbone's head as the 'fashion' task.")
+    parser.add_argument("--export-fashion-head", type=Path, required=True, metavar="OUT")
+    print(export_fashion_task(parser.parse_args().export_fashion_head))

@@ -12,7 +12,7 @@ from torch import nn
 from adaptformer.adapter_file import check_compatible, load_adapter
 from adaptformer.fingerprint import backbone_fingerprint
 from adaptformer.layer import AdaptedBlock, block_forward
-from adaptformer.model import check_supported
+from adaptformer.model import check_supported, image_tokens
 from adaptformer.task import TaskAdapter
 from adaptformer.video import VideoViT
 
@@ -93,12 +93,11 @@ class MultiTaskViT(nn.Module):
 
     def embed(self, x: torch.Tensor, tubelet: int = 2) -> torch.Tensor:
         """Images ``[batch, 3, H, W]`` or clips ``[batch, frames, 3, H, W]`` to tokens before the blocks."""
-        vit = self.vit
         if x.ndim == 5:
             return self.video(x.shape[1], tubelet).embed(x)
         if x.ndim != 4:
             raise ValueError(f"expected images [batch, 3, H, W] or clips [batch, frames, 3, H, W], got {list(x.shape)}")
-        return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        return image_tokens(self.vit, x)
 
     def forward_features(
         self, x: torch.Tensor, tasks: Sequence[str], table: Mapping[str, TaskAdapter] | None = None

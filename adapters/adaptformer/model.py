@@ -18,6 +18,7 @@ __all__ = [
     "base_vit",
     "check_supported",
     "freeze_backbone",
+    "image_tokens",
     "is_task_parameter",
     "linear_probe",
     "remove_adapters",
@@ -53,6 +54,11 @@ def check_supported(model: nn.Module) -> VisionTransformer:
                 "Supported: timm VisionTransformers built with the default block_fn."
             )
     return vit
+
+
+def image_tokens(vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    """Images ``[batch, 3, H, W]`` to the tokens the first block sees (patches, prefix tokens, positions)."""
+    return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
 
 
 def is_task_parameter(name: str) -> bool:

@@ -33,7 +33,7 @@ from adaptformer.preprocess import preprocess_image
 
 
 def _to_tensors(images: np.ndarray) -> torch.Tensor:
-    """The served preprocessing applied to every image once (uint8 28x28 grey -> normalised 3x32x32)."""
+    """The served preprocessing applied to every image once (uint8 28x28 grey -> normalised 3x28x28)."""
     return torch.stack([preprocess_image(Image.fromarray(im, mode="L"), EMBEDDED_SPEC) for im in images])
 
 
@@ -62,10 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--limit", type=int, default=0, help="use only this many training images (smoke runs)")

@@ -8,7 +8,7 @@ from torch import nn
 
 from adaptformer.config import AdapterConfig
 from adaptformer.layer import AdaptedBlock, AdaptMLP
-from adaptformer.model import base_vit
+from adaptformer.model import base_vit, is_task_parameter
 from adaptformer.preprocess import InputSpec, spec_from_model
 
 __all__ = ["TaskAdapter", "TaskInfo", "extract_task"]
@@ -26,6 +26,7 @@ class TaskInfo:
         backbone: Backbone name.
         fingerprint: Hash of the frozen backbone weights the task was trained on.
         metrics: Validation metrics and anything else worth keeping.
+        backbone_params: Parameter count of the frozen backbone (for the share a task adds).
     """
 
     task: str
@@ -35,6 +36,7 @@ class TaskInfo:
     backbone: str = ""
     fingerprint: str = ""
     metrics: dict = field(default_factory=dict)
+    backbone_params: int = 0
 
 
 class TaskAdapter(nn.Module):
@@ -69,6 +71,11 @@ class TaskAdapter(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @property
+    def percent_of_backbone(self) -> float | None:
+        """Parameters this task adds, in % of the backbone (``None`` when the backbone size is unknown)."""
+        return 100.0 * self.num_parameters() / self.info.backbone_params if self.info.backbone_params else None
+
 
 def extract_task(
     model: nn.Module,
@@ -101,5 +108,6 @@ def extract_task(
         backbone=backbone_name or (vit.pretrained_cfg or {}).get("architecture", type(vit).__name__),
         fingerprint=backbone_fingerprint(model),
         metrics=dict(metrics or {}),
+        backbone_params=sum(p.numel() for n, p in vit.named_parameters() if not is_task_parameter(n)),
     )
     return TaskAdapter(info, vit.head, config, adapters)

@@ -1,0 +1,79 @@
+"""Resolving a backbone by name: the embedded default or any timm ViT (hub weights or a local file)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from adaptformer.embedded import EMBEDDED_NAME, EMBEDDED_SPEC, load_embedded
+from adaptformer.errors import AdaptformerError
+from adaptformer.model import check_supported
+from adaptformer.preprocess import InputSpec, spec_from_model
+
+__all__ = ["EMBEDDED", "Backbone", "load_backbone"]
+
+EMBEDDED = "embedded"
+
+
+@dataclass
+class Backbone:
+    """A frozen-to-be ViT with its name and input specification."""
+
+    model: VisionTransformer
+    name: str
+    spec: InputSpec
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise AdaptformerError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def load_backbone(name: str = EMBEDDED, weights: str | Path | None = None) -> Backbone:
+    """Builds the backbone without a head, in eval mode.
+
+    Args:
+        name: ``embedded`` (the shipped default) or a timm model name such as ``vit_small_patch16_224``.
+        weights: Local weights (safetensors or a PyTorch state dict). Without it, a timm name downloads its
+            pretrained weights through timm (needs a network).
+
+    Raises:
+        AdaptformerError: unknown name, unreadable weights, or no network to fetch hub weights.
+    """
+    if name in (EMBEDDED, EMBEDDED_NAME):
+        model = load_embedded(Path(weights) if weights else None, with_head=False)
+        return Backbone(model, EMBEDDED_NAME, EMBEDDED_SPEC)
+    import timm
+
+    if not timm.is_model(name.split(".")[0]):
+        raise AdaptformerError(
+            f"unknown backbone {name!r}: use 'embedded' or a timm ViT name (see timm.list_models('vit_*'))"
+        )
+    try:
+        model = timm.create_model(name, pretrained=weights is None, num_classes=0)
+    except Exception as e:  # timm raises several types for missing networks or weights
+        raise AdaptformerError(
+            f"cannot fetch pretrained weights for {name!r} ({type(e).__name__}: {e}); "
+            "offline, pass --weights FILE with a local checkpoint"
+        ) from None
+    if weights is not None:
+        state = {k: v for k, v in _read_state(Path(weights)).items() if not k.startswith("head.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise AdaptformerError(
+                f"weights {weights} do not fit {name}: missing {missing[:3]}..., unexpected {unexpected[:3]}..."
+            )
+    check_supported(model)
+    return Backbone(model.eval(), name, spec_from_model(model))

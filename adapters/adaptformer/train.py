@@ -1,0 +1,307 @@
+"""Training and evaluation of a task on a frozen backbone: AdaptFormer, linear probing, VPT, full fine-tuning."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save as st_save
+from torch import nn
+from tqdm import tqdm
+
+from adaptformer.adapter_file import atomic_write, save_adapter
+from adaptformer.backbone import Backbone
+from adaptformer.config import AdapterConfig
+from adaptformer.data import LabeledData, Splits
+from adaptformer.fingerprint import backbone_fingerprint
+from adaptformer.model import add_adapters, base_vit, linear_probe, trainable_parameters
+from adaptformer.video import video_vit
+from adaptformer.vpt import add_prompts
+
+__all__ = ["METHODS", "TrainConfig", "TrainResult", "build_model", "evaluate", "fit", "save_result"]
+
+METHODS = ("adaptformer", "linear", "vpt", "full")
+SERVABLE = ("adaptformer", "linear")
+
+
+@dataclass
+class TrainConfig:
+    """The recipe; the same for every method unless a flag changes it.
+
+    Args:
+        method: ``adaptformer``, ``linear``, ``vpt`` or ``full``.
+        adapter: Branch configuration (``adaptformer`` only).
+        prompt_tokens: VPT prompt tokens per block set.
+        vpt_deep: VPT prompts in every block instead of the input only.
+        epochs: Passes over the training split.
+        batch_size: Samples per step.
+        lr: Peak learning rate (after linear warmup, then cosine decay to zero).
+        weight_decay: AdamW weight decay (not applied to biases, norms, scales and prompts).
+        warmup_epochs: Linear warmup length.
+        optimizer: ``adamw`` or ``sgd`` (momentum 0.9).
+        seed: Seeds initialisation, shuffling and dropout; a run is reproducible for a seed.
+        device: ``auto`` (GPU when present), ``cpu`` or ``cuda``.
+        amp: Mixed precision (bfloat16 autocast) on GPU.
+        tubelet: Frames per space-time token for clip tasks.
+    """
+
+    method: str = "adaptformer"
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    prompt_tokens: int = 4
+    vpt_deep: bool = False
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    optimizer: str = "adamw"
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    tubelet: int = 2
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs and batch size must be >= 1 and lr > 0")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["adapter"] = self.adapter.to_dict() if self.method == "adaptformer" else None
+        return d
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns."""
+
+    model: nn.Module
+    history: list[dict]
+    metrics: dict
+    config: TrainConfig
+    seconds: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no GPU is available")
+    return torch.device(name)
+
+
+def build_model(backbone: Backbone, cfg: TrainConfig, num_classes: int, frames: int = 1) -> nn.Module:
+    """The backbone wrapped for the method (and for clips when ``frames > 1``), seeded by ``cfg.seed``."""
+    torch.manual_seed(cfg.seed)
+    model: nn.Module = backbone.model
+    if frames > 1:
+        model = video_vit(model, frames=frames, tubelet=cfg.tubelet)
+    if cfg.method == "adaptformer":
+        return add_adapters(model, cfg.adapter, num_classes=num_classes)
+    if cfg.method == "linear":
+        return linear_probe(model, num_classes)
+    if cfg.method == "vpt":
+        return add_prompts(model, cfg.prompt_tokens, num_classes, deep=cfg.vpt_deep)
+    vit = base_vit(model)
+    vit.reset_classifier(num_classes)
+    model.requires_grad_(True)
+    return model
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        plain = p.ndim < 2 or name.endswith(".scale") or "prompts" in name or "pos_embed" in name or "token" in name
+        (no_decay if plain else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _autocast(device: torch.device, amp: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: LabeledData, batch_size: int = 256, device: str | torch.device = "cpu") -> dict:
+    """Top-1 accuracy and mean cross-entropy on ``data``."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for i in range(0, len(data.y), batch_size):
+        xb, yb = data.x[i : i + batch_size].to(device), data.y[i : i + batch_size].to(device)
+        with _autocast(device, True):
+            logits = model(xb).float()
+        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(-1) == yb).sum())
+    model.train(was_training)
+    n = max(len(data.y), 1)
+    return {"top1": correct / n, "loss": loss_sum / n, "samples": len(data.y)}
+
+
+def fit(
+    model: nn.Module,
+    splits: Splits,
+    cfg: TrainConfig,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Trains the parameters of ``model`` that require grad; evaluates on the validation split every epoch.
+
+    Each epoch's shuffling and dropout are seeded from ``(cfg.seed, epoch)``, and the optimizer state is in the
+    checkpoint, so a run resumed from a checkpoint ends bit-for-bit where an uninterrupted run does.
+
+    Args:
+        model: From :func:`build_model`.
+        splits: Training and validation data.
+        cfg: The recipe.
+        checkpoint: Where to save the training state after every epoch (optional).
+        resume: Continue from ``checkpoint`` when it exists.
+        progress: Show a progress bar with loss, accuracy and time left.
+        on_epoch: Called with each epoch's record.
+    """
+    device = resolve_device(cfg.device)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    groups = _param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
+    n = len(splits.train.y)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return cfg.lr * (step + 1) / warmup
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    history: list[dict] = []
+    start_epoch = 0
+    if resume and checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        trainable = {k: v for k, v in model.named_parameters() if v.requires_grad}
+        for k, v in state["params"].items():
+            trainable[k].data.copy_(v)
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"], json.loads(state["history"])
+    started = time.time()
+    bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc=f"train {cfg.method}", unit="step",
+               disable=not progress, dynamic_ncols=True)  # fmt: skip
+    step = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for i in range(0, n, cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            xb, yb = splits.train.x[idx].to(device), splits.train.y[idx].to(device)
+            for g in optimizer.param_groups:
+                g["lr"] = lr_at(step)
+            with _autocast(device, cfg.amp):
+                logits = model(xb).float()
+            loss = F.cross_entropy(logits, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            loss_sum += loss.item() * len(idx)
+            correct += int((logits.argmax(-1) == yb).sum())
+            seen += len(idx)
+            bar.update(1)
+            bar.set_postfix(
+                epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}"
+            )
+        val = evaluate(model, splits.val, device=device)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": round(loss_sum / seen, 5),
+            "train_top1": round(correct / seen, 5),
+            "val_loss": round(val["loss"], 5),
+            "val_top1": round(val["top1"], 5),
+        }
+        history.append(record)
+        bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{record['train_loss']:.3f}", val=f"{val['top1']:.3f}")
+        if on_epoch:
+            on_epoch(record)
+        if checkpoint is not None:
+            trainable_state = {k: v.detach().cpu() for k, v in model.named_parameters() if v.requires_grad}
+            buf = {"params": trainable_state, "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                   "history": json.dumps(history)}  # fmt: skip
+            tmp = checkpoint.with_suffix(".tmp")
+            torch.save(buf, tmp)
+            tmp.replace(checkpoint)
+    bar.close()
+    final = evaluate(model, splits.val, device=device)
+    report = trainable_parameters(model) if cfg.method != "full" else None
+    metrics = {
+        "val_top1": round(final["top1"], 5),
+        "val_loss": round(final["loss"], 5),
+        "val_samples": final["samples"],
+        "train_samples": n,
+        "epochs": cfg.epochs,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "percent_of_backbone": round(report.percent_of_backbone, 3) if report else 100.0,
+    }
+    return TrainResult(model, history, metrics, cfg, time.time() - started)
+
+
+def save_result(
+    result: TrainResult, out: Path, task: str, splits: Splits, backbone: Backbone, extra: dict | None = None
+) -> dict:
+    """Writes the adapter file (servable methods) or an evaluation checkpoint, and ``<out>.metrics.json``."""
+    cfg = result.config
+    spec = backbone.spec.as_clip(splits.frames, cfg.tubelet) if splits.modality == "clip" else backbone.spec
+    metrics = {**result.metrics, "data": splits.source, **(extra or {})}
+    if cfg.method in SERVABLE:
+        save_adapter(result.model, out, task=task, labels=splits.labels, input_spec=spec, metrics=metrics,
+                     backbone_name=backbone.name)  # fmt: skip
+    else:
+        trainable = {k: v.detach().cpu().contiguous() for k, v in result.model.named_parameters() if v.requires_grad}
+        meta = {
+            "format": "adaptformer-checkpoint",
+            "method": cfg.method,
+            "task": task,
+            "labels": json.dumps(splits.labels),
+            "input": spec.to_json(),
+            "backbone": backbone.name,
+            "backbone_fingerprint": backbone_fingerprint(result.model) if cfg.method != "full" else "",
+            "recipe": json.dumps(cfg.to_dict()),
+            "metrics": json.dumps(metrics),
+        }
+        atomic_write(out, st_save(trainable, metadata=meta))
+    summary = {
+        "task": task,
+        "method": cfg.method,
+        "file": str(out),
+        "servable": cfg.method in SERVABLE,
+        "metrics": metrics,
+        "history": result.history,
+        "recipe": cfg.to_dict(),
+        "labels": splits.labels,
+        "backbone": backbone.name,
+        "seconds": round(result.seconds, 1),
+    }
+    atomic_write(metrics_path(out), (json.dumps(summary, indent=2) + "\n").encode())
+    return summary
+
+
+def metrics_path(out: Path) -> Path:
+    return out.with_name(out.name.removesuffix(".safetensors") + ".metrics.json")
