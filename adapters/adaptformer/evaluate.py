@@ -89,7 +89,7 @@ def describe_file(path: Path) -> dict:
     """Metadata, parameter count, size and share of the backbone of an adapter file or checkpoint."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise FileNotFoundError(f"file not found: {path}")
     header = read_header(path)
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
     params = 0

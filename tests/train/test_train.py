@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
@@ -80,35 +82,21 @@ def test_resume_reaches_the_same_weights(tmp_path) -> None:
     straight = fit(build_model(tiny_backbone(), full_cfg, 4), splits, full_cfg, progress=False)
 
     ckpt = tmp_path / "run.ckpt"
-    # An interrupted run: the same recipe stopped after its first epoch (the schedule is the 3-epoch one).
-    first = build_model(tiny_backbone(), full_cfg, 4)
-    stops = []
-
-    def stop_after_first(record: dict) -> None:
-        stops.append(record)
-        raise KeyboardInterrupt
-
-    try:
-        fit(first, splits, full_cfg, checkpoint=ckpt, progress=False, on_epoch=stop_after_first)
-    except KeyboardInterrupt:
-        pass
-    assert not ckpt.exists() or len(stops) == 1
-    # on_epoch fires before the checkpoint write, so write it by running epoch 1 with checkpointing on.
-    first = build_model(tiny_backbone(), full_cfg, 4)
     seen: list[dict] = []
 
     class Stop(Exception):
         pass
 
-    def stop_after_save(record: dict) -> None:
+    def interrupt_in_second_epoch(record: dict) -> None:
+        # on_epoch runs before that epoch's checkpoint is written: the checkpoint holds epoch 1.
         seen.append(record)
         if len(seen) == 2:
             raise Stop
 
-    try:
-        fit(first, splits, full_cfg, checkpoint=ckpt, progress=False, on_epoch=stop_after_save)
-    except Stop:
-        pass
+    with contextlib.suppress(Stop):
+        fit(build_model(tiny_backbone(), full_cfg, 4), splits, full_cfg, checkpoint=ckpt, progress=False,
+            on_epoch=interrupt_in_second_epoch)  # fmt: skip
+    assert ckpt.exists()
     resumed = fit(build_model(tiny_backbone(), full_cfg, 4), splits, full_cfg, checkpoint=ckpt, resume=True,
                   progress=False)  # fmt: skip
     a, b = dict(straight.model.named_parameters()), dict(resumed.model.named_parameters())

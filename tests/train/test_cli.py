@@ -1,0 +1,110 @@
+"""The `adaptformer` command: a train -> inspect -> eval round trip, and one-line messages for user errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from adaptformer.cli import main
+from adaptformer.embedded import build_embedded
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random weights for the embedded architecture (tests never depend on the shipped file)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "embedded.safetensors"
+    save_file({k: v.contiguous() for k, v in build_embedded().state_dict().items()}, str(path))
+    return path
+
+
+def run_error(argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    message = str(exc.value.code)
+    assert message.startswith("adaptformer: error: "), message
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+def image_tree(root: Path, classes: dict[str, int], size: int = 12) -> Path:
+    for i, (name, n) in enumerate(classes.items()):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for j in range(n):
+            Image.new("RGB", (size, size), (40 * i, 7 * j, 90)).save(root / name / f"{j}.png")
+    return root
+
+
+def test_train_inspect_eval_round_trip(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "digits.safetensors"
+    main(["train", "--task", "digits", "--data", "digits", "--limit", "64", "--epochs", "1", "--bottleneck", "8",
+          "--weights", str(weights), "--out", str(out), "--quiet"])  # fmt: skip
+    assert out.exists()
+    summary = json.loads((tmp_path / "digits.metrics.json").read_text())
+    assert summary["servable"] and summary["labels"] == [str(i) for i in range(10)]
+    assert 0.0 <= summary["metrics"]["val_top1"] <= 1.0
+    capsys.readouterr()
+
+    main(["inspect", str(out), "--json"])
+    info = json.loads(capsys.readouterr().out)
+    assert info["task"] == "digits" and info["method"] == "adaptformer" and info["config"]["bottleneck"] == 8
+    assert 0 < info["percent_of_backbone"] < 10
+
+    main(["eval", "--adapter", str(out), "--data", "digits", "--limit", "64", "--weights", str(weights)])
+    result = json.loads(capsys.readouterr().out)
+    # The serving engine reproduces the accuracy measured at the end of training on the same split.
+    assert result["top1"] == pytest.approx(summary["metrics"]["val_top1"], abs=1e-4)
+
+
+def test_vpt_gives_a_checkpoint_that_inspect_marks_not_servable(tmp_path: Path, weights: Path, capsys) -> None:
+    out = tmp_path / "vpt.safetensors"
+    main(["train", "--task", "d", "--data", "digits", "--limit", "32", "--epochs", "1", "--method", "vpt",
+          "--weights", str(weights), "--out", str(out), "--quiet"])  # fmt: skip
+    capsys.readouterr()
+    main(["inspect", str(out), "--json"])
+    assert json.loads(capsys.readouterr().out)["servable"].startswith("no")
+    main(["eval", "--adapter", str(out), "--data", "digits", "--limit", "32", "--weights", str(weights)])
+    assert json.loads(capsys.readouterr().out)["method"] == "vpt"
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda root: root.mkdir() or root, "empty"),
+        (lambda root: image_tree(root, {"only": 3}), "one class"),
+        (lambda root: root / "missing", "not found"),
+    ],
+)
+def test_data_errors_are_one_line(tmp_path: Path, weights: Path, make, expected: str) -> None:
+    root = make(tmp_path / "data")
+    message = run_error(["train", "--task", "t", "--data", str(root), "--weights", str(weights), "--quiet"])
+    assert expected in message.lower()
+
+
+def test_unreadable_image_names_the_file(tmp_path: Path, weights: Path) -> None:
+    root = image_tree(tmp_path / "data", {"a": 3, "b": 3})
+    (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    message = run_error(["train", "--task", "t", "--data", str(root), "--weights", str(weights), "--quiet"])
+    assert "broken.png" in message
+
+
+def test_mismatched_clip_frames(tmp_path: Path, weights: Path) -> None:
+    root = tmp_path / "clips"
+    for cls, n in (("a", 3), ("b", 5)):
+        clip = root / cls / "clip0"
+        clip.mkdir(parents=True)
+        for k in range(n):
+            Image.new("RGB", (8, 8), (k * 10, 0, 0)).save(clip / f"{k}.png")
+    message = run_error(["train", "--task", "t", "--data", str(root), "--weights", str(weights), "--quiet"])
+    assert "frame" in message.lower()
+
+
+def test_unknown_backbone_and_bad_knobs() -> None:
+    assert "unknown backbone" in run_error(["train", "--task", "t", "--data", "digits", "--backbone", "nope_vit"])
+    assert "bottleneck" in run_error(["train", "--task", "t", "--data", "digits", "--bottleneck", "0"])
+    assert "not found" in run_error(["inspect", "/nonexistent/file.safetensors"])
