@@ -1,1 +1,61 @@
-"""Client for the AdaptFormer Serve HTTP API."""
+"""Client for the AdaptFormer Serve HTTP API: one frozen ViT, many adapters. Needs httpx and pydantic, not torch.
+
+>>> from adaptformer_client import Client
+>>> Client("http://127.0.0.1:8000").predict("digits", "seven.png", top_k=3).top
+"""
+
+from adaptformer_client.client import DEFAULT_URL, AsyncClient, Client
+from adaptformer_client.errors import (
+    AdaptformerClientError,
+    APIConnectionError,
+    APITimeoutError,
+    AuthError,
+    IncompatibleAdapterError,
+    InvalidAdapterError,
+    InvalidInputError,
+    NotFoundError,
+    OverloadedError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    ServerError,
+    UnsupportedMediaTypeError,
+    parse_error,
+)
+from adaptformer_client.types import (
+    AdapterInfo,
+    DeleteResult,
+    Health,
+    Prediction,
+    PredictResponse,
+    Ready,
+    UploadResult,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_URL",
+    "APIConnectionError",
+    "APITimeoutError",
+    "AdapterInfo",
+    "AdaptformerClientError",
+    "AsyncClient",
+    "AuthError",
+    "Client",
+    "DeleteResult",
+    "Health",
+    "IncompatibleAdapterError",
+    "InvalidAdapterError",
+    "InvalidInputError",
+    "NotFoundError",
+    "OverloadedError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "PredictResponse",
+    "Prediction",
+    "Ready",
+    "ServerError",
+    "UnsupportedMediaTypeError",
+    "UploadResult",
+    "parse_error",
+]

@@ -1,0 +1,219 @@
+"""``adaptformer-client``: predict, inspect and manage adapters from a shell.
+
+    adaptformer-client predict --task digits seven.png [more.png] [--top-k 3] [--json]
+    adaptformer-client clip --task motion f0.png f1.png ... | clip.gif
+    adaptformer-client adapters [TASK]
+    adaptformer-client upload cars.safetensors [--task cars]
+    adaptformer-client delete cars
+    adaptformer-client health
+
+The server is ``--url`` (or $ADAPTFORMER_URL, default http://127.0.0.1:8000), the key ``--api-key`` (or
+$ADAPTFORMER_API_KEY). An error prints one line, the server's message, and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+from pydantic import BaseModel
+
+from adaptformer_client.client import DEFAULT_URL, Client
+from adaptformer_client.errors import AdaptformerClientError
+from adaptformer_client.types import AdapterInfo, PredictResponse
+
+__all__ = ["build_parser", "main"]
+
+_BAR_WIDTH = 24
+_EIGHTHS = " ▏▎▍▌▋▊▉█"
+
+
+def _add_connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    # Accepted before and after the command; after it, only what was given overrides the first.
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument("--url", default=default(None), help=f"server URL ($ADAPTFORMER_URL, default {DEFAULT_URL})")
+    parser.add_argument("--api-key", default=default(None), help="API key ($ADAPTFORMER_API_KEY)")
+    parser.add_argument("--timeout", type=float, default=default(30.0), help="seconds to wait (default 30)")
+    parser.add_argument("--retries", type=int, default=default(3), help="retries on 503/429 and lost connections")
+    parser.add_argument("--json", action="store_true", default=default(False), help="print the server's JSON answer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adaptformer-client", description="Client for an AdaptFormer Serve server (one ViT, many adapters)."
+    )
+    _add_connection_options(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    _add_connection_options(common, suppress=True)
+
+    predict = commands.add_parser("predict", parents=[common], help="classify images (one answer per image)")
+    predict.add_argument("--task", required=True, help="adapter to use")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files ('-' reads stdin)")
+    predict.add_argument("--top-k", type=int, default=None, help="predictions per image (server default 5)")
+
+    clip = commands.add_parser("clip", parents=[common], help="classify one clip: frame files or an animated GIF/WebP")
+    clip.add_argument("--task", required=True, help="clip adapter to use")
+    clip.add_argument("frames", nargs="+", metavar="FRAME", help="frames in order, or one animated GIF/WebP")
+    clip.add_argument("--top-k", type=int, default=None, help="predictions (server default 5)")
+
+    adapters = commands.add_parser("adapters", parents=[common], help="list adapters, or describe one")
+    adapters.add_argument("task", nargs="?", help="describe this adapter")
+
+    upload = commands.add_parser("upload", parents=[common], help="install or replace an adapter (admin)")
+    upload.add_argument("file", help="the adapter .safetensors file")
+    upload.add_argument("--task", default=None, help="serve it under this name instead of the file's")
+
+    delete = commands.add_parser("delete", parents=[common], help="remove an adapter (admin)")
+    delete.add_argument("task")
+
+    commands.add_parser("health", parents=[common], help="is the server up and ready? (exit 1 while loading)")
+    return parser
+
+
+def _read_input(name: str) -> str | bytes:
+    return sys.stdin.buffer.read() if name == "-" else name
+
+
+def _bar(score: float, out: TextIO) -> str:
+    score = min(max(score, 0.0), 1.0)
+    eighths = round(score * _BAR_WIDTH * 8)
+    bar = "█" * (eighths // 8) + (_EIGHTHS[eighths % 8] if eighths % 8 else "")
+    try:
+        bar.encode(out.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        bar = "#" * round(score * _BAR_WIDTH)
+    return bar
+
+
+def _print_predictions(response: PredictResponse, names: Sequence[str], out: TextIO) -> None:
+    for name, predictions in zip(names, response.predictions, strict=False):
+        print(name, file=out)
+        width = max((len(p.label) for p in predictions), default=0)
+        for p in predictions:
+            print(f"  {p.label:<{width}}  {p.score:6.3f}  {_bar(p.score, out)}".rstrip(), file=out)
+    print(
+        f"{response.task} (version {response.version}, {response.modality}) in {response.latency_ms:.1f} ms", file=out
+    )
+
+
+def _print_adapters(adapters: list[AdapterInfo], out: TextIO) -> None:
+    if not adapters:
+        print("no adapters installed", file=out)
+        return
+    header = ("TASK", "VERSION", "METHOD", "MODALITY", "CLASSES", "PARAMS", "% BACKBONE", "RESIDENT")
+    rows = [
+        (a.task, a.version, a.method, a.modality if a.modality != "clip" else f"clip x{a.frames}", str(a.num_classes),
+         f"{a.params:,}", f"{a.percent_of_backbone:.2f}", "yes" if a.resident else "no")
+        for a in adapters
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+def _print_adapter(a: AdapterInfo, out: TextIO) -> None:
+    labels = ", ".join(a.labels[:20]) + (f", ... ({len(a.labels)} in all)" if len(a.labels) > 20 else "")
+    fields = [
+        ("task", a.task),
+        ("version", a.version),
+        ("method", a.method),
+        ("modality", a.modality if a.modality != "clip" else f"clip ({a.frames} frames)"),
+        ("classes", f"{a.num_classes}: {labels}"),
+        ("params", f"{a.params:,} ({a.percent_of_backbone:.2f}% of the backbone)"),
+        ("size", f"{a.size_bytes:,} bytes"),
+        ("backbone", f"{a.backbone} (fingerprint {a.fingerprint})"),
+        ("config", json.dumps(a.config) if a.config is not None else "-"),
+        ("metrics", ", ".join(f"{k}={v}" for k, v in a.metrics.items()) or "-"),
+        ("created", a.created),
+        ("resident", "yes" if a.resident else "no"),
+    ]
+    for key, value in fields:
+        print(f"{key + ':':<10} {value}", file=out)
+
+
+def _show(value: BaseModel | Sequence[BaseModel], as_json: bool, print_table: Callable[[], None], out: TextIO) -> None:
+    if not as_json:
+        print_table()
+    elif isinstance(value, BaseModel):
+        print(value.model_dump_json(indent=2), file=out)
+    else:
+        print(json.dumps([v.model_dump(mode="json") for v in value], indent=2), file=out)
+
+
+def _run(args: argparse.Namespace, client: Client, out: TextIO) -> int:
+    if args.command == "predict":
+        images = [_read_input(name) for name in args.images]
+        names = ["<stdin>" if name == "-" else name for name in args.images]
+        if len(images) == 1:
+            response = client.predict(args.task, images[0], top_k=args.top_k)
+        else:
+            response = client.predict_batch(args.task, images, top_k=args.top_k)
+        _show(response, args.json, lambda: _print_predictions(response, names, out), out)
+    elif args.command == "clip":
+        frames = [_read_input(name) for name in args.frames]
+        response = client.predict_clip(args.task, frames if len(frames) > 1 else frames[0], top_k=args.top_k)
+        name = args.frames[0] if len(frames) == 1 else f"clip of {len(frames)} frames"
+        _show(response, args.json, lambda: _print_predictions(response, [name], out), out)
+    elif args.command == "adapters":
+        if args.task:
+            adapter = client.get_adapter(args.task)
+            _show(adapter, args.json, lambda: _print_adapter(adapter, out), out)
+        else:
+            adapters = client.list_adapters()
+            _show(adapters, args.json, lambda: _print_adapters(adapters, out), out)
+    elif args.command == "upload":
+        result = client.upload_adapter(Path(args.file), task=args.task)
+        a = result.adapter
+        replaced = f"; replaced version {result.previous_version}" if result.replaced else ""
+        line = f"installed {a.task} (version {a.version}, {a.num_classes} classes, {a.modality}){replaced}"
+        _show(result, args.json, lambda: print(line, file=out), out)
+    elif args.command == "delete":
+        deleted = client.delete_adapter(args.task)
+        line = f"deleted {deleted.task} (version {deleted.version})"
+        _show(deleted, args.json, lambda: print(line, file=out), out)
+    elif args.command == "health":
+        health = client.health()
+        ready = client.ready()
+        if args.json:
+            print(json.dumps({"health": health.model_dump(), "ready": ready.model_dump()}, indent=2), file=out)
+        elif ready.is_ready:
+            print(f"{health.status}; ready: backbone {ready.backbone}, {ready.adapters} adapters", file=out)
+        else:
+            print(f"{health.status}; {ready.status}", file=out)
+        return 0 if ready.is_ready else 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | None = None) -> int:
+    """Runs the command line; returns the exit status.
+
+    Args:
+        argv: Arguments without the program name (default ``sys.argv[1:]``).
+        transport: An ``httpx`` transport for the client (tests pass ``httpx.MockTransport``).
+    """
+    args = build_parser().parse_args(argv)
+    url = args.url or os.environ.get("ADAPTFORMER_URL") or DEFAULT_URL
+    api_key = args.api_key or os.environ.get("ADAPTFORMER_API_KEY") or None
+    try:
+        with Client(url, api_key, timeout=args.timeout, max_retries=args.retries, transport=transport) as client:
+            return _run(args, client, sys.stdout)
+    except AdaptformerClientError as e:
+        print(f"error: {' '.join(e.message.split())}", file=sys.stderr)
+    except OSError as e:
+        print(f"error: {e.strerror or e}: {e.filename}" if e.filename else f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,491 @@
+"""``Client`` and ``AsyncClient`` for the AdaptFormer Serve HTTP API.
+
+Both share ``_BaseClient``: it builds every request as an ``httpx.Request`` with the function that parses its
+response, and decides retries. The two subclasses only send (and sleep) differently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Generic, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from adaptformer_client.errors import APIConnectionError, APITimeoutError, ServerError, parse_error
+from adaptformer_client.inputs import ImageInput, encode_clip, encode_image
+from adaptformer_client.types import AdapterInfo, DeleteResult, Health, PredictResponse, Ready, UploadResult
+
+__all__ = ["DEFAULT_URL", "AsyncClient", "Client"]
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+RETRY_STATUSES = frozenset({429, 503})
+_VERSION = "0.1.0"
+
+# Transport errors worth another try: the network or a restarting server, not a malformed URL.
+_TRANSIENT_ERRORS = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
+# Raised before any byte of the request left: resending cannot apply anything twice.
+_NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+log = logging.getLogger("adaptformer_client")
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+AdapterFile = str | os.PathLike | bytes | IO[bytes]
+
+
+@dataclass(frozen=True)
+class _Call(Generic[T]):
+    """One API call: the request, how to read its answer, and when it may be sent again."""
+
+    request: httpx.Request
+    parse: Callable[[httpx.Response], T]
+    # Safe to resend after a connection broke mid-request (the server may have run it already).
+    idempotent: bool = True
+    retry_statuses: frozenset[int] = RETRY_STATUSES
+
+
+class _AdapterList(BaseModel):
+    adapters: list[AdapterInfo]
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); ``None`` when absent or unreadable."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        payload: Any = response.json()
+    except ValueError:
+        payload = response.text
+    raise parse_error(response.status_code, payload, retry_after=_retry_after(response))
+
+
+def _json(response: httpx.Response, model: type[M]) -> M:
+    _raise_for_status(response)
+    try:
+        return model.model_validate(response.json())
+    except (ValueError, ValidationError) as e:
+        raise ServerError(
+            f"unexpected answer from the server to {response.request.method} {response.request.url.path}: {e}",
+            status=response.status_code,
+        ) from None
+
+
+def _model(model: type[M]) -> Callable[[httpx.Response], M]:
+    return lambda response: _json(response, model)
+
+
+def _ready(response: httpx.Response) -> Ready:
+    if response.status_code == 503:
+        try:
+            return Ready.model_validate(response.json())
+        except (ValueError, ValidationError):
+            pass  # not the "loading" answer: an ordinary 503 error
+    return _json(response, Ready)
+
+
+def _text(response: httpx.Response) -> str:
+    _raise_for_status(response)
+    return response.text
+
+
+def _connection_error(error: httpx.TransportError, url: httpx.URL) -> APIConnectionError:
+    target = f"{url.scheme}://{url.netloc.decode()}"
+    if isinstance(error, httpx.TimeoutException):
+        return APITimeoutError(f"no answer from {target} in time ({type(error).__name__}): raise the timeout?")
+    if isinstance(error, httpx.ConnectError):
+        return APIConnectionError(f"cannot connect to {target}: {error or 'connection refused'}; is the server up?")
+    return APIConnectionError(f"connection to {target} failed: {type(error).__name__}: {error}")
+
+
+def _adapter_file(file: AdapterFile) -> tuple[str, bytes]:
+    if isinstance(file, (str, os.PathLike)):
+        path = Path(file)
+        return path.name, path.read_bytes()
+    if isinstance(file, (bytes, bytearray, memoryview)):
+        return "adapter.safetensors", bytes(file)
+    if hasattr(file, "read"):
+        data = file.read()
+        if not isinstance(data, bytes):
+            raise TypeError("the adapter file object must be opened in binary mode ('rb')")
+        name = getattr(file, "name", None)
+        return (Path(name).name if isinstance(name, str) and name else "adapter.safetensors"), data
+    raise TypeError(f"cannot upload a {type(file).__name__}: pass a path, bytes or a binary file object")
+
+
+class _BaseClient:
+    """Request building, response parsing and the retry policy shared by ``Client`` and ``AsyncClient``."""
+
+    _http: httpx.Client | httpx.AsyncClient
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        max_retries: int,
+        backoff: float,
+        max_backoff: float,
+        headers: Mapping[str, str] | None,
+    ) -> None:
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.base_url = base_url.rstrip("/")
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._headers = {"User-Agent": f"adaptformer-client/{_VERSION}", "Accept": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._headers.update(headers or {})
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base_url!r})"
+
+    # Requests. Bodies are read into memory at once so that a retry can send them again.
+
+    def _build(self, method: str, path: str, **kwargs: Any) -> httpx.Request:
+        request = self._http.build_request(method, path, **kwargs)
+        request.read()
+        return request
+
+    def _predict_call(
+        self, task: str, field: str, parts: list[tuple[str, bytes, str]], top_k: int | None
+    ) -> _Call[PredictResponse]:
+        params: dict[str, Any] = {"task": task}
+        if top_k is not None:
+            params["top_k"] = top_k
+        files = [(field, part) for part in parts]
+        # Predicting changes nothing on the server: safe to resend whatever happened to the first try.
+        return _Call(self._build("POST", "/predict", params=params, files=files), _model(PredictResponse))
+
+    def _predict(self, task: str, image: ImageInput, top_k: int | None) -> _Call[PredictResponse]:
+        if isinstance(image, (list, tuple)):
+            raise TypeError("predict takes one image; use predict_batch for a list of images")
+        return self._predict_call(task, "image", [encode_image(image)], top_k)
+
+    def _predict_batch(self, task: str, images: Sequence[ImageInput], top_k: int | None) -> _Call[PredictResponse]:
+        if not images:
+            raise ValueError("predict_batch needs at least one image")
+        parts = [encode_image(image, f"image{i:04d}") for i, image in enumerate(images)]
+        return self._predict_call(task, "image", parts, top_k)
+
+    def _predict_clip(self, task: str, clip: Any, top_k: int | None) -> _Call[PredictResponse]:
+        field, parts = encode_clip(clip)
+        if not parts:
+            raise ValueError("predict_clip needs at least one frame")
+        return self._predict_call(task, field, parts, top_k)
+
+    def _list_adapters(self) -> _Call[list[AdapterInfo]]:
+        return _Call(self._build("GET", "/adapters"), lambda r: _json(r, _AdapterList).adapters)
+
+    def _get_adapter(self, task: str) -> _Call[AdapterInfo]:
+        return _Call(self._build("GET", f"/adapters/{quote(task, safe='')}"), _model(AdapterInfo))
+
+    def _upload_adapter(self, file: AdapterFile, task: str | None) -> _Call[UploadResult]:
+        name, data = _adapter_file(file)
+        form = {"task": task} if task is not None else None
+        request = self._build("POST", "/adapters", files={"file": (name, data, "application/octet-stream")}, data=form)
+        # Not idempotent: once the body went out the server may have installed the adapter.
+        return _Call(request, _model(UploadResult), idempotent=False)
+
+    def _delete_adapter(self, task: str) -> _Call[DeleteResult]:
+        return _Call(self._build("DELETE", f"/adapters/{quote(task, safe='')}"), _model(DeleteResult))
+
+    def _health(self) -> _Call[Health]:
+        return _Call(self._build("GET", "/healthz"), _model(Health))
+
+    def _readiness(self) -> _Call[Ready]:
+        # "Loading" is an answer here, not a reason to wait.
+        return _Call(self._build("GET", "/readyz"), _ready, retry_statuses=frozenset())
+
+    def _metrics(self) -> _Call[str]:
+        return _Call(self._build("GET", "/metrics", headers={"Accept": "text/plain"}), _text)
+
+    # Retries.
+
+    def _backoff_delay(self, attempt: int) -> float:
+        return min(self.max_backoff, self.backoff * 2**attempt)
+
+    def _retry_delay(
+        self,
+        call: _Call[Any],
+        attempt: int,
+        response: httpx.Response | None = None,
+        error: httpx.TransportError | None = None,
+    ) -> float | None:
+        """Seconds to wait before sending ``call`` again after ``attempt`` (0-based) failed; ``None``: do not."""
+        if attempt >= self.max_retries:
+            return None
+        if error is not None:
+            if not isinstance(error, _TRANSIENT_ERRORS):
+                return None
+            if not call.idempotent and not isinstance(error, _NOT_SENT_ERRORS):
+                return None
+            delay = self._backoff_delay(attempt)
+            reason = f"{type(error).__name__}: {error}"
+        else:
+            assert response is not None
+            if response.status_code not in call.retry_statuses:
+                return None
+            asked = _retry_after(response)
+            delay = self._backoff_delay(attempt) if asked is None else min(asked, self.max_backoff)
+            reason = f"HTTP {response.status_code}"
+        log.info("%s %s: %s; retry %d/%d in %.2fs", call.request.method, call.request.url.path, reason,
+                 attempt + 1, self.max_retries, delay)  # fmt: skip
+        return delay
+
+
+class Client(_BaseClient):
+    """Synchronous client.
+
+    >>> with Client("http://127.0.0.1:8000") as client:
+    ...     client.predict("digits", "seven.png", top_k=3).top
+
+    Args:
+        base_url: Where the server listens.
+        api_key: Sent as ``Authorization: Bearer <key>``; a predict key, or the admin key to upload and delete.
+        timeout: Seconds to wait for the server (an ``httpx.Timeout`` for finer control; ``None``: forever).
+        max_retries: Further tries after a 503/429 or a connection error (0 disables retries).
+        backoff: First wait in seconds between tries, doubled each time; a Retry-After header replaces it.
+        max_backoff: Cap on any single wait, Retry-After included.
+        headers: Extra headers for every request.
+        transport: An ``httpx`` transport (tests pass ``httpx.MockTransport``).
+        sleep: Called with the seconds to wait between tries.
+    """
+
+    _http: httpx.Client
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout | None = 30.0,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], Any] = time.sleep,
+    ) -> None:
+        super().__init__(base_url, api_key, max_retries, backoff, max_backoff, headers)
+        self._sleep = sleep
+        self._http = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=timeout, transport=transport)
+
+    def _run(self, call: _Call[T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                response = self._http.send(call.request)
+            except httpx.TransportError as e:
+                delay = self._retry_delay(call, attempt, error=e)
+                if delay is None:
+                    raise _connection_error(e, call.request.url) from e
+            else:
+                delay = self._retry_delay(call, attempt, response=response)
+                if delay is None:
+                    return call.parse(response)
+            self._sleep(delay)
+            attempt += 1
+
+    def predict(self, task: str, image: ImageInput, top_k: int | None = None) -> PredictResponse:
+        """Classifies one image; ``.top`` of the answer is the best prediction.
+
+        Args:
+            task: Name of the adapter to use.
+            image: A path, encoded image bytes, a binary file object, a PIL image or a uint8 array.
+            top_k: How many predictions to return (server default 5, clamped to the number of classes).
+        """
+        return self._run(self._predict(task, image, top_k))
+
+    def predict_batch(self, task: str, images: Sequence[ImageInput], top_k: int | None = None) -> PredictResponse:
+        """Classifies several images in one request; ``predictions[i]`` answers ``images[i]``."""
+        return self._run(self._predict_batch(task, images, top_k))
+
+    def predict_clip(self, task: str, clip: Any, top_k: int | None = None) -> PredictResponse:
+        """Classifies one clip: a list of frames (in order), a TxHxW(xC) array, or an animated GIF/WebP."""
+        return self._run(self._predict_clip(task, clip, top_k))
+
+    def list_adapters(self) -> list[AdapterInfo]:
+        """Every adapter the server can serve, sorted by task."""
+        return self._run(self._list_adapters())
+
+    def get_adapter(self, task: str) -> AdapterInfo:
+        """One adapter's description. Raises ``NotFoundError`` for an unknown task."""
+        return self._run(self._get_adapter(task))
+
+    def upload_adapter(self, file: AdapterFile, task: str | None = None) -> UploadResult:
+        """Installs (or replaces) an adapter from a .safetensors file; servable when this returns.
+
+        Args:
+            file: A path, the file's bytes or a binary file object.
+            task: Name to serve it under, instead of the task name in the file's metadata.
+        """
+        return self._run(self._upload_adapter(file, task))
+
+    def delete_adapter(self, task: str) -> DeleteResult:
+        """Removes an adapter. Raises ``NotFoundError`` for an unknown task."""
+        return self._run(self._delete_adapter(task))
+
+    def health(self) -> Health:
+        """Liveness (``/healthz``): the process answers."""
+        return self._run(self._health())
+
+    def ready(self) -> Ready:
+        """Readiness (``/readyz``): ``.is_ready`` once the backbone is loaded; no retries while loading."""
+        return self._run(self._readiness())
+
+    def wait_until_ready(self, timeout: float = 60.0, interval: float = 0.5) -> Ready:
+        """Polls ``/readyz`` (through connection errors) until the server is ready.
+
+        Raises:
+            APITimeoutError: not ready within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                state = self.ready()
+                if state.is_ready:
+                    return state
+            except APIConnectionError:
+                pass
+            if time.monotonic() >= deadline:
+                raise APITimeoutError(f"{self.base_url} not ready after {timeout:g}s")
+            self._sleep(interval)
+
+    def metrics(self) -> str:
+        """The Prometheus metrics text."""
+        return self._run(self._metrics())
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient(_BaseClient):
+    """Asynchronous client: the methods and arguments of ``Client``, awaited.
+
+    >>> async with AsyncClient("http://127.0.0.1:8000") as client:
+    ...     answer = await client.predict("digits", "seven.png")
+    """
+
+    _http: httpx.AsyncClient
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout | None = 30.0,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        super().__init__(base_url, api_key, max_retries, backoff, max_backoff, headers)
+        self._sleep = sleep
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=self._headers, timeout=timeout, transport=transport
+        )
+
+    async def _run(self, call: _Call[T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.send(call.request)
+            except httpx.TransportError as e:
+                delay = self._retry_delay(call, attempt, error=e)
+                if delay is None:
+                    raise _connection_error(e, call.request.url) from e
+            else:
+                delay = self._retry_delay(call, attempt, response=response)
+                if delay is None:
+                    return call.parse(response)
+            await self._sleep(delay)
+            attempt += 1
+
+    async def predict(self, task: str, image: ImageInput, top_k: int | None = None) -> PredictResponse:
+        """See ``Client.predict``."""
+        return await self._run(self._predict(task, image, top_k))
+
+    async def predict_batch(self, task: str, images: Sequence[ImageInput], top_k: int | None = None) -> PredictResponse:
+        """See ``Client.predict_batch``."""
+        return await self._run(self._predict_batch(task, images, top_k))
+
+    async def predict_clip(self, task: str, clip: Any, top_k: int | None = None) -> PredictResponse:
+        """See ``Client.predict_clip``."""
+        return await self._run(self._predict_clip(task, clip, top_k))
+
+    async def list_adapters(self) -> list[AdapterInfo]:
+        return await self._run(self._list_adapters())
+
+    async def get_adapter(self, task: str) -> AdapterInfo:
+        return await self._run(self._get_adapter(task))
+
+    async def upload_adapter(self, file: AdapterFile, task: str | None = None) -> UploadResult:
+        """See ``Client.upload_adapter``."""
+        return await self._run(self._upload_adapter(file, task))
+
+    async def delete_adapter(self, task: str) -> DeleteResult:
+        return await self._run(self._delete_adapter(task))
+
+    async def health(self) -> Health:
+        return await self._run(self._health())
+
+    async def ready(self) -> Ready:
+        return await self._run(self._readiness())
+
+    async def wait_until_ready(self, timeout: float = 60.0, interval: float = 0.5) -> Ready:
+        """See ``Client.wait_until_ready``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                state = await self.ready()
+                if state.is_ready:
+                    return state
+            except APIConnectionError:
+                pass
+            if time.monotonic() >= deadline:
+                raise APITimeoutError(f"{self.base_url} not ready after {timeout:g}s")
+            await self._sleep(interval)
+
+    async def metrics(self) -> str:
+        return await self._run(self._metrics())
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

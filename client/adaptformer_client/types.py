@@ -1,0 +1,98 @@
+"""Pydantic models of the API's responses (docs/API_CONTRACT.md). Unknown fields a newer server adds are ignored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "AdapterInfo",
+    "DeleteResult",
+    "Health",
+    "PredictResponse",
+    "Prediction",
+    "Ready",
+    "UploadResult",
+]
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float
+
+
+class PredictResponse(BaseModel):
+    """Answer to one predict call: one list of the top-k predictions per input image (or one for the clip)."""
+
+    task: str
+    version: str
+    modality: str  # "image" | "clip"
+    predictions: list[list[Prediction]]  # [inputs][top_k], best first
+    latency_ms: float
+
+    @property
+    def top(self) -> Prediction:
+        """The best prediction of a single-input answer (``predict``, ``predict_clip``).
+
+        Raises:
+            ValueError: the answer is for several inputs; use ``tops`` or ``predictions``.
+        """
+        if len(self.predictions) != 1:
+            raise ValueError(f"this answer is for {len(self.predictions)} inputs; use .tops or .predictions")
+        if not self.predictions[0]:
+            raise ValueError("the server returned no predictions")
+        return self.predictions[0][0]
+
+    @property
+    def tops(self) -> list[Prediction]:
+        """The best prediction of each input, in input order."""
+        return [p[0] for p in self.predictions]
+
+
+class AdapterInfo(BaseModel):
+    task: str
+    version: str  # first 12 hex digits of the sha256 of the adapter file
+    method: str  # "adaptformer" | "linear"
+    modality: str  # "image" | "clip"
+    frames: int
+    num_classes: int
+    labels: list[str]
+    params: int
+    percent_of_backbone: float
+    size_bytes: int
+    backbone: str
+    fingerprint: str
+    config: dict[str, Any] | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    created: str
+    resident: bool
+
+
+class UploadResult(BaseModel):
+    adapter: AdapterInfo
+    replaced: bool
+    previous_version: str | None = None
+
+
+class DeleteResult(BaseModel):
+    task: str
+    deleted: bool
+    version: str
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    """``/readyz``: ``status`` is ``ready`` once the backbone is loaded, ``loading`` before."""
+
+    status: str
+    backbone: str | None = None
+    fingerprint: str | None = None
+    adapters: int | None = None
+
+    @property
+    def is_ready(self) -> bool:
+        return self.status == "ready"

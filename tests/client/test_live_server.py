@@ -1,0 +1,371 @@
+"""The client against a real ``python -m adaptformer_server`` process on a free loopback port.
+
+One server for the module: the embedded backbone architecture with random weights, an image task ``digits`` and a
+4-frame clip task ``motion`` whose heads make one class win on every input, predict and admin keys, and small
+limits so that 413 and 503 can be provoked on purpose.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import adaptformer as af
+from adaptformer.adapter_file import task_to_bytes
+from adaptformer.embedded import build_embedded
+from adaptformer.preprocess import spec_from_model
+from adaptformer_client import (
+    AdaptformerClientError,
+    APIConnectionError,
+    AsyncClient,
+    AuthError,
+    Client,
+    IncompatibleAdapterError,
+    InvalidAdapterError,
+    InvalidInputError,
+    NotFoundError,
+    OverloadedError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    UnsupportedMediaTypeError,
+    parse_error,
+)
+from adaptformer_client.cli import main as cli_main
+
+pytest.importorskip("adaptformer_server.app")  # the server runs in a subprocess; skip where it is not installed
+pytestmark = pytest.mark.e2e
+
+PREDICT_KEY, ADMIN_KEY = "predict-key", "admin-key"
+QUEUE_SIZE, MAX_IMAGES = 4, 6  # 5 images overflow the queue (503), 7 are too many for one request (413)
+
+
+@dataclass
+class Live:
+    url: str
+    vit: torch.nn.Module  # the served backbone without its head: adapters made on it fit
+
+    def client(self, api_key: str | None = PREDICT_KEY, **kwargs) -> Client:
+        kwargs.setdefault("timeout", 30)
+        return Client(self.url, api_key=api_key, **kwargs)
+
+
+def adapter_file(vit: torch.nn.Module, name: str, winner: int, *, clip: bool = False, seed: int = 1) -> bytes:
+    """An adapter on ``vit`` whose class ``winner`` (label ``<name>-<winner>``) wins on every input."""
+    model = copy.deepcopy(vit)
+    af.add_adapters(model, af.AdapterConfig(bottleneck=8), num_classes=4)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        model.head.bias[winner] += 1000.0
+    spec = spec_from_model(vit)
+    if clip:
+        spec = spec.as_clip(frames=4, tubelet=2)
+    return task_to_bytes(af.extract_task(model, name, labels=[f"{name}-{i}" for i in range(4)], input_spec=spec))
+
+
+def embedded_vit(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_embedded(num_classes=10).eval()
+
+
+def png(seed: int, size: tuple[int, int] = (40, 40)) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def gif(frames: int) -> bytes:
+    images = [Image.open(io.BytesIO(png(i))).convert("P") for i in range(frames)]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=40, loop=0)
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    root = tmp_path_factory.mktemp("live")
+    backbone = embedded_vit(seed=0)
+    weights = root / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(weights))
+    vit = copy.deepcopy(backbone)
+    vit.reset_classifier(0)
+    store = root / "store"
+    store.mkdir()
+    (store / "digits.safetensors").write_bytes(adapter_file(vit, "digits", winner=2))
+    (store / "motion.safetensors").write_bytes(adapter_file(vit, "motion", winner=1, clip=True, seed=2))
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTFORMER_")}
+    env.update(
+        ADAPTFORMER_API_KEYS=PREDICT_KEY,
+        ADAPTFORMER_ADMIN_KEY=ADMIN_KEY,
+        ADAPTFORMER_MAX_WAIT_MS="2",
+        ADAPTFORMER_QUEUE_SIZE=str(QUEUE_SIZE),
+        ADAPTFORMER_MAX_IMAGES_PER_REQUEST=str(MAX_IMAGES),
+    )
+    cmd = [sys.executable, "-m", "adaptformer_server", "serve", "--weights", str(weights), "--store", str(store)]
+    cmd += ["--port", str(port), "--no-seed-demo", "--log-level", "warning"]
+    log_path = root / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    live = Live(f"http://127.0.0.1:{port}", vit)
+    try:
+        with live.client(max_retries=0, timeout=2) as probe:
+            deadline = time.monotonic() + 120
+            while True:
+                assert proc.poll() is None, f"server exited: {log_path.read_text()[-2000:]}"
+                assert time.monotonic() < deadline, f"server not ready: {log_path.read_text()[-2000:]}"
+                try:
+                    if probe.ready().is_ready:
+                        break
+                except APIConnectionError:
+                    pass
+                time.sleep(0.2)
+        yield live
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_health_ready_and_metrics(live: Live) -> None:
+    with live.client(api_key=None) as client:
+        assert client.health().status == "ok"
+        ready = client.wait_until_ready(timeout=5)
+        assert ready.is_ready and ready.backbone == "adaptformer-embedded-vit" and ready.adapters >= 2
+        assert "adaptformer_predict_requests_total" in client.metrics()
+
+
+def test_list_and_get_adapters(live: Live) -> None:
+    with live.client() as client:
+        adapters = {a.task: a for a in client.list_adapters()}
+        assert {"digits", "motion"} <= set(adapters)
+        digits = client.get_adapter("digits")
+        assert digits == adapters["digits"]
+        assert (digits.modality, digits.num_classes, digits.labels[2]) == ("image", 4, "digits-2")
+        assert len(digits.version) == 12 and digits.method == "adaptformer"
+        motion = client.get_adapter("motion")
+        assert (motion.modality, motion.frames) == ("clip", 4)
+
+
+@pytest.mark.parametrize("kind", ["path", "bytes", "file", "pil", "gray array", "rgba array"])
+def test_predict_every_input_kind(live: Live, tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "x.png"
+    path.write_bytes(png(7))
+    image = {
+        "path": path,
+        "bytes": png(7),
+        "file": io.BytesIO(png(7)),
+        "pil": Image.open(io.BytesIO(png(7))),
+        "gray array": np.full((20, 30), 200, np.uint8),
+        "rgba array": np.random.default_rng(0).integers(0, 256, (30, 20, 4), dtype=np.uint8),
+    }[kind]
+    with live.client() as client:
+        answer = client.predict("digits", image, top_k=3)
+        assert (answer.task, answer.modality, answer.version) == (
+            "digits",
+            "image",
+            client.get_adapter("digits").version,
+        )
+        assert answer.top.label == "digits-2" and answer.top.score > 0.99
+        assert len(answer.predictions[0]) == 3 and answer.latency_ms > 0
+
+
+def test_top_k_is_clamped_to_the_classes(live: Live) -> None:
+    with live.client() as client:
+        assert len(client.predict("digits", png(1), top_k=100).predictions[0]) == 4
+        assert len(client.predict("digits", png(1)).predictions[0]) == 4
+
+
+def test_predict_batch_answers_in_order(live: Live) -> None:
+    with live.client() as client:
+        answer = client.predict_batch("digits", [png(1), png(2, (64, 48)), np.zeros((8, 8, 3), np.uint8)], top_k=1)
+        assert [p.label for p in answer.tops] == ["digits-2"] * 3
+        with pytest.raises(ValueError, match="3 inputs"):
+            _ = answer.top
+
+
+def test_predict_clip_from_frames_gif_and_array(live: Live) -> None:
+    with live.client() as client:
+        frames = client.predict_clip("motion", [png(i) for i in range(4)])
+        assert (frames.modality, frames.top.label) == ("clip", "motion-1")
+        assert len(frames.predictions) == 1
+        assert client.predict_clip("motion", gif(4)).top.label == "motion-1"
+        array = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+        assert client.predict_clip("motion", array, top_k=2).top.label == "motion-1"
+
+
+async def test_async_client_gives_the_same_answers(live: Live) -> None:
+    images = [png(3), png(4)]
+    with live.client() as client:
+        sync = [
+            client.predict("digits", images[0]),
+            client.predict_batch("digits", images),
+            client.predict_clip("motion", [png(i) for i in range(4)]),
+            client.list_adapters(),
+            client.get_adapter("motion"),
+            client.ready(),
+        ]
+    async with AsyncClient(live.url, api_key=PREDICT_KEY, timeout=30) as aclient:
+        answers = [
+            await aclient.predict("digits", images[0]),
+            await aclient.predict_batch("digits", images),
+            await aclient.predict_clip("motion", [png(i) for i in range(4)]),
+            await aclient.list_adapters(),
+            await aclient.get_adapter("motion"),
+            await aclient.ready(),
+        ]
+        assert (await aclient.health()).status == "ok"
+    for mine, theirs in zip(answers[:3], sync[:3], strict=True):
+        assert (mine.task, mine.version, mine.modality) == (theirs.task, theirs.version, theirs.modality)
+        for a, b in zip(mine.predictions, theirs.predictions, strict=True):
+            assert [p.label for p in a] == [p.label for p in b]
+            assert [p.score for p in a] == pytest.approx([p.score for p in b], abs=1e-4)
+    assert answers[3:] == sync[3:]
+
+
+def test_upload_replace_predict_delete(live: Live, tmp_path: Path) -> None:
+    path = tmp_path / "cars.safetensors"
+    path.write_bytes(adapter_file(live.vit, "cars", winner=3, seed=5))
+    with live.client(api_key=ADMIN_KEY) as admin, live.client() as client:
+        first = admin.upload_adapter(path)
+        assert (first.adapter.task, first.replaced, first.previous_version) == ("cars", False, None)
+        assert client.predict("cars", png(1)).top.label == "cars-3"
+
+        second = admin.upload_adapter(adapter_file(live.vit, "cars", winner=0, seed=6))
+        assert second.replaced and second.previous_version == first.adapter.version
+        answer = client.predict("cars", png(1))
+        assert (answer.version, answer.top.label) == (second.adapter.version, "cars-0")
+
+        renamed = admin.upload_adapter(io.BytesIO(path.read_bytes()), task="trucks")
+        assert renamed.adapter.task == "trucks" and not renamed.replaced
+        assert client.get_adapter("trucks").version == renamed.adapter.version
+
+        for task, version in (("cars", second.adapter.version), ("trucks", renamed.adapter.version)):
+            deleted = admin.delete_adapter(task)
+            assert (deleted.task, deleted.deleted, deleted.version) == (task, True, version)
+            with pytest.raises(NotFoundError):
+                client.predict(task, png(1))
+
+
+def test_not_found(live: Live) -> None:
+    with live.client(api_key=ADMIN_KEY) as client:
+        for call in (lambda: client.get_adapter("nope"), lambda: client.predict("nope", png(1))):
+            with pytest.raises(NotFoundError, match="GET /adapters") as info:
+                call()
+            assert (info.value.status, info.value.code) == (404, "not_found")
+        with pytest.raises(NotFoundError):
+            client.delete_adapter("nope")
+
+
+def test_invalid_input(live: Live) -> None:
+    with live.client() as client:
+        cases = {
+            "undecodable": lambda: client.predict("digits", b"this is not an image"),
+            "clip to image task": lambda: client.predict_clip("digits", [png(i) for i in range(4)]),
+            "image to clip task": lambda: client.predict("motion", png(1)),
+            "frame count": lambda: client.predict_clip("motion", [png(i) for i in range(3)]),
+            "top_k": lambda: client.predict("digits", png(1), top_k=0),
+        }
+        for name, call in cases.items():
+            with pytest.raises(InvalidInputError) as info:
+                call()
+            assert info.value.status in (400, 422) and info.value.message, name
+
+
+def test_auth(live: Live) -> None:
+    with live.client(api_key=None) as anonymous, pytest.raises(AuthError) as missing:
+        anonymous.list_adapters()
+    assert type(missing.value) is AuthError and missing.value.status == 401
+    with live.client(api_key="wrong") as wrong, pytest.raises(PermissionDeniedError) as denied:
+        wrong.predict("digits", png(1))
+    assert denied.value.status == 403
+    with live.client() as predictor, pytest.raises(PermissionDeniedError):
+        predictor.upload_adapter(adapter_file(live.vit, "cars", winner=1))  # a predict key is not an admin key
+    with live.client() as predictor, pytest.raises(PermissionDeniedError):
+        predictor.delete_adapter("digits")
+
+
+def test_invalid_and_incompatible_adapters(live: Live) -> None:
+    with live.client(api_key=ADMIN_KEY) as admin:
+        with pytest.raises(InvalidAdapterError) as invalid:
+            admin.upload_adapter(b"not a safetensors file")
+        assert (invalid.value.status, invalid.value.code) == (422, "invalid_adapter")
+        with pytest.raises(InvalidAdapterError):
+            admin.upload_adapter(adapter_file(live.vit, "cars", winner=1), task="bad/name")
+
+        other = embedded_vit(seed=1)
+        other.reset_classifier(0)
+        with pytest.raises(IncompatibleAdapterError) as incompatible:
+            admin.upload_adapter(adapter_file(other, "alien", winner=1))
+        assert incompatible.value.status == 409 and incompatible.value.check == "fingerprint"
+        assert "alien" not in {a.task for a in admin.list_adapters()}
+
+
+def test_payload_too_large(live: Live) -> None:
+    with live.client() as client, pytest.raises(PayloadTooLargeError) as info:
+        client.predict_batch("digits", [png(i) for i in range(MAX_IMAGES + 1)])
+    assert info.value.status == 413 and str(MAX_IMAGES) in info.value.message
+
+
+def test_overloaded_is_retried_as_retry_after_asks_then_raised(live: Live) -> None:
+    sleeps: list[float] = []
+    with live.client(max_retries=2, sleep=sleeps.append) as client, pytest.raises(OverloadedError) as info:
+        client.predict_batch("digits", [png(i) for i in range(QUEUE_SIZE + 1)])
+    assert info.value.status == 503 and info.value.code == "overloaded"
+    assert info.value.retry_after is not None and sleeps == [info.value.retry_after] * 2
+
+
+def test_unsupported_media_type_maps_through_parse_error(live: Live) -> None:
+    # The client always sends multipart; a raw request shows how the server's 415 is typed.
+    response = httpx.post(
+        f"{live.url}/predict?task=digits",
+        content=b"hello",
+        headers={"Content-Type": "text/plain", "Authorization": f"Bearer {PREDICT_KEY}"},
+    )
+    error = parse_error(response.status_code, response.json())
+    assert isinstance(error, UnsupportedMediaTypeError) and error.status == 415
+    assert isinstance(error, AdaptformerClientError) and error.message
+
+
+def test_cli_against_the_server(live: Live, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = tmp_path / "seven.png"
+    image.write_bytes(png(9))
+    base = ["--url", live.url, "--api-key", PREDICT_KEY]
+    assert cli_main([*base, "predict", "--task", "digits", str(image), "--top-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].split()[0] == "digits-2"
+    assert cli_main([*base, "adapters"]) == 0
+    assert "motion" in capsys.readouterr().out
+    assert cli_main([*base, "health"]) == 0
+    assert cli_main([*base, "adapters", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
