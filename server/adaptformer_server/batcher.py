@@ -1,0 +1,188 @@
+"""The batcher: an asyncio queue of samples, run as batches (any mix of tasks) on one inference thread.
+
+A batch is at most ``max_batch_size`` samples of one input shape (images, or clips of one frame count and
+tubelet), taken once it is full or once its oldest sample has waited ``max_wait_ms``. Each sample carries the
+TaskAdapter its request was admitted with; the batch's task table is built from those, so a replaced adapter
+never changes a request in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from adaptformer.task import TaskAdapter
+from adaptformer_server.errors import NotReady, Overloaded
+from adaptformer_server.metrics import Metrics
+
+__all__ = ["Batcher", "RunBatch"]
+
+log = logging.getLogger("adaptformer_server.batcher")
+
+# (inputs [batch, ...], table key per sample, task table) -> one logits tensor per sample
+RunBatch = Callable[[torch.Tensor, Sequence[str], Mapping[str, TaskAdapter]], list[torch.Tensor]]
+
+
+@dataclass
+class _Sample:
+    x: torch.Tensor  # [3, H, W] or [frames, 3, H, W]
+    key: str  # task@version
+    adapter: TaskAdapter
+    group: tuple  # samples of one group can share a forward pass
+    future: asyncio.Future[torch.Tensor]
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    """Collects samples into batches and runs them off the event loop.
+
+    Args:
+        run: The forward pass (called on the inference thread).
+        max_batch_size: Most samples per batch (1 turns batching off).
+        max_wait_ms: Longest the oldest sample of a batch waits for more.
+        queue_size: Most samples waiting; beyond it ``submit`` raises Overloaded (503).
+        metrics: Batch size, queue depth and timing metrics.
+    """
+
+    def __init__(
+        self, run: RunBatch, max_batch_size: int, max_wait_ms: float, queue_size: int, metrics: Metrics
+    ) -> None:
+        self.run = run
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000.0
+        self.queue_size = queue_size
+        self.metrics = metrics
+        self.recent_batch_sizes: collections.deque[int] = collections.deque(maxlen=1000)
+        self._pending: collections.deque[_Sample] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptformer-infer")
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="adaptformer-batcher")
+
+    async def stop(self) -> None:
+        """Stops taking batches, fails waiting samples with 503 and shuts the inference thread down."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while self._pending:
+            s = self._pending.popleft()
+            if not s.future.done():
+                s.future.set_exception(NotReady("the server is shutting down; retry on another instance"))
+        self.metrics.queue_depth.set(0)
+        await asyncio.to_thread(self._executor.shutdown, True)  # lets a running batch finish
+
+    async def submit(self, inputs: Sequence[torch.Tensor], key: str, adapter: TaskAdapter) -> list[torch.Tensor]:
+        """Queues the samples of one request and waits for their logits (in order).
+
+        Raises:
+            Overloaded: the queue cannot take ``len(inputs)`` more samples.
+        """
+        if self._closed:
+            raise NotReady("the server is shutting down")
+        if len(self._pending) + len(inputs) > self.queue_size:
+            raise Overloaded(
+                f"the server is overloaded ({len(self._pending)} samples waiting, queue size {self.queue_size}); "
+                "retry after the number of seconds in Retry-After"
+            )
+        loop = asyncio.get_running_loop()
+        spec = adapter.info.input
+        samples = []
+        for x in inputs:
+            group = (tuple(x.shape), spec.tubelet if x.ndim == 4 else 0)
+            samples.append(_Sample(x, key, adapter, group, loop.create_future()))
+        self._pending.extend(samples)
+        self.metrics.queue_depth.set(len(self._pending))
+        self._wakeup.set()
+        try:
+            return list(await asyncio.gather(*(s.future for s in samples)))
+        except asyncio.CancelledError:
+            for s in samples:
+                s.future.cancel()  # the loop skips cancelled samples
+            raise
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def _count(self, group: tuple) -> int:
+        return sum(1 for s in self._pending if s.group == group and not s.future.done())
+
+    def _take(self, group: tuple) -> list[_Sample]:
+        batch: list[_Sample] = []
+        rest: collections.deque[_Sample] = collections.deque()
+        for s in self._pending:
+            if s.future.done():  # cancelled: the client went away
+                continue
+            if s.group == group and len(batch) < self.max_batch_size:
+                batch.append(s)
+            else:
+                rest.append(s)
+        self._pending = rest
+        self.metrics.queue_depth.set(len(rest))
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while self._pending and self._pending[0].future.done():
+                self._pending.popleft()
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            head = self._pending[0]
+            deadline = head.enqueued + self.max_wait
+            while self._count(head.group) < self.max_batch_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            batch = self._take(head.group)
+            if not batch:
+                continue
+            await self._run_batch(loop, batch)
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Sample]) -> None:
+        now = time.monotonic()
+        for s in batch:
+            self.metrics.queue_wait.observe(now - s.enqueued)
+        table = {s.key: s.adapter for s in batch}
+        keys = [s.key for s in batch]
+        x = torch.stack([s.x for s in batch])
+        self.recent_batch_sizes.append(len(batch))
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.batch_tasks.observe(len(table))
+        start = time.perf_counter()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self.run, x, keys, table)
+            if len(outputs) != len(batch) or any(o is None for o in outputs):
+                raise RuntimeError(f"the engine returned {len(outputs)} outputs for a batch of {len(batch)}")
+        except Exception as e:
+            log.exception("batch of %d samples failed", len(batch))
+            for s in batch:
+                if not s.future.done():
+                    s.future.set_exception(e)
+            return
+        finally:
+            self.metrics.batch_latency.observe(time.perf_counter() - start)
+        for s, out in zip(batch, outputs, strict=True):
+            if not s.future.done():
+                s.future.set_result(out)

@@ -1,0 +1,45 @@
+"""FastAPI dependencies: the runtime, the settings and the auth checks, as typed aliases for handlers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from adaptformer_server.auth import Auth
+from adaptformer_server.runtime import Runtime
+from adaptformer_server.settings import Settings
+
+__all__ = ["AdminAuth", "PredictAuth", "ReadyRuntime", "RuntimeDep", "SettingsDep"]
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def ready_runtime(request: Request) -> Runtime:
+    """The runtime, or 503 not_ready while the backbone loads."""
+    runtime: Runtime = request.app.state.runtime
+    runtime.require_ready()
+    return runtime
+
+
+def predict_auth(request: Request) -> None:
+    auth: Auth = request.app.state.auth
+    auth.check_predict(request)
+
+
+def admin_auth(request: Request) -> None:
+    auth: Auth = request.app.state.auth
+    auth.check_admin(request)
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+ReadyRuntime = Annotated[Runtime, Depends(ready_runtime)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+PredictAuth = Annotated[None, Depends(predict_auth)]
+AdminAuth = Annotated[None, Depends(admin_auth)]

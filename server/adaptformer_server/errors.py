@@ -1,0 +1,238 @@
+"""API errors: one exception class per status, and the handlers that turn every error into contract JSON.
+
+Body: ``{"error": {"code": str, "message": str, "check": str (incompatible adapters only)}}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from adaptformer.errors import AdapterFormatError, DataError, IncompatibleAdapterError
+
+__all__ = [
+    "ApiError",
+    "CatchAllMiddleware",
+    "Forbidden",
+    "IncompatibleAdapter",
+    "InvalidAdapter",
+    "InvalidInput",
+    "NotFound",
+    "NotReady",
+    "Overloaded",
+    "PayloadTooLarge",
+    "Unauthorized",
+    "UnsupportedMediaType",
+    "ValidationFailed",
+    "error_body",
+    "install_error_handlers",
+    "status_of",
+]
+
+log = logging.getLogger("adaptformer_server")
+
+
+def error_body(code: str, message: str, check: str | None = None) -> dict[str, Any]:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if check is not None:
+        err["check"] = check
+    return {"error": err}
+
+
+class ApiError(Exception):
+    """An error with an HTTP status, a stable code and a message that says what to do."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, check: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.check = check
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(error_body(self.code, self.message, self.check), self.status, headers=self.headers)
+
+
+class InvalidInput(ApiError):
+    status, code = 400, "invalid_input"
+
+
+class Unauthorized(ApiError):
+    status, code = 401, "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(ApiError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class IncompatibleAdapter(ApiError):
+    status, code = 409, "incompatible_adapter"
+
+
+class PayloadTooLarge(ApiError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "unsupported_media_type"
+
+
+class InvalidAdapter(ApiError):
+    status, code = 422, "invalid_adapter"
+
+
+class ValidationFailed(ApiError):
+    status, code = 422, "validation_error"
+
+
+class Overloaded(ApiError):
+    status, code = 503, "overloaded"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class NotReady(ApiError):
+    status, code = 503, "not_ready"
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+def data_error(e: DataError, what: str = "") -> ApiError:
+    """A library DataError as 413 (a limit was exceeded) or 400 (anything else)."""
+    message = f"{what}{e}"
+    # The library has one DataError class; its limit messages say "limit" or "too large".
+    if "limit" in message or "too large" in message:
+        return PayloadTooLarge(message)
+    hint = "" if "PNG" in message else "; send a PNG, JPEG, WebP, GIF, BMP or TIFF image"
+    return InvalidInput(message + hint)
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status the handlers below give ``exc`` (500 for anything unexpected)."""
+    if isinstance(exc, ApiError):
+        return exc.status
+    if isinstance(exc, DataError):
+        return data_error(exc).status
+    if isinstance(exc, AdapterFormatError):
+        return 422
+    if isinstance(exc, IncompatibleAdapterError):
+        return 409
+    if isinstance(exc, MultiPartException):
+        return 413 if _multipart_too_large(exc) else 400
+    return 500
+
+
+def _multipart_too_large(exc: MultiPartException) -> bool:
+    return exc.message.startswith("Too many") or "exceeded maximum size" in exc.message
+
+
+def _location(err: dict[str, Any]) -> str:
+    loc = [str(p) for p in err.get("loc", ())]
+    return ".".join(loc) or "request"
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    parts = [f"{_location(e)}: {e.get('msg', 'invalid')}" for e in errors]
+    message = "; ".join(parts) or "invalid request"
+    if errors and all(e.get("loc", ("",))[0] == "query" for e in errors):
+        # The contract puts bad query values (missing task, top_k < 1...) under 400.
+        return JSONResponse(error_body("invalid_input", f"bad query parameter: {message}"), 400)
+    return JSONResponse(error_body("validation_error", message), 422)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        body = error_body("not_found", f"no route {request.method} {request.url.path}; the API is described at /docs")
+    elif exc.status_code == 405:
+        body = error_body("method_not_allowed", f"{request.method} is not allowed on {request.url.path}; see /docs")
+    else:
+        body = error_body("http_error", str(exc.detail))
+    return JSONResponse(body, exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def _data_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DataError)
+    return data_error(exc).response()
+
+
+async def _format_error(request: Request, exc: Exception) -> JSONResponse:
+    return InvalidAdapter(str(exc)).response()
+
+
+async def _incompatible(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, IncompatibleAdapterError)
+    return IncompatibleAdapter(str(exc), check=exc.check).response()
+
+
+async def _multipart_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, MultiPartException)
+    if exc.message.startswith("Too many"):
+        return PayloadTooLarge(f"{exc.message} (too many multipart parts)").response()
+    if _multipart_too_large(exc):
+        return PayloadTooLarge(f"{exc.message} (a text field is too long; send images as file parts)").response()
+    return InvalidInput(f"malformed multipart body: {exc.message}").response()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Maps API errors, request validation, routing, library and multipart errors to contract JSON."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(DataError, _data_error)
+    app.add_exception_handler(AdapterFormatError, _format_error)
+    app.add_exception_handler(IncompatibleAdapterError, _incompatible)
+    app.add_exception_handler(MultiPartException, _multipart_error)
+
+
+class CatchAllMiddleware:
+    """Turns an unexpected exception (a bug) into a logged JSON 500, once, instead of a bare text error."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            body = error_body("internal_error", "internal server error (a bug); the server log has the details")
+            await JSONResponse(body, 500)(scope, receive, send)

@@ -1,0 +1,91 @@
+"""Prometheus metrics, in a registry of the app's own (several apps may live in one process, as in tests)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    """Every metric the server exports (prefix ``adaptformer_``)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.http_requests = Counter(
+            "adaptformer_http_requests",
+            "HTTP requests by method, route and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_latency = Histogram(
+            "adaptformer_http_request_seconds", "HTTP request latency by route", ["route"], buckets=_LATENCY, registry=r
+        )
+        self.predictions = Counter(
+            "adaptformer_predict_requests", "Prediction requests by task and status", ["task", "status"], registry=r
+        )
+        self.predict_latency = Histogram(
+            "adaptformer_predict_seconds",
+            "Prediction latency, request received to answer",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.batch_size = Histogram("adaptformer_batch_size", "Samples per forward pass", buckets=_SIZES, registry=r)
+        self.batch_tasks = Histogram(
+            "adaptformer_batch_tasks", "Distinct adapters per forward pass", buckets=_SIZES, registry=r
+        )
+        self.batch_latency = Histogram(
+            "adaptformer_batch_seconds", "Forward pass time per batch", buckets=_LATENCY, registry=r
+        )
+        self.queue_wait = Histogram(
+            "adaptformer_queue_wait_seconds", "Time a sample waits in the queue", buckets=_LATENCY, registry=r
+        )
+        self.queue_depth = Gauge("adaptformer_queue_depth", "Samples waiting for a batch", registry=r)
+        self.resident = Gauge("adaptformer_resident_adapters", "Adapters resident in bank slots", registry=r)
+        self.registered = Gauge("adaptformer_registered_adapters", "Adapters in the registry", registry=r)
+        self.page_ins = Counter("adaptformer_page_ins", "Adapters loaded from the store into a slot", registry=r)
+        self.page_in_failures = Counter(
+            "adaptformer_page_in_failures", "Page-ins that failed (invalid or stale file)", registry=r
+        )
+        self.page_in_latency = Histogram(
+            "adaptformer_page_in_seconds", "Time to load, check and place one adapter", buckets=_LATENCY, registry=r
+        )
+        self.evictions = Counter("adaptformer_evictions", "Adapters evicted from a slot (LRU)", registry=r)
+        self.uploads = Counter("adaptformer_uploads", "Adapter uploads by result status", ["status"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request by route template (never the raw path) and status, and times it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.http_requests.labels(scope["method"], route, str(status)).inc()
+            self.metrics.http_latency.labels(route).observe(time.perf_counter() - start)

@@ -1,0 +1,268 @@
+"""The runtime: backbone, store, registry, bank and batcher of one server, loaded in the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from adaptformer.adapter_file import task_from_bytes
+from adaptformer.embedded import EMBEDDED_NAME
+from adaptformer.engine import MultiTaskViT
+from adaptformer.errors import AdapterFormatError, IncompatibleAdapterError
+from adaptformer.task import TaskAdapter, TaskInfo
+from adaptformer_server.backbone import BackboneError, BackboneInfo, build_engine
+from adaptformer_server.bank import Bank, StaleVersion
+from adaptformer_server.batcher import Batcher
+from adaptformer_server.errors import IncompatibleAdapter, InvalidAdapter, NotFound, NotReady
+from adaptformer_server.metrics import Metrics
+from adaptformer_server.registry import AdapterEntry, Registry
+from adaptformer_server.settings import Settings
+from adaptformer_server.store import (
+    TASK_PATTERN,
+    AdapterStore,
+    StoredFile,
+    demo_files,
+    parse_header,
+    valid_task_name,
+    version_of,
+)
+
+__all__ = ["Runtime", "Upload"]
+
+log = logging.getLogger("adaptformer_server")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """The result of storing an adapter."""
+
+    entry: AdapterEntry
+    previous: AdapterEntry | None
+
+
+class Runtime:
+    """Owns everything loaded for serving; routes reach it through ``request.app.state.runtime``.
+
+    Args:
+        settings: Server settings.
+        metrics: The app's metrics.
+        backbone: A prebuilt backbone to serve instead of loading the one the settings name.
+        on_fatal: Called when loading fails (the CLI stops the server).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        backbone: nn.Module | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.on_fatal = on_fatal
+        self._backbone = backbone
+        self.state = "loading"
+        self.error: str | None = None
+        self.engine: MultiTaskViT | None = None
+        self.backbone: BackboneInfo | None = None
+        self.store: AdapterStore | None = None
+        self.registry = Registry()
+        self.bank: Bank | None = None
+        self.batcher: Batcher | None = None
+        self._load_task: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()
+
+    # -- life cycle -------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Starts loading in the background: /healthz answers at once, /readyz once the backbone is in place."""
+        self._load_task = asyncio.create_task(self._load(), name="adaptformer-load")
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Waits for loading to finish; raises RuntimeError if it failed."""
+        if self._load_task is None:
+            raise RuntimeError("the runtime was not started (run the app's lifespan)")
+        await asyncio.wait_for(asyncio.shield(self._load_task), timeout)
+        if self.state != "ready":
+            raise RuntimeError(f"the server failed to load: {self.error}")
+
+    async def _load(self) -> None:
+        try:
+            engine, info = await asyncio.to_thread(build_engine, self.settings, self._backbone)
+            self.engine, self.backbone = engine, info
+            store = self.store = await asyncio.to_thread(AdapterStore, self.settings.store)
+            files = await asyncio.to_thread(self._prepare_store, store, info)
+            for f in files:
+                self.registry.put(AdapterEntry(task=f.task, version=f.version, size_bytes=f.size, header=f.header))
+            self.metrics.registered.set(len(self.registry))
+            self.bank = Bank(self.settings.slots, self._page_in, self.metrics, self.registry.current_version)
+            s = self.settings
+            self.batcher = Batcher(self._run, s.max_batch_size, s.max_wait_ms, s.queue_size, self.metrics)
+            await asyncio.to_thread(self._warm_up)
+            self.batcher.start()
+            self.state = "ready"
+            log.info("ready: %d adapters in %s, %d slots", len(self.registry), store.root, s.slots)
+        except Exception as e:
+            self.state = "failed"
+            self.error = str(e)
+            log.error("the server cannot start: %s", e, exc_info=not isinstance(e, (BackboneError, OSError)))
+            if self.on_fatal is not None:
+                self.on_fatal(e)
+
+    async def stop(self) -> None:
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._load_task
+        if self.batcher is not None:
+            await self.batcher.stop()
+
+    def _prepare_store(self, store: AdapterStore, info: BackboneInfo) -> list[StoredFile]:
+        store.clean_temp_files()
+        if self.settings.seed_demo and self.settings.backbone in ("embedded", EMBEDDED_NAME):
+            store.seed(info.fingerprint, demo_files())
+        files = []
+        for f in store.scan():
+            try:
+                info.check_header(f.header, f"{f.task}.safetensors")
+            except (IncompatibleAdapterError, AdapterFormatError) as e:
+                log.warning("skipping %s.safetensors: %s", f.task, e)
+                continue
+            files.append(f)
+        return files
+
+    def _warm_up(self) -> None:
+        """One forward pass before the first request (allocations, kernel choice)."""
+        assert self.engine is not None and self.backbone is not None
+        size = self.backbone.img_size or 224
+        probe = TaskAdapter(TaskInfo("warmup", ["0"]), nn.Linear(self.backbone.num_features, 1), None, {})
+        probe = probe.to(self.backbone.device, self.backbone.dtype).eval()
+        self._run(torch.zeros(1, 3, size, size), ["warmup"], {"warmup": probe})
+
+    # -- inference ------------------------------------------------------------------------------------------
+    def _run(self, x: torch.Tensor, keys: Sequence[str], table: Mapping[str, TaskAdapter]) -> list[torch.Tensor]:
+        assert self.engine is not None and self.backbone is not None
+        x = x.to(device=self.backbone.device, dtype=self.backbone.dtype, non_blocking=True)
+        out = self.engine(x, list(keys), table=table)
+        return [o.float().cpu() for o in out]
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    def require_ready(self) -> None:
+        if self.state == "failed":
+            raise NotReady(f"the server failed to load its backbone: {self.error}", retry_after=60)
+        if self.state != "ready":
+            raise NotReady("the server is loading its backbone; retry shortly (GET /readyz says when it is ready)")
+
+    # -- adapters ---------------------------------------------------------------------------------------------
+    def entry(self, task: str) -> AdapterEntry:
+        """The current entry of ``task``; 404 with a hint when unknown."""
+        entry = self.registry.get(task) if valid_task_name(task) else None
+        if entry is None:
+            raise NotFound(f"unknown task {task!r}; GET /adapters lists the tasks this server has")
+        return entry
+
+    async def resolve(self, task: str) -> tuple[AdapterEntry, TaskAdapter]:
+        """Admission: the current version of ``task`` and its adapter object, which the request keeps."""
+        assert self.bank is not None
+        for _ in range(5):
+            entry = self.entry(task)
+            try:
+                return entry, await self.bank.get(entry)
+            except StaleVersion:
+                continue  # replaced or deleted while paging in: take the registry's new state
+            except IncompatibleAdapterError as e:
+                raise IncompatibleAdapter(
+                    f"the stored adapter of task {task!r} does not fit this backbone: {e}; upload a fitting one "
+                    "with POST /adapters or delete the task",
+                    check=e.check,
+                ) from None
+            except AdapterFormatError as e:
+                raise InvalidAdapter(
+                    f"the stored adapter of task {task!r} cannot be loaded: {e}; upload a valid file with "
+                    "POST /adapters or delete the task"
+                ) from None
+        raise NotReady(f"task {task!r} is being replaced repeatedly; retry", retry_after=1)
+
+    def _page_in(self, entry: AdapterEntry) -> TaskAdapter:
+        """Reads one version from the store, checks it fully and places it on the device (worker thread)."""
+        assert self.store is not None
+        try:
+            data = self.store.read(entry.task)
+        except FileNotFoundError:
+            raise StaleVersion(entry.key) from None
+        if version_of(data) != entry.version:
+            raise StaleVersion(entry.key)
+        return self._prepare(task_from_bytes(data, source=f"{entry.task}.safetensors"))
+
+    def _prepare(self, task: TaskAdapter) -> TaskAdapter:
+        assert self.engine is not None and self.backbone is not None
+        task = self.engine.prepare(task)  # check_compatible: fingerprint and shapes
+        spec = task.info.input
+        self.backbone.check_spec(spec, f"adapter {task.name!r}")
+        if spec.modality == "clip":
+            try:
+                self.engine.video(spec.frames, spec.tubelet)
+            except (ValueError, TypeError) as e:
+                raise IncompatibleAdapterError(f"adapter {task.name!r}: {e}", check="modality") from None
+        return task
+
+    def _validate_upload(self, data: bytes, name: str | None) -> tuple[str, str, TaskAdapter, AdapterEntry]:
+        """Full check of uploaded bytes (worker thread): format, values, name, fit. Returns name, version, ..."""
+        header = parse_header(data, "uploaded file")
+        task = task_from_bytes(data, source="uploaded file")
+        name = name or str(header.meta["task"])
+        if not valid_task_name(name):
+            raise InvalidAdapter(
+                f"invalid task name {name!r}: names match {TASK_PATTERN} and never contain '..'; pass a valid "
+                "name in the `task` form field"
+            )
+        if len(data) != header.data_end:
+            raise InvalidAdapter(f"uploaded file has {len(data):,} bytes but its header describes {header.data_end:,}")
+        try:
+            prepared = self._prepare(task)
+        except IncompatibleAdapterError as e:
+            raise IncompatibleAdapter(
+                f"{e}; train the adapter on the backbone this server runs (GET /readyz shows its fingerprint)",
+                check=e.check,
+            ) from None
+        version = version_of(data)
+        return name, version, prepared, AdapterEntry(task=name, version=version, size_bytes=len(data), header=header)
+
+    async def upload(self, data: bytes, name: str | None) -> Upload:
+        """Validates, stores (atomically) and registers an adapter; it is resident and servable on return."""
+        assert self.store is not None and self.bank is not None
+        if name is not None and not valid_task_name(name):
+            raise InvalidAdapter(f"invalid task name {name!r}: names match {TASK_PATTERN} and never contain '..'")
+        name, version, prepared, entry = await asyncio.to_thread(self._validate_upload, data, name)
+        async with self._write_lock:
+            await asyncio.to_thread(self.store.write, name, data)
+            previous = self.registry.put(entry)
+            self.bank.drop(name)
+            self.bank.put(entry, prepared)
+            self.metrics.registered.set(len(self.registry))
+        log.info("adapter %s version %s stored%s", name, version, f" (replaces {previous.version})" if previous else "")
+        return Upload(entry=entry, previous=previous)
+
+    async def delete(self, task: str) -> AdapterEntry:
+        """Removes a task from the store and the registry; requests in flight finish with their adapter."""
+        assert self.store is not None and self.bank is not None
+        async with self._write_lock:
+            entry = self.entry(task)
+            await asyncio.to_thread(self.store.delete, task)
+            self.registry.remove(task)
+            self.bank.drop(task)
+            self.metrics.registered.set(len(self.registry))
+        log.info("adapter %s version %s deleted", task, entry.version)
+        return entry
+
+    def info(self, entry: AdapterEntry) -> dict:
+        assert self.bank is not None and self.backbone is not None
+        return entry.info(resident=entry.key in self.bank, backbone_params=self.backbone.params)

@@ -1,0 +1,97 @@
+"""Server settings: pydantic-settings, read from ADAPTFORMER_* environment variables and CLI flags."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings", "default_store"]
+
+MiB = 1024 * 1024
+
+
+def default_store() -> Path:
+    """``$XDG_DATA_HOME/adaptformer/adapters``, or ``~/.local/share/adaptformer/adapters``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "adaptformer" / "adapters"
+
+
+class Settings(BaseSettings):
+    """Everything the server can be told; each field is also a CLI flag (``max_batch_size`` -> ``--max-batch-size``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ADAPTFORMER_", extra="ignore", validate_default=True)
+
+    host: str = Field("127.0.0.1", description="interface to bind; admin routes need an admin key off loopback")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    backbone: str = Field("embedded", description="'embedded' (shipped 32x32 ViT) or any timm ViT name")
+    weights: Path | None = Field(
+        None, description="backbone weights file (safetensors or torch state dict); timm name: none = download"
+    )
+    store: Path = Field(default_factory=default_store, description="adapter directory (<task>.safetensors files)")
+    seed_demo: bool = Field(True, description="copy the shipped demo adapters into an unseeded store (embedded only)")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="backbone dtype; auto: float16 on CUDA, float32 on CPU"
+    )
+    threads: int | None = Field(None, ge=1, description="torch CPU threads for inference (default: torch's choice)")
+    max_batch_size: int = Field(32, ge=1, le=4096, description="most samples in one forward pass")
+    max_wait_ms: float = Field(5.0, ge=0, le=60_000, description="longest a sample waits for a batch to fill")
+    queue_size: int = Field(1024, ge=1, description="samples waiting at most; beyond it requests get 503")
+    slots: int = Field(32, ge=1, description="adapters resident on the device; the rest are paged in on demand")
+    max_body_bytes: int = Field(32 * MiB, ge=1, description="largest /predict request body")
+    max_image_pixels: int = Field(25_000_000, ge=1, description="largest image (or clip frame) in pixels")
+    max_request_pixels: int = Field(100_000_000, ge=1, description="pixels of all images/frames of one request")
+    max_images_per_request: int = Field(64, ge=1, description="most images in one /predict request")
+    max_frames: int = Field(64, ge=1, description="most frames in one clip")
+    max_upload_bytes: int = Field(128 * MiB, ge=1, description="largest adapter file accepted by POST /adapters")
+    max_parts: int = Field(128, ge=1, description="most multipart parts (files and fields) in one request")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="comma-separated keys for /predict and GET /adapters (none: open)"
+    )
+    admin_key: SecretStr | None = Field(None, description="key for POST/DELETE /adapters")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("admin_key", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("store", "weights")
+    @classmethod
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the server binds to a loopback interface only."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False
