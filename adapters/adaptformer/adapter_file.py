@@ -89,6 +89,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp creates 0600; an adapter store is read by other users/containers
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = t.add_argument_group("recipe")
     g.add_argument("--epochs", type=int, default=10)
     g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--lr", type=float, default=5e-3)
     g.add_argument("--weight-decay", type=float, default=1e-4)
     g.add_argument("--warmup-epochs", type=float, default=1.0)
     g.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer
 
+from adaptformer.errors import AdaptformerError
 from adaptformer.preprocess import InputSpec
 
 __all__ = [
@@ -72,7 +73,14 @@ def load_embedded(path: Path | None = None, with_head: bool = True) -> VisionTra
         )
     state = load_file(str(path))
     model = build_embedded(num_classes=10)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise AdaptformerError(
+            f"{path} does not hold weights of the embedded architecture {EMBEDDED_CONFIG} ({first}); "
+            "rebuild them with: python -m adaptformer.pretrain"
+        ) from None
     if not with_head:
         model.reset_classifier(0)
     return model.eval()

@@ -37,3 +37,7 @@ class IncompatibleAdapterError(AdaptformerError, ValueError):
 
 class DataError(AdaptformerError, ValueError):
     """A data set cannot be read or is unusable (empty, one class, unreadable files)."""
+
+
+class InputTooLargeError(DataError):
+    """An input exceeds a limit (pixels, frames): a server answers 413, not 400."""

@@ -105,7 +105,7 @@ def extract_task(
         labels=labels,
         method="adaptformer" if adapters else "linear",
         input=input_spec,
-        backbone=backbone_name or (vit.pretrained_cfg or {}).get("architecture", type(vit).__name__),
+        backbone=backbone_name or (getattr(vit, "pretrained_cfg", None) or {}).get("architecture", type(vit).__name__),
         fingerprint=backbone_fingerprint(model),
         metrics=dict(metrics or {}),
         backbone_params=sum(p.numel() for n, p in vit.named_parameters() if not is_task_parameter(n)),

@@ -57,7 +57,7 @@ class TrainConfig:
     vpt_deep: bool = False
     epochs: int = 10
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 5e-3
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     optimizer: str = "adamw"

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from adaptformer.errors import AdapterFormatError, DataError, IncompatibleAdapterError
+from adaptformer.errors import AdapterFormatError, DataError, IncompatibleAdapterError, InputTooLargeError
 
 __all__ = [
     "ApiError",
@@ -118,8 +118,7 @@ class NotReady(ApiError):
 def data_error(e: DataError, what: str = "") -> ApiError:
     """A library DataError as 413 (a limit was exceeded) or 400 (anything else)."""
     message = f"{what}{e}"
-    # The library has one DataError class; its limit messages say "limit" or "too large".
-    if "limit" in message or "too large" in message:
+    if isinstance(e, InputTooLargeError):
         return PayloadTooLarge(message)
     hint = "" if "PNG" in message else "; send a PNG, JPEG, WebP, GIF, BMP or TIFF image"
     return InvalidInput(message + hint)

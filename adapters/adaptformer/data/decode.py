@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from adaptformer.errors import DataError
+from adaptformer.errors import DataError, InputTooLargeError
 
 __all__ = ["DEFAULT_MAX_PIXELS", "open_clip", "open_image"]
 
@@ -25,12 +25,12 @@ def _open(source: bytes | str | Path, max_pixels: int) -> Image.Image:
             img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
             w, h = img.size
             if w * h > max_pixels:
-                raise DataError(f"{name}: {w}x{h} pixels is more than the limit of {max_pixels:,} pixels")
+                raise InputTooLargeError(f"{name}: {w}x{h} pixels is more than the limit of {max_pixels:,} pixels")
             return img
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        if isinstance(e, UnidentifiedImageError):
-            raise DataError(f"{name}: not a readable image (PNG, JPEG, WebP, GIF, BMP, TIFF...)") from None
-        raise DataError(f"{name}: image too large ({e})") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{name}: not a readable image (PNG, JPEG, WebP, GIF, BMP, TIFF...)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputTooLargeError(f"{name}: image too large ({e})") from None
     except OSError as e:
         raise DataError(f"{name}: cannot read image ({e})") from None
 
@@ -50,17 +50,29 @@ def open_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS)
 
 
 def open_clip(
-    source: bytes | str | Path, max_frames: int = 256, max_pixels: int = DEFAULT_MAX_PIXELS
+    source: bytes | str | Path,
+    max_frames: int = 256,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_total_pixels: int = 2 * DEFAULT_MAX_PIXELS,
 ) -> list[Image.Image]:
     """Decodes every frame of an animated GIF or WebP (a still image gives one frame).
 
+    Sizes are checked from the header before any frame is decoded.
+
     Raises:
-        DataError: undecodable, more than ``max_frames`` frames, or frames too large.
+        DataError: undecodable.
+        InputTooLargeError: more than ``max_frames`` frames, a frame over ``max_pixels`` or all frames together
+            over ``max_total_pixels``.
     """
     img = _open(source, max_pixels)
     n = getattr(img, "n_frames", 1)
     if n > max_frames:
-        raise DataError(f"clip has {n} frames; the limit is {max_frames}")
+        raise InputTooLargeError(f"clip has {n} frames; the limit is {max_frames}")
+    w, h = img.size
+    if w * h * n > max_total_pixels:
+        raise InputTooLargeError(
+            f"clip of {n} frames of {w}x{h} pixels is more than the limit of {max_total_pixels:,} pixels in all"
+        )
     frames = []
     try:
         for frame in ImageSequence.Iterator(img):
