@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Command: `{meta['command']}` at commit {meta['commit']}, {meta['date']}, {meta['machine']}, "
         f"wall time {meta['wall_seconds'] / 60:.0f} min.",
         "",
+        "Train times are wall-clock seconds and depend on what else the machine runs: compare accuracies.",
+        "",
         f"Recipe (the same for every method): {meta['recipe']}.",
         "",
         "| task | method | val top-1 | trainable params | % of backbone | train time (s) |",
