@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from adaptformer.data import BUILTIN_SOURCES, MOTION_LABELS, LabeledData, Splits, load_data, motion_clip
 from adaptformer.data import _util as data_util
 from adaptformer.data import emoji as emoji_mod
 from adaptformer.data import fashion_mnist as fmnist_mod
 from adaptformer.errors import DataError
 from adaptformer.preprocess import InputSpec, preprocess_image
-from PIL import Image
 
 SPEC = InputSpec(size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
