@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -55,7 +56,8 @@ class MultiTaskViT(nn.Module):
 
     def add_task(self, name: str, adapter: TaskAdapter | str | os.PathLike) -> TaskAdapter:
         """Adds (or replaces) a task from a TaskAdapter or an adapter file; checks it fits the backbone."""
-        task = self.prepare(adapter if isinstance(adapter, TaskAdapter) else load_adapter(adapter))
+        # A TaskAdapter given by the caller may share tensors with a model still training: serve a copy.
+        task = self.prepare(copy.deepcopy(adapter) if isinstance(adapter, TaskAdapter) else load_adapter(adapter))
         with self._lock:
             table = dict(self._tasks)
             table[name] = task

@@ -71,7 +71,7 @@ class VideoViT(nn.Module):
         weight = proj.weight.unsqueeze(2).expand(-1, -1, self.tubelet, -1, -1) / self.tubelet
         x = F.conv3d(clips.transpose(1, 2), weight, proj.bias, stride=(self.tubelet, *proj.stride))
         b, d, t, h, w = x.shape
-        x = x.flatten(3).transpose(1, 3).reshape(b, t * h * w, d)  # time-major: [batch, t * h * w, dim]
+        x = x.flatten(3).permute(0, 2, 3, 1).reshape(b, t * h * w, d)  # time-major: [batch, t * h * w, dim]
         x = vit.patch_embed.norm(x)
         spatial = self._spatial_pos()
         if spatial.shape[1] != h * w:

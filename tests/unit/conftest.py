@@ -1,0 +1,26 @@
+"""Shared fixtures of the unit tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny models run fastest single-threaded, and do not fight other jobs for the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def vit_base() -> nn.Module:
+    """A random-weight ViT-B/16 at 224 px without a head, built once (building it is the slow part)."""
+    torch.manual_seed(0)
+    return timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0).eval()
