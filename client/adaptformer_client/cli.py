@@ -1,6 +1,7 @@
 """``adaptformer-client``: predict, inspect and manage adapters from a shell.
 
     adaptformer-client predict --task digits seven.png [more.png] [--top-k 3] [--json]
+    adaptformer-client predict --task digits --task fashion seven.png     (several tasks, one request; --task '*': all)
     adaptformer-client clip --task motion f0.png f1.png ... | clip.gif
     adaptformer-client adapters [TASK]
     adaptformer-client upload cars.safetensors [--task cars]
@@ -26,7 +27,7 @@ from pydantic import BaseModel
 
 from adaptformer_client.client import DEFAULT_URL, Client
 from adaptformer_client.errors import AdaptformerClientError
-from adaptformer_client.types import AdapterInfo, PredictResponse
+from adaptformer_client.types import AdapterInfo, MultiPredictResponse, PredictResponse
 
 __all__ = ["build_parser", "main"]
 
@@ -56,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection_options(common, suppress=True)
 
     predict = commands.add_parser("predict", parents=[common], help="classify images (one answer per image)")
-    predict.add_argument("--task", required=True, help="adapter to use")
+    predict.add_argument(
+        "--task",
+        required=True,
+        action="append",
+        help="adapter to use; repeat it for several tasks in one request ('*': every image task)",
+    )
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files ('-' reads stdin)")
     predict.add_argument("--top-k", type=int, default=None, help="predictions per image (server default 5)")
 
@@ -103,6 +109,14 @@ def _print_predictions(response: PredictResponse, names: Sequence[str], out: Tex
     print(
         f"{response.task} (version {response.version}, {response.modality}) in {response.latency_ms:.1f} ms", file=out
     )
+
+
+def _print_many(answer: MultiPredictResponse, names: Sequence[str], out: TextIO) -> None:
+    for i, response in enumerate(answer.results):
+        if i:
+            print(file=out)
+        _print_predictions(response, names, out)
+    print(f"{len(answer.results)} tasks in one request: {answer.latency_ms:.1f} ms", file=out)
 
 
 def _print_adapters(adapters: list[AdapterInfo], out: TextIO) -> None:
@@ -153,10 +167,14 @@ def _run(args: argparse.Namespace, client: Client, out: TextIO) -> int:
     if args.command == "predict":
         images = [_read_input(name) for name in args.images]
         names = ["<stdin>" if name == "-" else name for name in args.images]
+        if len(args.task) > 1 or args.task[0] == "*":
+            many = client.predict_many(args.task, images, top_k=args.top_k)
+            _show(many, args.json, lambda: _print_many(many, names, out), out)
+            return 0
         if len(images) == 1:
-            response = client.predict(args.task, images[0], top_k=args.top_k)
+            response = client.predict(args.task[0], images[0], top_k=args.top_k)
         else:
-            response = client.predict_batch(args.task, images, top_k=args.top_k)
+            response = client.predict_batch(args.task[0], images, top_k=args.top_k)
         _show(response, args.json, lambda: _print_predictions(response, names, out), out)
     elif args.command == "clip":
         frames = [_read_input(name) for name in args.frames]

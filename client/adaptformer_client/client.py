@@ -22,7 +22,15 @@ from pydantic import BaseModel, ValidationError
 
 from adaptformer_client.errors import APIConnectionError, APITimeoutError, ServerError, parse_error
 from adaptformer_client.inputs import ImageInput, encode_clip, encode_image
-from adaptformer_client.types import AdapterInfo, DeleteResult, Health, PredictResponse, Ready, UploadResult
+from adaptformer_client.types import (
+    AdapterInfo,
+    DeleteResult,
+    Health,
+    MultiPredictResponse,
+    PredictResponse,
+    Ready,
+    UploadResult,
+)
 
 __all__ = ["DEFAULT_URL", "AsyncClient", "Client"]
 
@@ -197,6 +205,32 @@ class _BaseClient:
             raise ValueError("predict_clip needs at least one frame")
         return self._predict_call(task, field, parts, top_k)
 
+    def _predict_many(
+        self, tasks: str | Sequence[str], image: ImageInput | Sequence[ImageInput], top_k: int | None
+    ) -> _Call[MultiPredictResponse]:
+        names = [tasks] if isinstance(tasks, str) else list(tasks)
+        if not names:
+            raise ValueError("predict_many needs at least one task (or '*' for every image task)")
+        images = list(image) if isinstance(image, (list, tuple)) else [image]
+        if not images:
+            raise ValueError("predict_many needs at least one image")
+        parts = [encode_image(img, f"image{i:04d}") for i, img in enumerate(images)]
+        params: dict[str, Any] = {"task": names}
+        if top_k is not None:
+            params["top_k"] = top_k
+        files = [("image", part) for part in parts]
+
+        def parse(response: httpx.Response) -> MultiPredictResponse:
+            _raise_for_status(response)
+            body = response.json()
+            if isinstance(body, dict) and "results" not in body:  # one task named: the single-task shape
+                return MultiPredictResponse(
+                    results=[_json(response, PredictResponse)], latency_ms=body.get("latency_ms", 0)
+                )
+            return _json(response, MultiPredictResponse)
+
+        return _Call(self._build("POST", "/predict", params=params, files=files), parse)
+
     def _list_adapters(self) -> _Call[list[AdapterInfo]]:
         return _Call(self._build("GET", "/adapters"), lambda r: _json(r, _AdapterList).adapters)
 
@@ -328,6 +362,21 @@ class Client(_BaseClient):
         """Classifies one clip: a list of frames (in order), a TxHxW(xC) array, or an animated GIF/WebP."""
         return self._run(self._predict_clip(task, clip, top_k))
 
+    def predict_many(
+        self, tasks: str | Sequence[str], image: ImageInput | Sequence[ImageInput], top_k: int | None = None
+    ) -> MultiPredictResponse:
+        """Classifies one image (or a list of images) with several tasks in one request and one forward pass.
+
+        Args:
+            tasks: Task names, or ``"*"`` for every image task the server has.
+            image: One image (path, bytes, file, PIL image, uint8 array) or a list of them.
+            top_k: Predictions per input and task (server default 5).
+
+        Returns:
+            ``results`` holds one single-task answer per task, in order; ``answer["digits"]`` picks one.
+        """
+        return self._run(self._predict_many(tasks, image, top_k))
+
     def list_adapters(self) -> list[AdapterInfo]:
         """Every adapter the server can serve, sorted by task."""
         return self._run(self._list_adapters())
@@ -444,6 +493,12 @@ class AsyncClient(_BaseClient):
     async def predict_clip(self, task: str, clip: Any, top_k: int | None = None) -> PredictResponse:
         """See ``Client.predict_clip``."""
         return await self._run(self._predict_clip(task, clip, top_k))
+
+    async def predict_many(
+        self, tasks: str | Sequence[str], image: ImageInput | Sequence[ImageInput], top_k: int | None = None
+    ) -> MultiPredictResponse:
+        """See ``Client.predict_many``."""
+        return await self._run(self._predict_many(tasks, image, top_k))
 
     async def list_adapters(self) -> list[AdapterInfo]:
         return await self._run(self._list_adapters())

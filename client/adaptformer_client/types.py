@@ -10,6 +10,7 @@ __all__ = [
     "AdapterInfo",
     "DeleteResult",
     "Health",
+    "MultiPredictResponse",
     "PredictResponse",
     "Prediction",
     "Ready",
@@ -48,6 +49,24 @@ class PredictResponse(BaseModel):
     def tops(self) -> list[Prediction]:
         """The best prediction of each input, in input order."""
         return [p[0] for p in self.predictions]
+
+
+class MultiPredictResponse(BaseModel):
+    """Answer to one multi-task predict call: one single-task answer per task, in the order asked."""
+
+    results: list[PredictResponse]
+    latency_ms: float = 0.0
+
+    def __getitem__(self, task: str) -> PredictResponse:
+        """The answer of one task (``answer["digits"].top``)."""
+        for r in self.results:
+            if r.task == task:
+                return r
+        raise KeyError(task)
+
+    @property
+    def tasks(self) -> list[str]:
+        return [r.task for r in self.results]
 
 
 class AdapterInfo(BaseModel):

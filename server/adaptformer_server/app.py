@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
 from torch import nn
 
@@ -14,7 +15,7 @@ from adaptformer_server.auth import Auth
 from adaptformer_server.errors import CatchAllMiddleware, install_error_handlers
 from adaptformer_server.limits import BodyLimitMiddleware
 from adaptformer_server.metrics import Metrics, MetricsMiddleware
-from adaptformer_server.routes import adapters, health, predict
+from adaptformer_server.routes import adapters, health, oip, predict, ui
 from adaptformer_server.runtime import Runtime
 from adaptformer_server.settings import Settings
 
@@ -24,8 +25,10 @@ _MULTIPART_SLACK = 1024 * 1024  # form framing and the `task` field around an up
 
 DESCRIPTION = """One frozen Vision Transformer, many hot-swapped AdaptFormer adapters.
 
-`POST /predict?task=NAME` classifies images (or a clip) with one task's adapter; `/adapters` lists, uploads,
-replaces and deletes adapters. Errors are JSON: `{"error": {"code", "message", "check"?}}`.
+`POST /predict?task=NAME` classifies images (or a clip) with one task's adapter (`task=a&task=b` or `task=*`:
+several tasks in one pass); `/adapters` lists, uploads, replaces and deletes adapters. Errors are JSON:
+`{"error": {"code", "message", "check"?}}`. `/v2/...` is the Open Inference Protocol (KServe v2) REST API;
+`/ui` is a playground page.
 """
 
 
@@ -73,4 +76,7 @@ def create_app(settings: Settings | None = None, *, backbone: nn.Module | None =
     app.include_router(predict.router)
     app.include_router(adapters.router)
     app.include_router(health.router)
+    app.include_router(oip.router)
+    app.include_router(ui.router)
+    app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     return app

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from adaptformer.task import TaskAdapter
-from adaptformer_server.errors import NotReady, Overloaded
+from adaptformer_server.errors import InvalidAdapter, NotReady, Overloaded
 from adaptformer_server.metrics import Metrics
 
 __all__ = ["Batcher", "RunBatch"]
@@ -94,28 +94,47 @@ class Batcher:
         Raises:
             Overloaded: the queue cannot take ``len(inputs)`` more samples.
         """
+        return (await self.submit_many([(inputs, key, adapter)]))[0]
+
+    async def submit_many(
+        self, jobs: Sequence[tuple[Sequence[torch.Tensor], str, TaskAdapter]]
+    ) -> list[list[torch.Tensor]]:
+        """Queues the samples of several tasks at once (all or none) and waits for the logits of each job.
+
+        Queued together, samples of one input shape share forward passes (one when they fit ``max_batch_size``):
+        a multi-task request runs its image once per task in the same batch.
+
+        Raises:
+            Overloaded: the queue cannot take every sample of ``jobs``.
+        """
         if self._closed:
             raise NotReady("the server is shutting down")
-        if len(self._pending) + len(inputs) > self.queue_size:
+        count = sum(len(inputs) for inputs, _, _ in jobs)
+        if len(self._pending) + count > self.queue_size:
             raise Overloaded(
                 f"the server is overloaded ({len(self._pending)} samples waiting, queue size {self.queue_size}); "
                 "retry after the number of seconds in Retry-After"
             )
         loop = asyncio.get_running_loop()
-        spec = adapter.info.input
-        samples = []
-        for x in inputs:
-            group = (tuple(x.shape), spec.tubelet if x.ndim == 4 else 0)
-            samples.append(_Sample(x, key, adapter, group, loop.create_future()))
-        self._pending.extend(samples)
+        per_job: list[list[_Sample]] = []
+        for inputs, key, adapter in jobs:
+            spec = adapter.info.input
+            samples = []
+            for x in inputs:
+                group = (tuple(x.shape), spec.tubelet if x.ndim == 4 else 0)
+                samples.append(_Sample(x, key, adapter, group, loop.create_future()))
+            per_job.append(samples)
+        every = [s for samples in per_job for s in samples]
+        self._pending.extend(every)
         self.metrics.queue_depth.set(len(self._pending))
         self._wakeup.set()
         try:
-            return list(await asyncio.gather(*(s.future for s in samples)))
-        except asyncio.CancelledError:
-            for s in samples:
+            await asyncio.gather(*(s.future for s in every))
+        except BaseException:
+            for s in every:
                 s.future.cancel()  # the loop skips cancelled samples
             raise
+        return [[s.future.result() for s in samples] for samples in per_job]
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def _count(self, group: tuple) -> int:
@@ -184,5 +203,15 @@ class Batcher:
         finally:
             self.metrics.batch_latency.observe(time.perf_counter() - start)
         for s, out in zip(batch, outputs, strict=True):
-            if not s.future.done():
+            if s.future.done():
+                continue
+            if not bool(torch.isfinite(out).all()):
+                # finite weights can still overflow (e.g. values near 3e38): a clear 422, not NaN scores or a 500
+                s.future.set_exception(
+                    InvalidAdapter(
+                        f"adapter {s.key} produced non-finite scores (NaN or infinity) for this input; its weights "
+                        "overflow: upload a fixed adapter with POST /adapters"
+                    )
+                )
+            else:
                 s.future.set_result(out)

@@ -121,12 +121,30 @@ class _PixelBudget:
             )
 
 
+def _declared_pixels(data: bytes) -> int:
+    """Width x height from the image header, without decoding (0 when unreadable: decoding then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as probe:
+                w, h = probe.size
+                return w * h if w * h <= 1 << 62 else 1 << 62
+    except Exception:
+        return 0
+
+
 def _open(data: bytes, settings: Settings, budget: _PixelBudget, what: str) -> Image.Image:
+    declared = _declared_pixels(data)
+    if declared <= settings.max_image_pixels:
+        budget.take(declared)  # before decoding: a request over its pixel budget decodes nothing more
     try:
         img = open_image(data, max_pixels=settings.max_image_pixels)
     except DataError as e:
         raise data_error(e, what) from None
-    budget.take(img.size[0] * img.size[1])
+    except Exception as e:  # a decoder failing on crafted bytes (struct.error, IndexError...): the input's fault
+        raise _undecodable(what, e) from None
+    if declared != img.size[0] * img.size[1]:
+        budget.take(img.size[0] * img.size[1] - declared)
     return img
 
 
@@ -146,12 +164,20 @@ def _open_clip(data: bytes, settings: Settings, budget: _PixelBudget) -> list[Im
         return open_clip(data, max_frames=settings.max_frames, max_pixels=settings.max_image_pixels)
     except DataError as e:
         raise data_error(e, "clip: ") from None
+    except Exception as e:
+        raise _undecodable("clip: ", e) from None
+
+
+def _undecodable(what: str, e: Exception) -> InvalidInput:
+    return InvalidInput(
+        f"{what}cannot decode the image ({type(e).__name__}: {e}); send a PNG, JPEG, WebP, GIF, BMP or TIFF image"
+    )
 
 
 def _preprocess(img: Image.Image, spec: InputSpec, what: str) -> torch.Tensor:
     try:
         return preprocess_image(img, spec)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # OSError, ValueError, and whatever a decoder raises while loading lazily
         raise InvalidInput(f"{what}cannot convert the image (mode {img.mode}) to RGB: {e}") from None
 
 
@@ -189,5 +215,5 @@ def decode_inputs(body: PredictBody, spec: InputSpec, task: str, settings: Setti
         )
     try:
         return [preprocess_clip(frames, spec)]
-    except (OSError, ValueError) as e:
+    except Exception as e:
         raise InvalidInput(f"cannot convert the clip frames to RGB: {e}") from None

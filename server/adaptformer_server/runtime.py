@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from adaptformer.adapter_file import task_from_bytes
 from adaptformer.embedded import EMBEDDED_NAME
 from adaptformer.engine import MultiTaskViT
 from adaptformer.errors import AdapterFormatError, IncompatibleAdapterError
+from adaptformer.preprocess import InputSpec
 from adaptformer.task import TaskAdapter, TaskInfo
 from adaptformer_server.backbone import BackboneError, BackboneInfo, build_engine
 from adaptformer_server.bank import Bank, StaleVersion
@@ -204,8 +206,9 @@ class Runtime:
 
     def _prepare(self, task: TaskAdapter) -> TaskAdapter:
         assert self.engine is not None and self.backbone is not None
-        task = self.engine.prepare(task)  # check_compatible: fingerprint and shapes
         spec = task.info.input
+        _check_input_values(spec, task.name)
+        task = self.engine.prepare(task)  # check_compatible: fingerprint and shapes
         self.backbone.check_spec(spec, f"adapter {task.name!r}")
         if spec.modality == "clip":
             try:
@@ -266,3 +269,28 @@ class Runtime:
     def info(self, entry: AdapterEntry) -> dict:
         assert self.bank is not None and self.backbone is not None
         return entry.info(resident=entry.key in self.bank, backbone_params=self.backbone.params)
+
+
+def _check_input_values(spec: InputSpec, name: str) -> None:
+    """Refuses input specs that would fail or poison every request (422): the metadata JSON is not typed, so a
+    size of 28.0, a mean of two values or a zero std would only show at prediction time, as a 500 or NaN scores."""
+
+    def number(v: object) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def count(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    problems = []
+    if not count(spec.size):
+        problems.append(f"size {spec.size!r} is not a positive integer")
+    for key in ("mean", "std"):
+        values = getattr(spec, key)
+        if len(values) != 3 or not all(number(v) for v in values):
+            problems.append(f"{key} {list(values)!r} is not 3 finite numbers")
+    if any(number(v) and v <= 0 for v in spec.std):
+        problems.append(f"std {list(spec.std)!r} has a value <= 0")
+    if not count(spec.frames) or not count(spec.tubelet):
+        problems.append(f"frames {spec.frames!r} and tubelet {spec.tubelet!r} must be positive integers")
+    if problems:
+        raise AdapterFormatError(f"adapter {name!r}: metadata 'input' is invalid: {'; '.join(problems)}")

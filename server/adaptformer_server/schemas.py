@@ -13,6 +13,7 @@ __all__ = [
     "ErrorDetail",
     "ErrorResponse",
     "Health",
+    "MultiPredictResponse",
     "PredictResponse",
     "Prediction",
     "Ready",
@@ -31,6 +32,11 @@ class PredictResponse(BaseModel):
     modality: Literal["image", "clip"]
     predictions: list[list[Prediction]] = Field(description="top-k per input, in request order (one for a clip)")
     latency_ms: float
+
+
+class MultiPredictResponse(BaseModel):
+    results: list[PredictResponse] = Field(description="one single-task answer per task, in the order asked")
+    latency_ms: float = Field(description="the whole request, from request to answer")
 
 
 class AdapterInfo(BaseModel):

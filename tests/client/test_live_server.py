@@ -7,8 +7,10 @@ limits so that 413 and 503 can be provoked on purpose.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import io
+import json
 import os
 import signal
 import socket
@@ -369,3 +371,44 @@ def test_cli_against_the_server(live: Live, tmp_path: Path, capsys: pytest.Captu
     assert cli_main([*base, "adapters", "nope"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_predict_many_matches_single_predictions(
+    live: Live, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with live.client(api_key=ADMIN_KEY) as admin:
+        admin.upload_adapter(adapter_file(live.vit, "letters", winner=3, seed=5), task="letters")
+        try:
+            with live.client() as client:
+                many = client.predict_many(["digits", "letters"], png(3), top_k=4)
+                assert many.tasks == ["digits", "letters"] and many.latency_ms > 0
+                for task in many.tasks:
+                    single = client.predict(task, png(3), top_k=4)
+                    assert many[task].version == single.version
+                    got = {p.label: p.score for p in many[task].predictions[0]}
+                    for p in single.predictions[0]:
+                        assert got[p.label] == pytest.approx(p.score, abs=1e-5)
+                assert many["letters"].top.label == "letters-3"
+                star = client.predict_many("*", [png(1), png(2)], top_k=1)
+                assert star.tasks == ["digits", "letters"] and [len(r.predictions) for r in star.results] == [2, 2]
+                one = client.predict_many(["digits"], png(3))  # one task: the server answers the single shape
+                assert one.tasks == ["digits"]
+
+            async def run_async() -> None:
+                async with AsyncClient(live.url, api_key=PREDICT_KEY) as aclient:
+                    answer = await aclient.predict_many(["letters", "digits"], png(3))
+                    assert answer.tasks == ["letters", "digits"]
+
+            asyncio.run(run_async())
+            base = ["--url", live.url, "--api-key", PREDICT_KEY]
+            image = tmp_path / "three.png"
+            image.write_bytes(png(3))
+            capsys.readouterr()
+            assert cli_main([*base, "predict", "--task", "digits", "--task", "letters", str(image)]) == 0
+            out = capsys.readouterr().out
+            assert "digits (version" in out and "letters (version" in out and "2 tasks in one request" in out
+            assert cli_main([*base, "predict", "--task", "*", str(image), "--json"]) == 0
+            answer = json.loads(capsys.readouterr().out)
+            assert [r["task"] for r in answer["results"]] == ["digits", "letters"]
+        finally:
+            admin.delete_adapter("letters")

@@ -1,4 +1,4 @@
-"""POST /predict: images or a clip in, top-k labels of one task out."""
+"""POST /predict: images or a clip in, top-k labels of one task (or of several, from one forward pass) out."""
 
 from __future__ import annotations
 
@@ -9,10 +9,15 @@ from typing import Annotated, Any
 import torch
 from fastapi import APIRouter, Query, Request
 
+from adaptformer.preprocess import InputSpec
+from adaptformer.task import TaskAdapter
 from adaptformer_server.deps import PredictAuth, ReadyRuntime
-from adaptformer_server.errors import InvalidInput, status_of
-from adaptformer_server.inputs import IMAGE_TYPES, decode_inputs, read_predict_body
-from adaptformer_server.schemas import Prediction, PredictResponse, error_responses
+from adaptformer_server.errors import InvalidInput, NotFound, PayloadTooLarge, status_of
+from adaptformer_server.inputs import IMAGE_TYPES, PredictBody, decode_inputs, read_predict_body
+from adaptformer_server.registry import AdapterEntry
+from adaptformer_server.runtime import Runtime
+from adaptformer_server.schemas import MultiPredictResponse, Prediction, PredictResponse, error_responses
+from adaptformer_server.settings import Settings
 from adaptformer_server.store import TASK_PATTERN, valid_task_name
 
 router = APIRouter(tags=["predict"])
@@ -31,15 +36,80 @@ _BODY: dict[str, Any] = {
 }
 
 
-def _top_k(logits: torch.Tensor, labels: list[str], k: int) -> list[Prediction]:
+ALL_IMAGE_TASKS = "*"
+
+
+def top_k(logits: torch.Tensor, labels: list[str], k: int) -> list[Prediction]:
     scores, idx = torch.softmax(logits.float(), dim=-1).topk(k)
     return [Prediction(label=labels[i], score=float(s)) for s, i in zip(scores.tolist(), idx.tolist(), strict=True)]
 
 
+def check_task_name(task: str) -> None:
+    """400 for a name that can never be a task (before any lookup)."""
+    if not valid_task_name(task):
+        raise InvalidInput(f"task {task!r} is not a valid task name ({TASK_PATTERN}, no '..')")
+
+
+def expand_tasks(runtime: Runtime, names: list[str]) -> list[str]:
+    """The tasks a request names, in order, without repeats; ``*`` stands for every image task. 400/404 early."""
+    tasks: list[str] = []
+    for name in names:
+        if name == ALL_IMAGE_TASKS:
+            every = [e.task for e in runtime.registry if e.spec.modality == "image"]
+            if not every:
+                raise NotFound("task=* asks for every image task, but this server has none; GET /adapters lists them")
+            tasks.extend(every)
+        else:
+            check_task_name(name)
+            runtime.entry(name)  # 404 before reading the body
+            tasks.append(name)
+    return list(dict.fromkeys(tasks))
+
+
+def decode_for(body: PredictBody, entries: list[AdapterEntry], settings: Settings) -> list[list[torch.Tensor]]:
+    """Decodes the body once per distinct input spec and gives each entry its inputs (blocking: worker thread)."""
+    done: list[tuple[InputSpec, list[torch.Tensor]]] = []
+    out = []
+    for entry in entries:
+        spec = entry.spec
+        inputs = next((x for s, x in done if s == spec), None)
+        if inputs is None:
+            inputs = decode_inputs(body, spec, entry.task, settings)
+            done.append((spec, inputs))
+        out.append(inputs)
+    return out
+
+
+async def run_tasks(
+    runtime: Runtime, jobs: list[tuple[AdapterEntry, TaskAdapter, list[torch.Tensor]]]
+) -> list[list[torch.Tensor]]:
+    """Runs the inputs of every job through the batcher at once (shared forward passes); logits per job."""
+    total = sum(len(inputs) for _, _, inputs in jobs)
+    if len(jobs) > 1 and total > runtime.settings.queue_size:  # one task keeps the contract's 503
+        raise PayloadTooLarge(
+            f"this request needs {total} samples ({len(jobs)} tasks); the queue holds at most "
+            f"{runtime.settings.queue_size}: ask for fewer tasks or send fewer images"
+        )
+    assert runtime.batcher is not None
+    return await runtime.batcher.submit_many([(inputs, entry.key, adapter) for entry, adapter, inputs in jobs])
+
+
+def answer(entry: AdapterEntry, logits: list[torch.Tensor], k: int, latency_ms: float) -> PredictResponse:
+    labels = entry.labels
+    k = min(k, len(labels))
+    return PredictResponse(
+        task=entry.task,
+        version=entry.version,
+        modality=entry.spec.modality,  # type: ignore[arg-type]
+        predictions=[top_k(out, labels, k) for out in logits],
+        latency_ms=latency_ms,
+    )
+
+
 @router.post(
     "/predict",
-    response_model=PredictResponse,
-    summary="Classify images or a clip with one task's adapter",
+    response_model=PredictResponse | MultiPredictResponse,
+    summary="Classify images or a clip with one task's adapter, or with several tasks in one pass",
     responses=error_responses(400, 401, 403, 404, 413, 415, 503),
     openapi_extra=_BODY,
 )
@@ -47,35 +117,40 @@ async def predict(
     request: Request,
     _: PredictAuth,
     runtime: ReadyRuntime,
-    task: Annotated[str, Query(description=f"task name ({TASK_PATTERN})", max_length=64)],
+    task: Annotated[
+        list[str],
+        Query(
+            description=f"task name ({TASK_PATTERN}); repeat it for several tasks (answered as `results`), "
+            "or `*` for every image task",
+            max_length=64,
+        ),
+    ],
     top_k: Annotated[int, Query(ge=1, description="labels per input (clamped to the class count)")] = 5,
-) -> PredictResponse:
+) -> PredictResponse | MultiPredictResponse:
     start = time.perf_counter()
     metrics = runtime.metrics
-    label, status = "_unknown", "500"  # unknown names never become label values
+    labels_: list[str] = ["_unknown"]  # unknown names never become label values
+    status = "500"
     try:
-        if not valid_task_name(task):
-            raise InvalidInput(f"task {task!r} is not a valid task name ({TASK_PATTERN}, no '..')")
-        runtime.entry(task)  # 404 before reading the body
-        label = task
+        if not task:
+            raise InvalidInput("the query needs a `task` (repeat it for several tasks, or task=* for every image task)")
+        multi = len(task) > 1 or task[0] == ALL_IMAGE_TASKS
+        tasks = expand_tasks(runtime, task)
+        labels_ = tasks
         body = await read_predict_body(request, runtime.settings)
-        entry, adapter = await runtime.resolve(task)  # the version this request runs on, whatever happens next
-        inputs = await asyncio.to_thread(decode_inputs, body, entry.spec, task, runtime.settings)
-        assert runtime.batcher is not None
-        logits = await runtime.batcher.submit(inputs, entry.key, adapter)
-        labels = entry.labels
-        k = min(top_k, len(labels))
+        resolved = [await runtime.resolve(t) for t in tasks]  # the versions this request runs on
+        entries = [entry for entry, _ in resolved]
+        inputs = await asyncio.to_thread(decode_for, body, entries, runtime.settings)
+        jobs = [(entry, adapter, x) for (entry, adapter), x in zip(resolved, inputs, strict=True)]
+        logits = await run_tasks(runtime, jobs)
+        latency_ms = round((time.perf_counter() - start) * 1000, 3)
+        results = [answer(entry, out, top_k, latency_ms) for entry, out in zip(entries, logits, strict=True)]
         status = "200"
-        return PredictResponse(
-            task=task,
-            version=entry.version,
-            modality=entry.spec.modality,  # type: ignore[arg-type]
-            predictions=[_top_k(out, labels, k) for out in logits],
-            latency_ms=round((time.perf_counter() - start) * 1000, 3),
-        )
+        return MultiPredictResponse(results=results, latency_ms=latency_ms) if multi else results[0]
     except Exception as e:
         status = str(status_of(e))
         raise
     finally:
-        metrics.predictions.labels(label, status).inc()
+        for label in labels_:
+            metrics.predictions.labels(label, status).inc()
         metrics.predict_latency.observe(time.perf_counter() - start)

@@ -1,0 +1,207 @@
+"""One image, many tasks: ``POST /predict?task=t1&...&task=tN`` against N single-task requests.
+
+    python -m benchmarks.multitask_predict [--quick] [--tasks 1,2,4,8] [--reps 30] [--out docs/benchmarks]
+
+The server is the real app (``create_app``) with the embedded backbone (its shipped weights), driven in-process
+over ASGI with httpx, so the times include HTTP parsing, multipart decoding, preprocessing, batching, the forward
+pass and the JSON answer, but no network. Each task is an AdaptFormer adapter (bottleneck 16, all blocks, 10
+classes, random weights: speed does not depend on their values). For each N, three ways to get the same N answers
+for one 28x28 PNG are measured interleaved (multi, sequential, concurrent, multi, ...), medians over ``--reps``:
+
+- ``multi``: one request naming the N tasks (one decode, one forward pass of N rows);
+- ``sequential``: N single-task requests one after the other (N decodes, N forward passes);
+- ``concurrent``: N single-task requests sent at once (N decodes; the batcher merges them into one forward pass
+  when they arrive within ``max_wait_ms``).
+
+Writes ``multitask_predict.json`` and ``multitask_predict.md`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import datetime as dt
+import io
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+import adaptformer as af
+from adaptformer.adapter_file import task_to_bytes
+from adaptformer.embedded import load_embedded
+from adaptformer.preprocess import spec_from_model
+from adaptformer_server import create_app
+from adaptformer_server.settings import Settings
+
+
+def make_adapters(store: Path, n: int) -> list[str]:
+    vit = load_embedded()
+    vit.reset_classifier(0)
+    names = []
+    for i in range(n):
+        model = copy.deepcopy(vit)
+        af.add_adapters(model, af.AdapterConfig(bottleneck=16), num_classes=10)
+        g = torch.Generator().manual_seed(i)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        name = f"task{i:02d}"
+        task = af.extract_task(model, name, labels=[str(c) for c in range(10)], input_spec=spec_from_model(vit))
+        (store / f"{name}.safetensors").write_bytes(task_to_bytes(task))
+        names.append(name)
+    return names
+
+
+def forward_passes(runtime) -> int:
+    """Forward passes run so far (the count of the batch-size histogram)."""
+    samples = runtime.metrics.batch_size.collect()[0].samples
+    return int(next(s.value for s in samples if s.name.endswith("_count")))
+
+
+def png() -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+async def measure(counts: list[int], reps: int, max_wait_ms: float, threads: int) -> dict:
+    image = png()
+    files = [("image", ("x.png", image, "image/png"))]
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp)
+        names = make_adapters(store, max(counts))
+        settings = Settings(store=store, seed_demo=False, max_wait_ms=max_wait_ms, threads=threads, log_level="warning")
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            runtime = app.state.runtime
+            await runtime.wait_ready(300)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=120) as client:
+
+                async def post(tasks: list[str]) -> None:
+                    r = await client.post("/predict", params={"task": tasks}, files=files)
+                    r.raise_for_status()
+
+                async def multi(tasks: list[str]) -> None:
+                    await post(tasks)
+
+                async def sequential(tasks: list[str]) -> None:
+                    for t in tasks:
+                        await post([t])
+
+                async def concurrent(tasks: list[str]) -> None:
+                    await asyncio.gather(*(post([t]) for t in tasks))
+
+                ways = {"multi": multi, "sequential": sequential, "concurrent": concurrent}
+                rows = []
+                for n in counts:
+                    tasks = names[:n]
+                    for fn in ways.values():  # warm-up: page every adapter in
+                        await fn(tasks)
+                    times: dict[str, list[float]] = {k: [] for k in ways}
+                    forwards: dict[str, list[int]] = {k: [] for k in ways}
+                    for _ in range(reps):
+                        for key, fn in ways.items():
+                            before = forward_passes(runtime)
+                            start = time.perf_counter()
+                            await fn(tasks)
+                            times[key].append((time.perf_counter() - start) * 1000)
+                            forwards[key].append(forward_passes(runtime) - before)
+                    med = {k: statistics.median(v) for k, v in times.items()}
+                    row = {
+                        "tasks": n,
+                        "multi_ms": round(med["multi"], 2),
+                        "sequential_ms": round(med["sequential"], 2),
+                        "concurrent_ms": round(med["concurrent"], 2),
+                        "speedup_vs_sequential": round(med["sequential"] / med["multi"], 2),
+                        "speedup_vs_concurrent": round(med["concurrent"] / med["multi"], 2),
+                        "forward_passes": {k: statistics.median(v) for k, v in forwards.items()},
+                    }
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    return {"rows": rows}
+
+
+def markdown(result: dict) -> str:
+    env = result["environment"]
+    lines = [
+        "# Multi-task predict: one request for N tasks vs N single-task requests",
+        "",
+        f"Measured {result['date']} with `{result['command']}` on {env['machine']} "
+        f"({env['cpus']} CPUs, torch {env['torch']}, {env['threads']} inference thread(s), "
+        f"max_wait_ms {result['max_wait_ms']}); medians over {result['reps']} interleaved repetitions. "
+        "Embedded backbone (28x28, 6 blocks, width 128), AdaptFormer adapters with bottleneck 16, one 28x28 PNG, "
+        "in-process over ASGI (no network).",
+        "",
+        "| tasks | one multi-task request | N sequential requests | N concurrent requests | "
+        "speed-up vs sequential | vs concurrent | forward passes (multi / seq / conc) |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in result["rows"]:
+        f = r["forward_passes"]
+        lines.append(
+            f"| {r['tasks']} | {r['multi_ms']:.1f} ms | {r['sequential_ms']:.1f} ms | {r['concurrent_ms']:.1f} ms | "
+            f"{r['speedup_vs_sequential']:.2f}x | {r['speedup_vs_concurrent']:.2f}x | "
+            f"{f['multi']:g} / {f['sequential']:g} / {f['concurrent']:g} |"
+        )
+    lines += [
+        "",
+        "A multi-task request decodes and preprocesses the image once and runs the N rows in one forward pass "
+        "(rows of one task share the task's branches; the frozen layers run once for all rows). N sequential "
+        "requests pay the HTTP, decoding and forward-pass overhead N times; N concurrent requests share one "
+        "forward pass through the batcher but still pay N request overheads and wait up to max_wait_ms for "
+        "the batch to fill.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="1,2,4,8", help="comma-separated task counts")
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="tasks 1,4 and 5 repetitions")
+    parser.add_argument("--out", type=Path, default=None, help="write multitask_predict.{json,md} here")
+    args = parser.parse_args(argv)
+    counts = [1, 4] if args.quick else [int(c) for c in args.tasks.split(",")]
+    reps = 5 if args.quick else args.reps
+    torch.manual_seed(0)
+    result = asyncio.run(measure(counts, reps, args.max_wait_ms, args.threads))
+    result.update(
+        date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        command="python -m benchmarks.multitask_predict " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        reps=reps,
+        max_wait_ms=args.max_wait_ms,
+        environment={
+            "machine": platform.machine() + " " + platform.processor(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "python": platform.python_version(),
+        },
+    )
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "multitask_predict.json").write_text(json.dumps(result, indent=2) + "\n")
+        (args.out / "multitask_predict.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,404 @@
+"""The Open Inference Protocol (KServe v2) REST API: ``/v2``, health, model metadata and ``infer``.
+
+A model is a task; its version is the adapter version. ``infer`` takes one input: encoded images as ``BYTES``
+(base64 or raw strings in JSON, or Triton's binary tensor extension) or a preprocessed ``FP32`` tensor
+``[N, 3, H, W]`` (``[N, T, 3, H, W]`` for a clip task), and answers ``probabilities`` (FP32 ``[N, classes]``)
+and ``labels`` (BYTES ``[N]``, the top-1 label). Auth, limits, decoding and batching are those of ``/predict``;
+errors are the protocol's ``{"error": "<message>"}`` with the same statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import math
+import struct
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from adaptformer.errors import DataError
+from adaptformer_server import __version__
+from adaptformer_server.deps import PredictAuth, ReadyRuntime, RuntimeDep
+from adaptformer_server.errors import ApiError, InvalidInput, NotFound, PayloadTooLarge, data_error, status_of
+from adaptformer_server.inputs import PredictBody, decode_inputs
+from adaptformer_server.registry import AdapterEntry
+from adaptformer_server.routes.predict import check_task_name, run_tasks
+from adaptformer_server.runtime import Runtime
+
+__all__ = ["router"]
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+OUTPUTS = ("probabilities", "labels")
+_EXTENSIONS = ["binary_tensor_data"]
+
+
+class OIPRoute(APIRoute):
+    """Answers errors as the protocol's ``{"error": "<message>"}`` (status and headers as the rest of the API)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ApiError as e:
+                return JSONResponse({"error": e.message}, e.status, headers=e.headers)
+            except DataError as e:
+                err = data_error(e)
+                return JSONResponse({"error": err.message}, err.status)
+            except RequestValidationError as e:
+                parts = [f"{'.'.join(str(p) for p in x.get('loc', ()))}: {x.get('msg', 'invalid')}" for x in e.errors()]
+                return JSONResponse({"error": "; ".join(parts) or "invalid request"}, 400)
+
+        return route
+
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"], route_class=OIPRoute)
+
+
+# -- server and model metadata ---------------------------------------------------------------------------------
+@router.get("", summary="Server metadata")
+async def server_metadata() -> dict:
+    return {"name": "adaptformer-serve", "version": __version__, "extensions": _EXTENSIONS}
+
+
+@router.get("/health/live", summary="Server live")
+async def live() -> dict:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="Server ready: the backbone is loaded", responses={503: {}})
+async def ready(runtime: RuntimeDep) -> Response:
+    if runtime.ready:
+        return JSONResponse({"ready": True})
+    return JSONResponse({"ready": False}, 503, headers={"Retry-After": "5"})
+
+
+def _entry(runtime: Runtime, task: str, version: str | None) -> AdapterEntry:
+    check_task_name(task)
+    entry = runtime.entry(task)
+    if version is not None and version != entry.version:
+        raise NotFound(
+            f"model {task!r} has no version {version!r}: this server serves version {entry.version} "
+            f"(GET /v2/models/{task} lists it)"
+        )
+    return entry
+
+
+def _model_metadata(runtime: Runtime, entry: AdapterEntry) -> dict:
+    spec = entry.spec
+    s = spec.size
+    tensor = [-1, 3, s, s] if spec.modality == "image" else [-1, spec.frames, 3, s, s]
+    return {
+        "name": entry.task,
+        "versions": [entry.version],
+        "platform": "adaptformer",
+        "inputs": [
+            {"name": "image", "datatype": "BYTES", "shape": [-1]},
+            {"name": "input", "datatype": "FP32", "shape": tensor},
+        ],
+        "outputs": [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(entry.labels)]},
+            {"name": "labels", "datatype": "BYTES", "shape": [-1]},
+        ],
+        "parameters": {
+            "modality": spec.modality,
+            "frames": spec.frames,
+            "labels": entry.labels,
+            "input_note": "send one input: `image` (encoded images; for a clip task one animated GIF/WebP per "
+            "element, or shape [N, frames] of frame images) or `input` (preprocessed FP32 tensor)",
+        },
+    }
+
+
+@router.get("/models/{task}", summary="Model metadata", responses={404: {}})
+@router.get("/models/{task}/versions/{version}", summary="Model metadata (one version)", responses={404: {}})
+async def model_metadata(task: str, _: PredictAuth, runtime: ReadyRuntime, version: str | None = None) -> dict:
+    return _model_metadata(runtime, _entry(runtime, task, version))
+
+
+@router.get("/models/{task}/ready", summary="Model ready", responses={404: {}})
+@router.get("/models/{task}/versions/{version}/ready", summary="Model ready (one version)", responses={404: {}})
+async def model_ready(task: str, _: PredictAuth, runtime: ReadyRuntime, version: str | None = None) -> dict:
+    entry = _entry(runtime, task, version)
+    return {"name": entry.task, "version": entry.version, "ready": True}
+
+
+# -- inference --------------------------------------------------------------------------------------------------
+def _flatten(data: Any) -> list[Any]:
+    """Row-major elements of a (possibly nested) JSON ``data`` array."""
+    if not isinstance(data, list):
+        return [data]
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out
+
+
+def _bytes_element(value: Any, content_type: str | None) -> bytes:
+    """A BYTES element given in JSON: base64 (``content_type: base64`` or auto-detected) or a raw string."""
+    if not isinstance(value, str):
+        raise InvalidInput("BYTES data must be strings (base64-encoded image files, or raw strings)")
+    if content_type != "str":
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            if content_type == "base64":
+                raise InvalidInput("BYTES data is not valid base64 (the input's content_type says base64)") from None
+    try:
+        return value.encode("latin-1")  # raw bytes sent as one character per byte
+    except UnicodeEncodeError:
+        return value.encode()
+
+
+def _deserialize_bytes(blob: bytes) -> list[bytes]:
+    """Triton's binary BYTES tensor: each element is a 4-byte little-endian length and that many bytes."""
+    out, i = [], 0
+    while i < len(blob):
+        if i + 4 > len(blob):
+            raise InvalidInput("binary BYTES data is truncated (an element length needs 4 bytes)")
+        (n,) = struct.unpack_from("<I", blob, i)
+        i += 4
+        if i + n > len(blob):
+            raise InvalidInput("binary BYTES data is truncated (an element is longer than the data left)")
+        out.append(blob[i : i + n])
+        i += n
+    return out
+
+
+def _serialize_bytes(values: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(v)) + v for v in values)
+
+
+class _Infer:
+    """One parsed inference request."""
+
+    def __init__(self, doc: Any, binary: bytes) -> None:
+        if not isinstance(doc, dict):
+            raise InvalidInput("the inference request must be a JSON object with an `inputs` array")
+        self.id = doc.get("id")
+        if self.id is not None and not isinstance(self.id, str):
+            raise InvalidInput("`id` must be a string")
+        params = doc.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InvalidInput("`parameters` must be an object")
+        self.binary_output = bool(params.get("binary_data_output", False))
+        inputs = doc.get("inputs")
+        if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+            raise InvalidInput(
+                "`inputs` must hold exactly one tensor: `image` (BYTES, encoded images) or `input` (FP32, preprocessed)"
+            )
+        tensor = inputs[0]
+        self.name = str(tensor.get("name", "input"))
+        self.datatype = tensor.get("datatype")
+        shape = tensor.get("shape")
+        if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise InvalidInput(f"input {self.name!r}: `shape` must be a non-empty list of non-negative integers")
+        self.shape: list[int] = shape
+        tparams = tensor.get("parameters") or {}
+        if not isinstance(tparams, dict):
+            raise InvalidInput(f"input {self.name!r}: `parameters` must be an object")
+        self.content_type = tparams.get("content_type")
+        size = tparams.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or size > len(binary):
+                raise InvalidInput(f"input {self.name!r}: binary_data_size {size!r} does not fit the binary data sent")
+            self.blob: bytes | None = binary[:size]
+            self.data: Any = None
+        else:
+            if "data" not in tensor:
+                raise InvalidInput(f"input {self.name!r} has no `data` (nor binary_data_size)")
+            self.blob, self.data = None, tensor["data"]
+        self.outputs = self._requested(doc.get("outputs"))
+
+    def _requested(self, outputs: Any) -> list[tuple[str, bool]]:
+        if outputs is None:
+            return [(name, self.binary_output) for name in OUTPUTS]
+        if not isinstance(outputs, list) or not outputs:
+            raise InvalidInput('`outputs` must be a non-empty array of {"name": ...} objects')
+        out = []
+        for o in outputs:
+            name = o.get("name") if isinstance(o, dict) else None
+            if name not in OUTPUTS:
+                raise InvalidInput(f"unknown output {name!r}; this model has outputs {list(OUTPUTS)}")
+            p = o.get("parameters") or {}
+            out.append((name, bool(p.get("binary_data", self.binary_output)) if isinstance(p, dict) else False))
+        return out
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.shape)
+
+
+async def _parse(request: Request) -> _Infer:
+    raw = await request.body()  # bounded by the body limit middleware, like /predict
+    length = request.headers.get(HEADER_LENGTH)
+    if length is not None:
+        try:
+            n = int(length)
+        except ValueError:
+            raise InvalidInput(f"{HEADER_LENGTH} is not a number") from None
+        if not 0 < n <= len(raw):
+            raise InvalidInput(f"{HEADER_LENGTH} {n} does not fit a body of {len(raw)} bytes")
+        header, binary = raw[:n], raw[n:]
+    else:
+        header, binary = raw, b""
+    try:
+        doc = json.loads(header)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"the inference request is not valid JSON: {e}") from None
+    return _Infer(doc, binary)
+
+
+def _tensor_inputs(req: _Infer, entry: AdapterEntry, runtime: Runtime) -> list[torch.Tensor]:
+    """A preprocessed FP32 tensor: [N, 3, S, S] (image task) or [N, T, 3, S, S] (clip task)."""
+    spec = entry.spec
+    s = spec.size
+    want = [3, s, s] if spec.modality == "image" else [spec.frames, 3, s, s]
+    if req.shape[1:] != want or req.shape[0] < 1:
+        raise InvalidInput(
+            f"input {req.name!r}: task {entry.task!r} takes FP32 shape [N, {', '.join(map(str, want))}], "
+            f"got {req.shape}"
+        )
+    if req.shape[0] > runtime.settings.max_images_per_request:
+        raise PayloadTooLarge(
+            f"{req.shape[0]} inputs in one request; the limit is {runtime.settings.max_images_per_request}"
+        )
+    if req.blob is not None:
+        if len(req.blob) != 4 * req.count:
+            raise InvalidInput(f"input {req.name!r}: {len(req.blob)} bytes of FP32 data for shape {req.shape}")
+        x = torch.from_numpy(np.frombuffer(req.blob, dtype="<f4").copy())
+    else:
+        values = _flatten(req.data)
+        if len(values) != req.count:
+            raise InvalidInput(f"input {req.name!r}: {len(values)} values for shape {req.shape} ({req.count})")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise InvalidInput(f"input {req.name!r}: FP32 data must be numbers")
+        x = torch.tensor(values, dtype=torch.float32)
+    if not torch.isfinite(x).all():
+        raise InvalidInput(f"input {req.name!r}: FP32 data holds NaN or infinite values")
+    return list(x.reshape(req.shape).unbind(0))
+
+
+def _bytes_inputs(req: _Infer, entry: AdapterEntry, runtime: Runtime) -> list[torch.Tensor]:
+    """Encoded images: one per element for an image task; for a clip task one animated image per element, or
+    rows of frame images (shape [N, T])."""
+    settings = runtime.settings
+    if req.blob is not None:
+        elements = _deserialize_bytes(req.blob)
+    else:
+        elements = [_bytes_element(v, req.content_type) for v in _flatten(req.data)]
+    if len(elements) != req.count or not elements:
+        raise InvalidInput(f"input {req.name!r}: {len(elements)} elements for shape {req.shape}")
+    spec = entry.spec
+    if spec.modality == "image" or len(req.shape) == 1 or req.shape[1:] == [1]:
+        if len(elements) > settings.max_images_per_request:
+            raise PayloadTooLarge(
+                f"more than {settings.max_images_per_request} images in one request; split it into several"
+            )
+        if spec.modality == "image":
+            return decode_inputs(PredictBody(images=elements), spec, entry.task, settings)
+        return [x for e in elements for x in decode_inputs(PredictBody(images=[e]), spec, entry.task, settings)]
+    if len(req.shape) != 2:
+        raise InvalidInput(f"input {req.name!r}: BYTES shape must be [N] or, for a clip task, [N, frames]")
+    n, t = req.shape
+    if t > settings.max_frames:
+        raise PayloadTooLarge(f"more than {settings.max_frames} frames in one clip")
+    if n > settings.max_images_per_request:
+        raise PayloadTooLarge(f"more than {settings.max_images_per_request} clips in one request")
+    rows = [elements[i * t : (i + 1) * t] for i in range(n)]
+    return [x for row in rows for x in decode_inputs(PredictBody(frames=row), spec, entry.task, settings)]
+
+
+def _decode(req: _Infer, entry: AdapterEntry, runtime: Runtime) -> list[torch.Tensor]:
+    if req.datatype == "BYTES":
+        return _bytes_inputs(req, entry, runtime)
+    if req.datatype == "FP32":
+        return _tensor_inputs(req, entry, runtime)
+    raise InvalidInput(
+        f"input {req.name!r}: datatype {req.datatype!r} is not accepted; send BYTES (encoded images) or FP32 "
+        "(a preprocessed tensor)"
+    )
+
+
+def _respond(req: _Infer, entry: AdapterEntry, logits: list[torch.Tensor], latency_ms: float) -> Response:
+    probs = torch.stack([torch.softmax(o.float(), dim=-1) for o in logits])
+    labels = entry.labels
+    top = [labels[i] for i in probs.argmax(dim=-1).tolist()]
+    outputs, blobs = [], []
+    for name, binary in req.outputs:
+        if name == "probabilities":
+            out: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(probs.shape)}
+            blob = probs.numpy().astype("<f4").tobytes() if binary else None
+            data: list[Any] = probs.flatten().tolist()
+        else:
+            out = {"name": name, "datatype": "BYTES", "shape": [len(top)]}
+            blob = _serialize_bytes([t.encode() for t in top]) if binary else None
+            data = top
+        if blob is not None:
+            out["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            out["data"] = data
+        outputs.append(out)
+    body = {
+        "model_name": entry.task,
+        "model_version": entry.version,
+        "id": req.id if req.id is not None else uuid.uuid4().hex,
+        "parameters": {"latency_ms": latency_ms},
+        "outputs": outputs,
+    }
+    if not blobs:
+        return JSONResponse(body)
+    header = json.dumps(body).encode()
+    return Response(
+        header + b"".join(blobs),
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(header))},
+    )
+
+
+@router.post("/models/{task}/infer", summary="Inference", responses={400: {}, 404: {}, 413: {}, 503: {}})
+@router.post("/models/{task}/versions/{version}/infer", summary="Inference (one version)", responses={404: {}})
+async def infer(
+    request: Request, task: str, _: PredictAuth, runtime: ReadyRuntime, version: str | None = None
+) -> Response:
+    start = time.perf_counter()
+    metrics = runtime.metrics
+    label, status = "_unknown", "500"
+    try:
+        _entry(runtime, task, version)  # 400/404 before reading the body
+        label = task
+        req = await _parse(request)
+        entry, adapter = await runtime.resolve(task)
+        if version is not None and entry.version != version:
+            raise NotFound(f"model {task!r} version {version!r} was replaced while this request was admitted")
+        inputs = await asyncio.to_thread(_decode, req, entry, runtime)
+        (logits,) = await run_tasks(runtime, [(entry, adapter, inputs)])
+        response = _respond(req, entry, logits, round((time.perf_counter() - start) * 1000, 3))
+        status = "200"
+        return response
+    except Exception as e:
+        status = str(status_of(e))
+        raise
+    finally:
+        metrics.predictions.labels(label, status).inc()
+        metrics.predict_latency.observe(time.perf_counter() - start)
