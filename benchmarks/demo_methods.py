@@ -71,6 +71,12 @@ def main(argv: list[str] | None = None) -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     name = "demo_methods_quick" if args.quick else "demo_methods"
+    previous = args.out / f"{name}.json"
+    if set(args.tasks) != set(TASKS) and previous.exists():
+        # A rerun of some tasks keeps the other tasks' rows (and says so).
+        kept = [r for r in json.loads(previous.read_text())["rows"] if r["task"] not in args.tasks]
+        rows = sorted(kept + rows, key=lambda r: (list(TASKS).index(r["task"]), list(METHODS).index(r["method"])))
+        meta["command"] += " --tasks " + " ".join(args.tasks) + " (other tasks' rows from the previous run)"
     (args.out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [
         "# Demo tasks: accuracy per method (embedded backbone)",

@@ -1,0 +1,1 @@
+"""Performance and transfer benchmarks; each writes its results under docs/benchmarks/."""
