@@ -135,8 +135,9 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
   fi
   BUILD_S="$(since "$t0")"
   CACHED_STEPS="$(grep -c ' CACHED$' "$TMP/build.log" || true)"
+  LOAD_AFTER_BUILD="$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')"
   if [[ -n "${NO_CACHE:-}" ]]; then
-    BUILD_S="$BUILD_S s (--no-cache: everything downloaded and built)"
+    BUILD_S="$BUILD_S s (--no-cache: everything downloaded and built; load average after it $LOAD_AFTER_BUILD)"
   else
     BUILD_S="$BUILD_S s ($CACHED_STEPS steps from the layer cache; NO_CACHE=1 for a full build)"
   fi
@@ -323,7 +324,7 @@ RESULT=PASS
 ((${#FAILURES[@]})) && RESULT=FAIL
 SUMMARY="$(cat <<EOF
 result:            $RESULT
-image:             $IMAGE ($VARIANT; base ${BASE_IMAGE:-?}; $TORCH_DESC)
+image:             $IMAGE ($VARIANT; base ${BASE_IMAGE:-not known: SKIP_BUILD}; $TORCH_DESC)
 build time:        $BUILD_S
 image size:        $SIZE_H; /opt/venv $VENV_MB MB, of which nvidia-* + triton $NVIDIA_MB MB
 time to ready:     $READY1 s (first start), $READY2 s (restart), $READY3 s (fresh container, same volume)
