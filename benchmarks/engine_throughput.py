@@ -175,6 +175,7 @@ def measure(
 
 
 def machine_info(device: torch.device) -> dict:
+    """Platform, versions, threads and the load average when the run starts (other jobs skew timings)."""
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -284,6 +285,8 @@ def main(argv: list[str] | None = None) -> dict:
     size = vit.patch_embed.img_size[0]
     x = torch.randn(s.batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
 
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    machine = machine_info(device) | {"cpu_model": _cpu_model()}
     rows = [r for r in ROWS if args.rows is None or r.key in args.rows]
     results = []
     for row in rows:
@@ -295,12 +298,13 @@ def main(argv: list[str] | None = None) -> dict:
         )
         results.append(r)
 
-    machine = machine_info(device) | {"cpu_model": _cpu_model()}
     result = {
         "benchmark": "engine_throughput",
         "model": MODEL,
-        "command": "python -m benchmarks.engine_throughput " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(
+            ["python -m benchmarks.engine_throughput", shlex.join(sys.argv[1:] if argv is None else argv)]
+        ).strip(),
+        "date": started,
         "settings": asdict(s) | {"image_size": size, "quick": args.quick},
         "machine": machine,
         "note": args.note,
