@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import math
-import threading
 
 import httpx
 import pytest
 import torch
-from server_support import adapter_bytes, image_files, make_task, png, serving, tiny_vit, upload_files
+from server_support import (
+    adapter_bytes,
+    hold_forward_pass,
+    image_files,
+    make_task,
+    png,
+    serving,
+    tiny_vit,
+    upload_files,
+)
 
 from adaptformer.adapter_file import task_to_bytes
 from adaptformer_server import create_app
@@ -212,14 +220,7 @@ async def test_503_overloaded_with_retry_after(vit, tasks_store, make_settings):
     app = create_app(make_settings(max_batch_size=1, queue_size=1), backbone=vit)
     async with serving(app) as client:
         batcher = app.state.runtime.batcher
-        run, started, gate = batcher.run, threading.Event(), threading.Event()
-
-        def blocked(*args):
-            started.set()
-            gate.wait(30)
-            return run(*args)
-
-        batcher.run = blocked
+        started, gate = hold_forward_pass(batcher)
         first = asyncio.create_task(client.post("/predict?task=alpha", files=image_files(png(1))))
         await asyncio.to_thread(started.wait, 30)  # the first request is in the (blocked) forward pass
         second = asyncio.create_task(client.post("/predict?task=beta", files=image_files(png(2))))
@@ -230,7 +231,6 @@ async def test_503_overloaded_with_retry_after(vit, tasks_store, make_settings):
         assert int(r.headers["Retry-After"]) >= 1
         gate.set()
         assert (await first).status_code == 200 and (await second).status_code == 200
-        batcher.run = run
         await healthy(client)
 
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 
-from server_support import adapter_bytes, image_files, png, serving, upload_files
+from server_support import adapter_bytes, hold_forward_pass, image_files, png, serving, upload_files
 
 from adaptformer_server import create_app
 
@@ -55,14 +54,7 @@ async def test_request_in_flight_finishes_on_its_version(vit, store, make_settin
     async with serving(app) as client:
         v_old = (await client.post("/adapters", **upload_files(old))).json()["adapter"]["version"]
         batcher = app.state.runtime.batcher
-        run, started, gate = batcher.run, threading.Event(), threading.Event()
-
-        def blocked(*args):
-            started.set()
-            gate.wait(30)
-            return run(*args)
-
-        batcher.run = blocked
+        started, gate = hold_forward_pass(batcher)
         pending = asyncio.create_task(client.post("/predict?task=swap", files=image_files(png(1))))
         await asyncio.to_thread(started.wait, 30)
         # replaced, then deleted, while the request is in the forward pass
@@ -70,7 +62,6 @@ async def test_request_in_flight_finishes_on_its_version(vit, store, make_settin
         assert (await client.delete("/adapters/swap")).status_code == 200
         gate.set()
         r = await pending
-        batcher.run = run
         assert r.status_code == 200
         assert r.json()["version"] == v_old and r.json()["predictions"][0][0]["label"] == "swap-0"
         assert v_new != v_old
