@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from starlette.types import Scope
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import nn
 
 from adaptformer_server import __version__
@@ -19,7 +22,9 @@ from adaptformer_server.routes import adapters, health, oip, predict, ui
 from adaptformer_server.runtime import Runtime
 from adaptformer_server.settings import Settings
 
-__all__ = ["create_app"]
+__all__ = ["REPLICA_HEADER", "create_app", "default_replica_id"]
+
+REPLICA_HEADER = "X-AdaptFormer-Replica"
 
 _MULTIPART_SLACK = 1024 * 1024  # form framing and the `task` field around an uploaded file
 
@@ -32,21 +37,54 @@ several tasks in one pass); `/adapters` lists, uploads, replaces and deletes ada
 """
 
 
-def create_app(settings: Settings | None = None, *, backbone: nn.Module | None = None) -> FastAPI:
+def default_replica_id() -> str:
+    """``host:pid``: tells apart the processes behind one address (replicas behind a proxy)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class ReplicaHeaderMiddleware:
+    """Names the process that answered in every HTTP response (``X-AdaptFormer-Replica``)."""
+
+    def __init__(self, app: ASGIApp, replica_id: str) -> None:
+        self.app = app
+        self.replica_id = replica_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[REPLICA_HEADER] = self.replica_id
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
+def create_app(
+    settings: Settings | None = None, *, backbone: nn.Module | None = None, wait_ready: bool = False
+) -> FastAPI:
     """Builds the app; the backbone, the store scan and the batcher start in its lifespan.
 
     Args:
         settings: Server settings (read from ADAPTFORMER_* environment variables when omitted).
         backbone: A prebuilt timm ViT to serve instead of the one the settings name (tests, embedding apps).
+        wait_ready: Let the lifespan's startup return only once the backbone is loaded (and fail if it cannot
+            load), for hosts that route traffic to an app as soon as its startup is done (Ray Serve). By default
+            startup returns at once, ``/healthz`` answers and ``/readyz`` says when loading is done.
     """
     settings = settings or Settings()
     metrics = Metrics()
     runtime = Runtime(settings, metrics, backbone=backbone)
+    replica_id = settings.replica_id or default_replica_id()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime.start()
         try:
+            if wait_ready:
+                await runtime.wait_ready()
             yield
         finally:
             await runtime.stop()
@@ -61,6 +99,7 @@ def create_app(settings: Settings | None = None, *, backbone: nn.Module | None =
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.runtime = runtime
+    app.state.replica_id = replica_id
     app.state.auth = Auth(settings)
     install_error_handlers(app)
 
@@ -73,6 +112,7 @@ def create_app(settings: Settings | None = None, *, backbone: nn.Module | None =
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
     app.add_middleware(CatchAllMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(ReplicaHeaderMiddleware, replica_id=replica_id)
     app.include_router(predict.router)
     app.include_router(adapters.router)
     app.include_router(health.router)

@@ -58,6 +58,12 @@ class Metrics:
         )
         self.evictions = Counter("adaptformer_evictions", "Adapters evicted from a slot (LRU)", registry=r)
         self.uploads = Counter("adaptformer_uploads", "Adapter uploads by result status", ["status"], registry=r)
+        self.store_changes = Counter(
+            "adaptformer_store_changes",
+            "Adapters added, replaced or removed in the store by another process (seen by the store watcher)",
+            ["kind"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,7 +29,9 @@ from adaptformer_server.settings import Settings
 from adaptformer_server.store import (
     TASK_PATTERN,
     AdapterStore,
+    Stamp,
     StoredFile,
+    StoreWatcher,
     demo_files,
     parse_header,
     valid_task_name,
@@ -77,7 +80,12 @@ class Runtime:
         self.registry = Registry()
         self.bank: Bank | None = None
         self.batcher: Batcher | None = None
+        self.watcher: StoreWatcher | None = None
         self._load_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task] = set()
+        # Serialises this process's uploads, deletes and store syncs (other processes write the store too: the
+        # watcher brings their changes in; the files themselves are replaced atomically).
         self._write_lock = asyncio.Lock()
 
     # -- life cycle -------------------------------------------------------------------------------------------
@@ -98,15 +106,18 @@ class Runtime:
             engine, info = await asyncio.to_thread(build_engine, self.settings, self._backbone)
             self.engine, self.backbone = engine, info
             store = self.store = await asyncio.to_thread(AdapterStore, self.settings.store)
-            files = await asyncio.to_thread(self._prepare_store, store, info)
+            files, seen = await asyncio.to_thread(self._prepare_store, store, info)
             for f in files:
-                self.registry.put(AdapterEntry(task=f.task, version=f.version, size_bytes=f.size, header=f.header))
+                self.registry.put(_entry(f))
+            self.watcher = StoreWatcher(store, self._check_stored, seen)
             self.metrics.registered.set(len(self.registry))
             self.bank = Bank(self.settings.slots, self._page_in, self.metrics, self.registry.current_version)
             s = self.settings
             self.batcher = Batcher(self._run, s.max_batch_size, s.max_wait_ms, s.queue_size, self.metrics)
             await asyncio.to_thread(self._warm_up)
             self.batcher.start()
+            if s.store_poll_ms > 0:
+                self._watch_task = asyncio.create_task(self._watch(s.store_poll_ms / 1000), name="adaptformer-watch")
             self.state = "ready"
             log.info("ready: %d adapters in %s, %d slots", len(self.registry), store.root, s.slots)
         except Exception as e:
@@ -117,26 +128,108 @@ class Runtime:
                 self.on_fatal(e)
 
     async def stop(self) -> None:
-        if self._load_task is not None and not self._load_task.done():
-            self._load_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._load_task
+        for task in [self._load_task, self._watch_task, *self._background]:
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self.batcher is not None:
             await self.batcher.stop()
 
-    def _prepare_store(self, store: AdapterStore, info: BackboneInfo) -> list[StoredFile]:
+    def _prepare_store(self, store: AdapterStore, info: BackboneInfo) -> tuple[list[StoredFile], dict[str, Stamp]]:
         store.clean_temp_files()
         if self.settings.seed_demo and self.settings.backbone in ("embedded", EMBEDDED_NAME):
             store.seed(info.fingerprint, demo_files())
         files = []
-        for f in store.scan():
+        found, seen = store.scan_stamped()
+        for f in found:
             try:
                 info.check_header(f.header, f"{f.task}.safetensors")
             except (IncompatibleAdapterError, AdapterFormatError) as e:
                 log.warning("skipping %s.safetensors: %s", f.task, e)
                 continue
             files.append(f)
-        return files
+        return files, seen
+
+    def _check_stored(self, f: StoredFile) -> None:
+        assert self.backbone is not None
+        self.backbone.check_header(f.header, f"{f.task}.safetensors")
+
+    # -- the shared store -----------------------------------------------------------------------------------
+    async def _watch(self, period: float) -> None:
+        """Polls the store for changes made by other processes (other replicas, a hand copy) until stopped."""
+        failing = False
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.sync_store()
+                if failing:
+                    log.info("the store %s is readable again", self.settings.store)
+                failing = False
+            except Exception as e:  # a vanished network mount must not stop the watching for good
+                if not failing:
+                    log.warning("cannot read the store %s: %s (retrying every %.1f s)", self.settings.store, e, period)
+                failing = True
+
+    async def sync_store(self) -> int:
+        """Brings the registry in line with the store now (the watcher does this every ``store_poll_ms``).
+
+        Returns:
+            The number of tasks added, replaced or removed.
+        """
+        async with self._write_lock:
+            return await self._sync_locked()
+
+    async def _sync_locked(self) -> int:
+        if self.watcher is None or self.bank is None:
+            return 0
+        return self._apply(await asyncio.to_thread(self.watcher.poll))
+
+    def _apply(self, changes: dict[str, StoredFile | None]) -> int:
+        assert self.bank is not None
+        applied = 0
+        for task, f in sorted(changes.items()):
+            current = self.registry.get(task)
+            if f is None:
+                if current is None:
+                    continue
+                self.registry.remove(task)
+                self.bank.drop(task)
+                self.metrics.store_changes.labels("removed").inc()
+                log.info("adapter %s version %s left the store", task, current.version)
+            else:
+                if current is not None and current.version == f.version:
+                    continue  # e.g. this process's own upload
+                entry = _entry(f)
+                was_resident = current is not None and current.key in self.bank
+                self.registry.put(entry)
+                self.bank.drop(task)
+                kind = "replaced" if current is not None else "added"
+                self.metrics.store_changes.labels(kind).inc()
+                log.info(
+                    "adapter %s version %s %s in the store%s",
+                    task,
+                    entry.version,
+                    kind,
+                    f" (was {current.version})" if current is not None else "",
+                )
+                if was_resident:  # a task in use stays hot: page the new version in now, not on a request
+                    self._in_background(self._prefetch(entry))
+            applied += 1
+        self.metrics.registered.set(len(self.registry))
+        return applied
+
+    async def _prefetch(self, entry: AdapterEntry) -> None:
+        assert self.bank is not None
+        try:
+            await self.bank.get(entry)
+        except Exception as e:  # reported to the request that needs it; here it is only a warm-up
+            log.info("prefetch of %s failed: %s", entry.key, e)
+
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _warm_up(self) -> None:
         """One forward pass before the first request (allocations, kernel choice)."""
@@ -179,7 +272,9 @@ class Runtime:
             try:
                 return entry, await self.bank.get(entry)
             except StaleVersion:
-                continue  # replaced or deleted while paging in: take the registry's new state
+                # replaced or deleted (here or by another process) since it was registered: read the store now
+                await self.sync_store()
+                continue
             except IncompatibleAdapterError as e:
                 raise IncompatibleAdapter(
                     f"the stored adapter of task {task!r} does not fit this backbone: {e}; upload a fitting one "
@@ -246,6 +341,7 @@ class Runtime:
             raise InvalidAdapter(f"invalid task name {name!r}: names match {TASK_PATTERN} and never contain '..'")
         name, version, prepared, entry = await asyncio.to_thread(self._validate_upload, data, name)
         async with self._write_lock:
+            await self._sync_locked()  # the version this replaces may come from another server, moments ago
             await asyncio.to_thread(self.store.write, name, data)
             previous = self.registry.put(entry)
             self.bank.drop(name)
@@ -258,6 +354,8 @@ class Runtime:
         """Removes a task from the store and the registry; requests in flight finish with their adapter."""
         assert self.store is not None and self.bank is not None
         async with self._write_lock:
+            if self.registry.get(task) is None:
+                await self._sync_locked()  # uploaded through another server moments ago?
             entry = self.entry(task)
             await asyncio.to_thread(self.store.delete, task)
             self.registry.remove(task)
@@ -269,6 +367,10 @@ class Runtime:
     def info(self, entry: AdapterEntry) -> dict:
         assert self.bank is not None and self.backbone is not None
         return entry.info(resident=entry.key in self.bank, backbone_params=self.backbone.params)
+
+
+def _entry(f: StoredFile) -> AdapterEntry:
+    return AdapterEntry(task=f.task, version=f.version, size_bytes=f.size, header=f.header)
 
 
 def _check_input_values(spec: InputSpec, name: str) -> None:

@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     )
     store: Path = Field(default_factory=default_store, description="adapter directory (<task>.safetensors files)")
     seed_demo: bool = Field(True, description="copy the shipped demo adapters into an unseeded store (embedded only)")
+    store_poll_ms: float = Field(
+        500.0,
+        ge=0,
+        le=3_600_000,
+        description="how often to look for adapters added, replaced or deleted by other servers sharing the store "
+        "(0: never)",
+    )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="backbone dtype; auto: float16 on CUDA, float32 on CPU"
@@ -55,6 +62,12 @@ class Settings(BaseSettings):
         default_factory=list, description="comma-separated keys for /predict and GET /adapters (none: open)"
     )
     admin_key: SecretStr | None = Field(None, description="key for POST/DELETE /adapters")
+    replica_id: str | None = Field(
+        None,
+        max_length=200,
+        pattern=r"^[\x21-\x7e]+$",
+        description="name of this server in the X-AdaptFormer-Replica response header (default: host name:pid)",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
 
     @field_validator("api_keys", mode="before")

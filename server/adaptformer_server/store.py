@@ -2,7 +2,8 @@
 
 Writes are atomic (temp file, fsync, rename). The registry is rebuilt at start from the file headers only; each
 file's version (first 12 hex of the SHA-256 of its bytes) is cached in ``.versions.json`` by size, mtime and
-inode, so a restart with thousands of adapters reads headers, not weights.
+inode, so a restart with thousands of adapters reads headers, not weights. Several server processes may share
+one store: each watches it (:class:`StoreWatcher`) and picks up the others' uploads and deletes.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import math
 import os
 import re
 import struct
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from adaptformer.adapter_file import MAX_HEADER_BYTES, atomic_write, read_metadata
 from adaptformer.errors import AdapterFormatError
@@ -27,6 +30,9 @@ __all__ = [
     "TASK_PATTERN",
     "AdapterStore",
     "Header",
+    "IncompleteFile",
+    "Stamp",
+    "StoreWatcher",
     "StoredFile",
     "demo_files",
     "parse_header",
@@ -41,6 +47,7 @@ TASK_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _TASK_RE = re.compile(TASK_PATTERN)
 _VERSIONS = ".versions.json"
 _SEEDED = ".seeded"
+TEMP_MAX_AGE_S = 300.0  # a younger temp file may be another process's write in progress
 
 
 def valid_task_name(name: str) -> bool:
@@ -103,14 +110,36 @@ def _read_head(path: Path) -> tuple[bytes, int]:
         return first + f.read(n), size
 
 
+class IncompleteFile(AdapterFormatError):
+    """A file shorter than its header says: truncated, or still being copied in by hand."""
+
+
+class Stamp(NamedTuple):
+    """What ``stat`` says of a store file; any write (an atomic rename is a new inode) changes it."""
+
+    size: int
+    mtime_ns: int
+    ino: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Stamp:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
+
+
 @dataclass(frozen=True)
 class StoredFile:
-    """One readable adapter file found in the store."""
+    """One readable adapter file found in the store.
+
+    Attributes:
+        stamp: The stamp of the file whose bytes were read (taken from the open file, so a later replace
+            shows as a different stamp).
+    """
 
     task: str
     version: str
     size: int
     header: Header
+    stamp: Stamp | None = None
 
 
 class AdapterStore:
@@ -144,23 +173,92 @@ class AdapterStore:
         _fsync_dir(self.root)
         return True
 
-    def clean_temp_files(self) -> int:
-        """Removes ``.*.tmp`` leftovers of writes interrupted by a crash."""
+    def clean_temp_files(self, min_age_s: float = TEMP_MAX_AGE_S) -> int:
+        """Removes ``.*.tmp`` leftovers of writes interrupted by a crash.
+
+        Only files older than ``min_age_s`` go: in a store shared by several servers, a younger one may be a
+        write another process is doing right now.
+        """
         removed = 0
+        now = time.time()
         for p in self.root.glob(".*.tmp"):
             try:
+                if now - p.stat().st_mtime < min_age_s:
+                    continue
                 p.unlink()
                 removed += 1
                 log.warning("removed leftover temp file %s (an interrupted write)", p.name)
+            except FileNotFoundError:
+                continue  # finished (renamed) or removed by another process meanwhile
             except OSError as e:
                 log.warning("cannot remove leftover temp file %s: %s", p.name, e)
         return removed
 
+    def stamps(self) -> dict[str, Stamp]:
+        """Task -> stamp of every ``<task>.safetensors`` file with a valid name: one listing, one stat each."""
+        found: dict[str, Stamp] = {}
+        with os.scandir(self.root) as it:
+            for e in it:
+                if e.name.startswith(".") or not e.name.endswith(SUFFIX):
+                    continue
+                task = e.name[: -len(SUFFIX)]
+                if not valid_task_name(task):
+                    continue
+                try:
+                    if e.is_file():
+                        found[task] = Stamp.of(e.stat())
+                except FileNotFoundError:
+                    continue  # deleted between the listing and the stat
+        return found
+
+    def examine(self, task: str, cached: dict[str, Any] | None = None) -> StoredFile:
+        """Reads one file's header and version from a single open file (its stamp is that file's).
+
+        Args:
+            task: The task name.
+            cached: A ``.versions.json`` record (size, mtime_ns, ino, version); used when the stamp matches.
+
+        Raises:
+            FileNotFoundError: no such file (any more).
+            AdapterFormatError: not a complete adapter file.
+        """
+        path = self.path(task)
+        with path.open("rb") as f:
+            st = os.fstat(f.fileno())
+            stamp = Stamp.of(st)
+            size = st.st_size
+            first = f.read(8)
+            if len(first) < 8:
+                raise AdapterFormatError(f"{path.name}: not a safetensors file ({size} bytes)")
+            (n,) = struct.unpack("<Q", first)
+            if n > MAX_HEADER_BYTES or 8 + n > size:
+                raise AdapterFormatError(f"{path.name}: not a safetensors file (declared header of {n:,} bytes)")
+            header = parse_header(first + f.read(n), path.name)
+            if size != header.data_end:
+                raise IncompleteFile(
+                    f"{path.name}: {size:,} bytes but its header describes {header.data_end:,} (truncated?)"
+                )
+            if (
+                cached
+                and Stamp(cached.get("size"), cached.get("mtime_ns"), cached.get("ino")) == stamp
+                and (isinstance(cached.get("version"), str))
+            ):
+                version = cached["version"]
+            else:
+                f.seek(0)
+                version = version_of(f.read())
+        return StoredFile(task=task, version=version, size=size, header=header, stamp=stamp)
+
     def scan(self) -> list[StoredFile]:
         """Every readable, complete adapter file, sorted by task; unreadable ones are skipped with a warning."""
+        return self.scan_stamped()[0]
+
+    def scan_stamped(self) -> tuple[list[StoredFile], dict[str, Stamp]]:
+        """:meth:`scan`, and the stamp of every file it looked at, readable or not (a watcher's starting point)."""
         cache = self._load_versions()
         fresh: dict[str, dict[str, Any]] = {}
         found: list[StoredFile] = []
+        seen: dict[str, Stamp] = {}
         for path in sorted(self.root.glob(f"*{SUFFIX}")):
             task = path.name[: -len(SUFFIX)]
             if path.name.startswith(".") or not path.is_file():
@@ -169,34 +267,21 @@ class AdapterStore:
                 log.warning("skipping %s: %r is not a valid task name", path.name, task)
                 continue
             try:
-                head, size = _read_head(path)
-                header = parse_header(head, path.name)
-                if size != header.data_end:
-                    raise AdapterFormatError(
-                        f"{path.name}: {size:,} bytes but its header describes {header.data_end:,} (truncated?)"
-                    )
-                st = path.stat()
-                stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
-                cached = cache.get(path.name)
-                if (
-                    cached
-                    and all(cached.get(k) == v for k, v in stamp.items())
-                    and isinstance(cached.get("version"), str)
-                ):
-                    version = cached["version"]
-                else:
-                    version = version_of(path.read_bytes())
-                fresh[path.name] = {**stamp, "version": version}
+                seen[task] = Stamp.of(path.stat())
+                f = self.examine(task, cache.get(path.name))
             except (OSError, AdapterFormatError) as e:
                 log.warning("skipping %s: %s", path.name, e)
                 continue
-            found.append(StoredFile(task=task, version=version, size=size, header=header))
+            assert f.stamp is not None
+            seen[task] = f.stamp
+            fresh[path.name] = {**f.stamp._asdict(), "version": f.version}
+            found.append(f)
         if fresh != cache:
             try:
                 atomic_write(self.root / _VERSIONS, json.dumps(fresh, sort_keys=True).encode())
             except OSError as e:
                 log.warning("cannot write the version cache: %s", e)
-        return found
+        return found, seen
 
     def _load_versions(self) -> dict[str, dict[str, Any]]:
         try:
@@ -250,6 +335,69 @@ class AdapterStore:
             atomic_write(self.root / _SEEDED, json.dumps({"fingerprints": record}).encode())
             log.info("seeded demo adapters: %s", ", ".join(copied) or "none new")
         return copied
+
+
+class StoreWatcher:
+    """Notices what other processes did to the store: files added, replaced or removed.
+
+    One poll lists the directory and stats each file (no reads); only files whose stamp (size, mtime, inode)
+    changed are opened, their header parsed and their bytes hashed. Polling, unlike inotify, also works on
+    network filesystems and container volumes shared by several hosts.
+
+    Args:
+        store: The store.
+        check: Raises ``AdapterFormatError`` or ``IncompatibleAdapterError`` for a file this server cannot serve.
+        seen: The stamps of the files already accounted for (``AdapterStore.scan_stamped``).
+    """
+
+    def __init__(self, store: AdapterStore, check: Callable[[StoredFile], None], seen: dict[str, Stamp]) -> None:
+        self.store = store
+        self._check = check
+        self._seen = dict(seen)
+        self._warned: dict[str, Stamp] = {}
+
+    def seen(self, task: str) -> Stamp | None:
+        """The stamp of ``task``'s file as last looked at (``None``: absent at the last poll)."""
+        return self._seen.get(task)
+
+    def poll(self) -> dict[str, StoredFile | None]:
+        """What changed since the last poll: task -> its file now, or ``None`` when gone or not servable.
+
+        Blocking (run it in a worker thread). A file that is still being written by hand (shorter than its
+        header says) is reported as ``None`` and looked at again on the next poll.
+        """
+        now = self.store.stamps()
+        changes: dict[str, StoredFile | None] = {}
+        for task in self._seen.keys() - now.keys():
+            del self._seen[task]
+            self._warned.pop(task, None)
+            changes[task] = None
+        for task, stamp in now.items():
+            if self._seen.get(task) == stamp:
+                continue
+            try:
+                f = self.store.examine(task)
+                self._check(f)
+            except FileNotFoundError:
+                self._seen.pop(task, None)
+                changes[task] = None
+                continue
+            except (OSError, ValueError) as e:  # AdapterFormatError, IncompatibleAdapterError are ValueErrors
+                incomplete = isinstance(e, IncompleteFile)
+                if self._warned.get(task) != stamp:
+                    self._warned[task] = stamp
+                    log.warning("store: %s%s: %s", task, SUFFIX, e)
+                if incomplete:
+                    self._seen.pop(task, None)  # look again next time: it may still be growing
+                else:
+                    self._seen[task] = stamp
+                changes[task] = None
+                continue
+            assert f.stamp is not None
+            self._seen[task] = f.stamp
+            self._warned.pop(task, None)
+            changes[task] = f
+        return changes
 
 
 def demo_files() -> list[Path]:
