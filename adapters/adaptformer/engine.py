@@ -115,18 +115,29 @@ class MultiTaskViT(nn.Module):
         tubelets = {table[t].info.input.tubelet for t in groups} if x.ndim == 5 else {2}
         if len(tubelets) != 1:
             raise ValueError("clip tasks with different tubelet sizes cannot share a batch")
+        # Rows reordered once so that each task's rows are contiguous: every block then adds each branch on a
+        # slice (a view) instead of gathering and scattering the task's rows.
+        spans: dict[str, slice | None] = {}
+        order = None
+        if len(groups) == 1:
+            spans = dict.fromkeys(groups)
+        else:
+            start = 0
+            for t, rows in groups.items():
+                spans[t] = slice(start, start + len(rows))
+                start += len(rows)
+            order = torch.cat(list(groups.values()))
+            x = x.index_select(0, order)
         tokens = self.embed(x, tubelet=tubelets.pop())
-        single = len(groups) == 1
         for i, block in enumerate(self.vit.blocks):
             key = str(i)
-            branches = [
-                (None if single else rows, table[t].adapters[key])
-                for t, rows in groups.items()
-                if key in table[t].adapters
-            ]
+            branches = [(span, table[t].adapters[key]) for t, span in spans.items() if key in table[t].adapters]
             tokens = block_forward(block, tokens, branches)
         tokens = self.vit.norm(tokens)
-        return self.vit.forward_head(tokens, pre_logits=True), groups
+        features = self.vit.forward_head(tokens, pre_logits=True)
+        if order is not None:
+            features = torch.empty_like(features).index_copy_(0, order, features)
+        return features, groups
 
     @torch.inference_mode()
     def forward(

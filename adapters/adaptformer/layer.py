@@ -57,15 +57,17 @@ class AdaptMLP(nn.Module):
         return f"mode={self.mode}, input={self.adapter_input}, scale={s}"
 
 
-Branch = tuple["torch.Tensor | None", AdaptMLP]
+Rows = "torch.Tensor | slice | None"
+Branch = tuple[Rows, AdaptMLP]
 
 
 def block_forward(block: nn.Module, x: torch.Tensor, branches: Sequence[Branch], **attn_kwargs: object) -> torch.Tensor:
     """A timm ``Block`` forward with AdaptMLP branches added.
 
     ``x' = x + Attn(LN1(x))``; ``out = x' + MLP(LN2(x')) + s * branch(input)``. Each branch is
-    ``(rows, adapter)``: ``rows`` selects the samples of the batch it applies to (``None``: all), so a
-    batch mixing tasks runs the frozen attention and MLP once and each task's branch on its own rows.
+    ``(rows, adapter)``: ``rows`` selects the samples of the batch it applies to (``None``: all; a ``slice``:
+    a contiguous run of rows, the cheap case; a tensor of indices: any rows), so a batch mixing tasks runs the
+    frozen attention and MLP once and each task's branch on its own rows.
 
     Args:
         block: A timm ``Block`` (pre-norm, optional layer scale and drop path).
@@ -82,6 +84,8 @@ def block_forward(block: nn.Module, x: torch.Tensor, branches: Sequence[Branch],
         h = adapter.source(x, normed, mlp_out)
         if rows is None:
             out.add_(adapter(h))
+        elif isinstance(rows, slice):
+            out[rows].add_(adapter(h[rows]))
         else:
             out.index_add_(0, rows, adapter(h.index_select(0, rows)))
     return out

@@ -1,6 +1,6 @@
 """Reproduces AdaptFormer's claims on the embedded backbone: methods, ablations, plots.
 
-    python -m benchmarks.transfer            # the committed study (3 seeds; about an hour on 2 CPU cores)
+    python -m benchmarks.transfer            # the committed study (3 seeds; about 70 min on 2 CPU cores)
     python -m benchmarks.transfer --quick    # pipeline smoke run (about a minute): checks the code, not the claims
 
 Writes docs/benchmarks/transfer.{json,md} and transfer_{tradeoff,ablations}.png (``transfer_quick.*`` in quick
@@ -23,10 +23,14 @@ from benchmarks.transfer.runner import execute
 
 
 def _commit() -> str:
+    """HEAD's short hash, with ``+changes`` when the study's own code differs from it."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "benchmarks/transfer", "adapters"],
+                               capture_output=True, text=True).stdout.strip()  # fmt: skip
     except OSError:
         return "unknown"
+    return (head or "unknown") + ("+changes" if dirty else "")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     log = args.log or args.out / f".transfer_{budget.name}.jsonl"
     if args.fresh and log.exists():
         log.unlink()
-    started = time.time()
+    started, commit = time.time(), _commit()  # the code that ran, not what was committed while it ran
     rows, reused = execute(
         budget, phase_one(budget), lambda rows: phase_two(budget, _best_tokens(rows, budget)), workers=args.workers,
         log=log,
@@ -56,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     claims = check_claims(res, params)
     meta = {
         "command": "python -m benchmarks.transfer" + (" --quick" if args.quick else ""),
-        "commit": _commit(),
+        "commit": commit,
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.workers} worker processes, "
         f"{platform.python_version()}",

@@ -64,7 +64,7 @@ def _n(limit: int | None) -> str:
 FULL = Budget(
     name="full",
     seeds=(0, 1, 2),
-    epochs={"digits": 5, "emoji": 5, "motion": 6},
+    epochs={"digits": 10, "emoji": 6, "motion": 8},
     train_limit={"digits": None, "emoji": 1200, "motion": 500},
     val_limit={"digits": None, "emoji": None, "motion": 500},
     frames=(2, 4, 8),
