@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install system-deps serve test test-slow lint format bench clean
+.PHONY: install system-deps serve test test-slow test-ray lint format bench clean
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,17 @@ test: lint system-deps
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
+
+# Ray Serve tests (docs/SCALING.md): installs the ray extra, starts a local Ray cluster on 127.0.0.1 (a few minutes).
+# As root where unshare works they run in a network namespace of their own with only a loopback interface.
+test-ray: install
+	$(PY) -m pip install -q -e ".[ray]"
+	@if [ "$$(id -u)" = 0 ] && unshare -n true 2>/dev/null && command -v ip >/dev/null; then \
+		echo "Ray tests in a private network namespace (loopback only)"; \
+		unshare -n sh -c 'ip link set lo up && exec $(PY) -m pytest -q -m ray tests/ray'; \
+	else \
+		$(PY) -m pytest -q -m ray tests/ray; \
+	fi
 
 format: install
 	$(PY) -m ruff format .

@@ -11,25 +11,32 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from adaptformer_server.ray_serve import RayOptions, RayUnavailable
 from adaptformer_server.settings import Settings, default_store
 
-__all__ = ["build_parser", "main", "parse_settings"]
+__all__ = ["build_parser", "main", "parse_args", "parse_settings"]
 
 _EXAMPLES = """examples:
   adaptformer serve                                    # embedded backbone + demo adapters on 127.0.0.1:8000
   adaptformer serve --backbone vit_base_patch16_224.augreg2_in21k_ft_in1k --store /data/adapters --port 8000
   ADAPTFORMER_ADMIN_KEY=secret adaptformer serve --host 0.0.0.0
+  adaptformer serve --ray --replicas 3 --store /shared/adapters   # Ray Serve: 3 replicas, one shared store
+  adaptformer serve --ray --min-replicas 1 --max-replicas 8 --ray-address auto --host 0.0.0.0
 
 Every flag can also be set as an environment variable ADAPTFORMER_<FLAG> (e.g. ADAPTFORMER_MAX_BATCH_SIZE=64);
 a flag wins over the variable. Prefer the variables for keys: flags show up in process listings.
+The Ray flags are ADAPTFORMER_RAY_<FIELD> variables (ADAPTFORMER_RAY_REPLICAS, ADAPTFORMER_RAY_ADDRESS...).
 """
 
+_RAY_FLAGS = {"address": "--ray-address", "app_name": "--ray-app-name"}
+_RAY_DEST = "ray__"
 
-def _argument(name: str, field: Any) -> tuple[list[str], dict[str, Any]]:
+
+def _argument(name: str, field: Any, env_prefix: str = "ADAPTFORMER_") -> tuple[list[str], dict[str, Any]]:
     annotation = field.annotation
     args = typing.get_args(annotation)
     kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": name}
-    env = f"ADAPTFORMER_{name.upper()}"
+    env = f"{env_prefix}{name.upper()}"
     if name == "store":
         default: Any = default_store()
     elif name in ("api_keys", "admin_key"):
@@ -42,7 +49,7 @@ def _argument(name: str, field: Any) -> tuple[list[str], dict[str, Any]]:
     elif annotation is int or annotation == (int | None):
         kwargs["type"] = int
         kwargs["metavar"] = "N"
-    elif annotation is float:
+    elif annotation is float or annotation == (float | None):
         kwargs["type"] = float
         kwargs["metavar"] = "X"
     elif typing.get_origin(annotation) is typing.Literal:
@@ -62,31 +69,66 @@ def build_parser() -> argparse.ArgumentParser:
     for name, field in Settings.model_fields.items():
         flags, kwargs = _argument(name, field)
         parser.add_argument(*flags, **kwargs)
+    ray = parser.add_argument_group(
+        "Ray Serve", "several replicas on a Ray cluster, one shared store (pip install 'adaptformer-serve[ray]')"
+    )
+    ray.add_argument(
+        "--ray",
+        action="store_true",
+        help="run as a Ray Serve application; --host/--port are then those of Ray's HTTP proxy",
+    )
+    for name, field in RayOptions.model_fields.items():
+        flags, kwargs = _argument(name, field, env_prefix="ADAPTFORMER_RAY_")
+        kwargs["dest"] = _RAY_DEST + name
+        ray.add_argument(_RAY_FLAGS.get(name, flags[0]), **kwargs)
     return parser
+
+
+def _problems(e: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in e.errors())
+
+
+def parse_args(argv: list[str]) -> tuple[Settings, RayOptions | None]:
+    """Settings (and Ray options with ``--ray``) from flags over the environment; exits 2 on bad values.
+
+    A leading ``serve`` is skipped.
+    """
+    if argv[:1] == ["serve"]:
+        argv = argv[1:]
+    parser = build_parser()
+    values = vars(parser.parse_args(argv))
+    use_ray = values.pop("ray")
+    ray_values = {k[len(_RAY_DEST) :]: values.pop(k) for k in list(values) if k.startswith(_RAY_DEST)}
+    if ray_values and not use_ray:
+        flags = ", ".join(_RAY_FLAGS.get(k, f"--{k.replace('_', '-')}") for k in ray_values)
+        parser.error(f"{flags}: only with --ray")
+    try:
+        settings = Settings(**values)
+    except ValidationError as e:
+        parser.error(_problems(e))
+    try:
+        return settings, RayOptions(**ray_values) if use_ray else None
+    except ValidationError as e:
+        parser.error(f"Ray options: {_problems(e)}")
 
 
 def parse_settings(argv: list[str]) -> Settings:
     """Settings from flags (a leading ``serve`` is skipped) over ADAPTFORMER_* variables; exits 2 on bad values."""
-    if argv[:1] == ["serve"]:
-        argv = argv[1:]
-    parser = build_parser()
-    overrides = vars(parser.parse_args(argv))
-    try:
-        return Settings(**overrides)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        parser.error(problems)
+    return parse_args(argv)[0]
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parses flags, builds the settings and runs uvicorn until interrupted (exit 1 if loading fails)."""
-    settings = parse_settings(list(sys.argv[1:] if argv is None else argv))
+    settings, ray_options = parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
     log = logging.getLogger("adaptformer_server")
     if not settings.loopback and settings.admin_key is None:
         log.warning("binding to %s without ADAPTFORMER_ADMIN_KEY: POST/DELETE /adapters answer 403", settings.host)
+    if ray_options is not None:
+        _serve_on_ray(settings, ray_options, log)
+        return
 
     import uvicorn
 
@@ -108,6 +150,18 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl+C after its graceful shutdown
         server.run()
     if app.state.runtime.state == "failed":
+        sys.exit(1)
+
+
+def _serve_on_ray(settings: Settings, options: RayOptions, log: logging.Logger) -> None:
+    from adaptformer_server.ray_serve import serve_on_ray
+
+    try:
+        serve_on_ray(settings, options)
+    except RayUnavailable as e:
+        sys.exit(f"adaptformer serve: error: {e}")
+    except RuntimeError as e:  # the deployment failed: Ray's message says which replica and why
+        log.error("the Ray Serve application failed: %s", e)
         sys.exit(1)
 
 

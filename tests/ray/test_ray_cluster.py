@@ -1,0 +1,141 @@
+"""``adaptformer serve --ray --replicas 2`` on a local Ray cluster (loopback only): requests reach both replicas,
+an upload, replace or delete through one is served by both within about a second, and a replica killed under
+load is replaced without losing a request beyond the client's retries.
+
+Slow (a Ray cluster and two replicas start): ``make test-ray``; not part of the default run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from ray_support import (
+    REPLICA_HEADER,
+    Server,
+    demo_file,
+    observe,
+    predict,
+    propagation,
+    ray_cluster,
+    ray_installed,
+    ray_server,
+    replica_pid,
+)
+
+pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")]
+
+PROPAGATION_S = 1.5  # store_poll_ms is 500 by default; the issue asks for "about a second"
+CLIENT_RETRIES = 5  # after the first try; backoff 0.2 s doubling (6.2 s in all)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    if not ray_installed():
+        pytest.skip("Ray Serve is not installed: pip install '.[ray]' (make test-ray does)")
+    store = tmp_path_factory.mktemp("shared") / "adapters"
+    with ray_cluster() as cluster, ray_server(cluster, store, "--replicas", "2", "--max-wait-ms", "2") as server:
+        yield server
+
+
+async def test_requests_land_on_both_replicas(server: Server) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
+        ready = (await c.get("/readyz")).json()
+        assert ready["status"] == "ready" and ready["adapters"] >= 3  # the demo adapters, seeded once
+        answers = await asyncio.gather(*(predict(c, "digits", i) for i in range(64)))
+    assert [r.status_code for r in answers] == [200] * 64
+    replicas = Counter(r.headers[REPLICA_HEADER] for r in answers)
+    print(f"\n64 concurrent requests per replica: {dict(replicas)}")
+    assert len(replicas) == 2
+    assert len({r.json()["version"] for r in answers}) == 1
+
+
+async def test_upload_replace_delete_are_served_by_every_replica(server: Server) -> None:
+    v1, v2 = demo_file("digits"), demo_file("emoji")  # two versions of a task "probe"
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
+        assert (await predict(c, "probe")).status_code == 404
+        results = {}
+
+        up = await c.post("/adapters", files={"file": ("a.safetensors", v1)}, data={"task": "probe"})
+        assert up.status_code == 201, up.text
+        version1 = up.json()["adapter"]["version"]
+        records = await observe(c, "probe", 3.0)
+        results["upload"] = propagation(records, lambda s, v: s == 200 and v == version1)
+
+        up = await c.post("/adapters", files={"file": ("a.safetensors", v2)}, data={"task": "probe"})
+        assert up.status_code == 201 and up.json()["previous_version"] == version1
+        version2 = up.json()["adapter"]["version"]
+        records = await observe(c, "probe", 3.0)
+        results["replace"] = propagation(records, lambda s, v: s == 200 and v == version2)
+
+        assert (await c.delete("/adapters/probe")).status_code == 200
+        records = await observe(c, "probe", 3.0)
+        results["delete"] = propagation(records, lambda s, v: s == 404)
+
+    for change, per_replica in results.items():
+        print(f"\n{change}: {per_replica}")
+        assert len(per_replica) == 2, f"{change}: answers came from {list(per_replica)}"
+        for replica, r in per_replica.items():
+            assert r["fresh_by_s"] is not None, f"{change}: {replica} never served the change"
+            assert r["fresh_by_s"] < PROPAGATION_S, f"{change}: {replica}: {r}"
+            assert r["stale_after_fresh"] == 0, f"{change}: {replica} went back to the old state: {r}"
+
+
+async def test_a_killed_replica_is_replaced_and_no_request_is_lost(server: Server) -> None:
+    outcomes: list[dict] = []
+    failures: Counter[str] = Counter()
+    stop = asyncio.Event()
+
+    async def client(i: int, c: httpx.AsyncClient) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            for attempt in range(CLIENT_RETRIES + 1):
+                try:
+                    r = await predict(c, "digits", i * 10_000 + n)
+                    if r.status_code == 200:
+                        outcomes.append({"ok": True, "tries": attempt + 1, "replica": r.headers[REPLICA_HEADER],
+                                         "t": time.perf_counter()})  # fmt: skip
+                        break
+                    failures[f"HTTP {r.status_code}"] += 1
+                except httpx.TransportError as e:
+                    failures[type(e).__name__] += 1
+                await asyncio.sleep(0.2 * 2**attempt)
+            else:
+                outcomes.append({"ok": False, "tries": CLIENT_RETRIES + 1, "replica": None, "t": time.perf_counter()})
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+        loops = [asyncio.create_task(client(i, c)) for i in range(8)]
+        await asyncio.sleep(2.0)
+        before = {o["replica"] for o in outcomes if o["ok"]}
+        assert len(before) == 2, before
+        victim = sorted(before)[0]
+        os.kill(replica_pid(victim), signal.SIGKILL)
+        killed_at = time.perf_counter()
+        replaced_at = None
+        while time.perf_counter() - killed_at < 180:
+            new = {o["replica"] for o in outcomes if o["ok"]} - before
+            if new:
+                replaced_at = time.perf_counter()
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(2.0)  # and keep the load on the two replicas for a while
+        stop.set()
+        await asyncio.gather(*loops)
+
+    lost = [o for o in outcomes if not o["ok"]]
+    retried = [o for o in outcomes if o["ok"] and o["tries"] > 1]
+    after = {o["replica"] for o in outcomes if o["ok"] and o["t"] > (replaced_at or 0) + 1.0}
+    print(
+        f"\nkilled {victim}; replaced after {None if replaced_at is None else round(replaced_at - killed_at, 1)} s; "
+        f"{len(outcomes)} requests, {len(lost)} lost, {len(retried)} needed retries; failed tries: {dict(failures)}"
+    )
+    assert replaced_at is not None, "no new replica answered within 180 s"
+    assert not lost, f"{len(lost)} requests failed after {CLIENT_RETRIES} retries: {dict(failures)}"
+    assert victim not in after and len(after) == 2, after
