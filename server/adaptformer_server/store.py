@@ -14,7 +14,9 @@ import logging
 import math
 import os
 import re
+import socket
 import struct
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from adaptformer.adapter_file import MAX_HEADER_BYTES, atomic_write, read_metadata
+from adaptformer.adapter_file import MAX_HEADER_BYTES, read_metadata
 from adaptformer.errors import AdapterFormatError
 
 __all__ = [
@@ -47,7 +49,9 @@ TASK_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _TASK_RE = re.compile(TASK_PATTERN)
 _VERSIONS = ".versions.json"
 _SEEDED = ".seeded"
-TEMP_MAX_AGE_S = 300.0  # a younger temp file may be another process's write in progress
+TEMP_MAX_AGE_S = 300.0  # a younger temp file of another host may be a write in progress there
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_TEMP_OWNER = re.compile(r"\.([0-9a-f]{8})-(\d+)-[^.]*\.tmp$")  # .<name>.<host>-<pid>-<random>.tmp
 
 
 def valid_task_name(name: str) -> bool:
@@ -163,7 +167,7 @@ class AdapterStore:
 
     def write(self, task: str, data: bytes) -> None:
         """Writes atomically: a crash leaves the previous file or the new one, never a half file."""
-        atomic_write(self.path(task), data)
+        _atomic_write(self.path(task), data)
 
     def delete(self, task: str) -> bool:
         try:
@@ -176,14 +180,15 @@ class AdapterStore:
     def clean_temp_files(self, min_age_s: float = TEMP_MAX_AGE_S) -> int:
         """Removes ``.*.tmp`` leftovers of writes interrupted by a crash.
 
-        Only files older than ``min_age_s`` go: in a store shared by several servers, a younger one may be a
-        write another process is doing right now.
+        In a store shared by several servers a temp file may be a write in progress elsewhere. Temp files name
+        their writer (host and process id): one written on this host by a process that no longer exists goes at
+        once; any other only when older than ``min_age_s``.
         """
         removed = 0
         now = time.time()
         for p in self.root.glob(".*.tmp"):
             try:
-                if now - p.stat().st_mtime < min_age_s:
+                if not _orphan(p.name) and now - p.stat().st_mtime < min_age_s:
                     continue
                 p.unlink()
                 removed += 1
@@ -278,7 +283,7 @@ class AdapterStore:
             found.append(f)
         if fresh != cache:
             try:
-                atomic_write(self.root / _VERSIONS, json.dumps(fresh, sort_keys=True).encode())
+                _atomic_write(self.root / _VERSIONS, json.dumps(fresh, sort_keys=True).encode())
             except OSError as e:
                 log.warning("cannot write the version cache: %s", e)
         return found, seen
@@ -328,11 +333,11 @@ class AdapterStore:
             if dst.exists():
                 log.info("demo adapter %s not copied: the store already has a task of that name", task)
                 continue
-            atomic_write(dst, src.read_bytes())
+            _atomic_write(dst, src.read_bytes())
             copied.append(task)
         if matched:
             record = sorted((done or set()) | {fingerprint})
-            atomic_write(self.root / _SEEDED, json.dumps({"fingerprints": record}).encode())
+            _atomic_write(self.root / _SEEDED, json.dumps({"fingerprints": record}).encode())
             log.info("seeded demo adapters: %s", ", ".join(copied) or "none new")
         return copied
 
@@ -404,6 +409,36 @@ def demo_files() -> list[Path]:
     """The demo adapter files shipped in the ``adaptformer`` package (may be none)."""
     folder = Path(str(resources.files("adaptformer") / "demo"))
     return sorted(p for p in folder.glob(f"*{SUFFIX}") if p.is_file()) if folder.is_dir() else []
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Temp file (named after this host and process), fsync, rename, fsync the directory."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}-", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp creates 0600; a store is read by other users and containers
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _orphan(name: str) -> bool:
+    """Whether a temp file was written on this host by a process that is gone."""
+    m = _TEMP_OWNER.search(name)
+    if m is None or m.group(1) != _HOST:
+        return False
+    try:
+        os.kill(int(m.group(2)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False  # alive (another user's), or not a process id
+    return False
 
 
 def _fsync_dir(path: Path) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 import time
 
 from server_support import adapter_bytes, image_files, png, serving, tiny_vit, upload_files
 
 from adaptformer_server import create_app
-from adaptformer_server.store import AdapterStore, version_of
+from adaptformer_server.store import _HOST, AdapterStore, version_of
 
 
 async def test_uploads_survive_a_restart(vit, store, make_settings):
@@ -31,7 +32,11 @@ async def test_half_written_and_corrupt_files_are_never_loaded(vit, tasks_store,
     good = (tasks_store / "alpha.safetensors").read_bytes()
     (tasks_store / ".cars.safetensors.k2j3h4.tmp").write_bytes(good[: len(good) // 2])  # crash during atomic_write
     os.utime(tasks_store / ".cars.safetensors.k2j3h4.tmp", (time.time() - 3600, time.time() - 3600))
-    (tasks_store / ".live.safetensors.x9y8z7.tmp").write_bytes(good[:100])  # another server writing right now
+    (tasks_store / ".live.safetensors.x9y8z7.tmp").write_bytes(good[:100])  # another host's server writing now
+    (tasks_store / f".mine.safetensors.{_HOST}-{os.getpid()}-k2j3.tmp").write_bytes(good[:100])  # this process
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (tasks_store / f".dead.safetensors.{_HOST}-{gone.pid}-k2j3.tmp").write_bytes(good[:100])  # a killed server's
     (tasks_store / "half.safetensors").write_bytes(good[: len(good) // 2])  # header intact, tensors cut
     (tasks_store / "stub.safetensors").write_bytes(good[:20])  # header cut
     (tasks_store / "junk.safetensors").write_bytes(b"\x80\x04not safetensors at all")
@@ -42,8 +47,10 @@ async def test_half_written_and_corrupt_files_are_never_loaded(vit, tasks_store,
     async with serving(create_app(make_settings(), backbone=vit)) as client:
         tasks = [a["task"] for a in (await client.get("/adapters")).json()["adapters"]]
         assert tasks == ["alpha", "beta", "clip"]
-        # the old leftover is removed; a young temp file may be another process's write in progress
-        assert [p.name for p in tasks_store.glob(".*.tmp")] == [".live.safetensors.x9y8z7.tmp"]
+        # the old leftover and the dead process's go; a young one may be a write in progress (another host's,
+        # or a process on this host that is alive)
+        left = sorted(p.name for p in tasks_store.glob(".*.tmp"))
+        assert left == [".live.safetensors.x9y8z7.tmp", f".mine.safetensors.{_HOST}-{os.getpid()}-k2j3.tmp"]
         for name in ("half", "stub", "junk", "alien", "bad name!"):
             assert f"skipping {name}.safetensors" in caplog.text, name
         assert "truncated" in caplog.text and "fingerprint" in caplog.text
