@@ -62,17 +62,12 @@ class ReplicaHeaderMiddleware:
         await self.app(scope, receive, send_with_header)
 
 
-def create_app(
-    settings: Settings | None = None, *, backbone: nn.Module | None = None, wait_ready: bool = False
-) -> FastAPI:
+def create_app(settings: Settings | None = None, *, backbone: nn.Module | None = None) -> FastAPI:
     """Builds the app; the backbone, the store scan and the batcher start in its lifespan.
 
     Args:
         settings: Server settings (read from ADAPTFORMER_* environment variables when omitted).
         backbone: A prebuilt timm ViT to serve instead of the one the settings name (tests, embedding apps).
-        wait_ready: Let the lifespan's startup return only once the backbone is loaded (and fail if it cannot
-            load), for hosts that route traffic to an app as soon as its startup is done (Ray Serve). By default
-            startup returns at once, ``/healthz`` answers and ``/readyz`` says when loading is done.
     """
     settings = settings or Settings()
     metrics = Metrics()
@@ -83,8 +78,6 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime.start()
         try:
-            if wait_ready:
-                await runtime.wait_ready()
             yield
         finally:
             await runtime.stop()

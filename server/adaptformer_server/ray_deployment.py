@@ -18,9 +18,9 @@ __all__ = ["AdaptFormerServer"]
 class AdaptFormerServer:
     """One replica: the app of ``create_app`` with its own backbone, bank and batcher.
 
-    The app is built in the replica (``__serve_build_asgi_app__``) and its startup waits for the backbone, so
-    Ray sends traffic only to replicas that can serve it, and a replica whose backbone cannot load fails to
-    start (Ray retries it) instead of answering 503.
+    The app is built in the replica (``__serve_build_asgi_app__``), which returns only once the backbone is loaded
+    and the store read: Ray sends traffic only to replicas that can serve it, and a replica whose backbone cannot
+    load fails to start with the reason (Ray retries it, then reports the deployment failed).
 
     Args:
         settings: The server settings (the same for every replica; ``replica_id`` is made per replica).
@@ -34,9 +34,17 @@ class AdaptFormerServer:
         logging.getLogger("adaptformer_server").setLevel(settings.log_level.upper())
         self._adaptformer_app: FastAPI | None = None
 
-    def __serve_build_asgi_app__(self) -> FastAPI:
-        self._adaptformer_app = create_app(self._adaptformer_settings, wait_ready=True)
-        return self._adaptformer_app
+    async def __serve_build_asgi_app__(self) -> FastAPI:
+        app = create_app(self._adaptformer_settings)
+        runtime = app.state.runtime
+        runtime.start()  # here rather than in the app's lifespan (which then finds it started) to report failures
+        try:
+            await runtime.wait_ready()
+        except RuntimeError as e:
+            await runtime.stop()
+            raise RuntimeError(f"replica {self._adaptformer_settings.replica_id}: {e}") from None
+        self._adaptformer_app = app
+        return app
 
     def check_health(self) -> None:
         """Ray's periodic health check: a replica whose runtime failed is replaced."""

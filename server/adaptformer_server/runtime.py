@@ -90,8 +90,12 @@ class Runtime:
 
     # -- life cycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Starts loading in the background: /healthz answers at once, /readyz once the backbone is in place."""
-        self._load_task = asyncio.create_task(self._load(), name="adaptformer-load")
+        """Starts loading in the background: /healthz answers at once, /readyz once the backbone is in place.
+
+        Once: a second call (the app's lifespan after a host started the runtime itself) does nothing.
+        """
+        if self._load_task is None:
+            self._load_task = asyncio.create_task(self._load(), name="adaptformer-load")
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Waits for loading to finish; raises RuntimeError if it failed."""

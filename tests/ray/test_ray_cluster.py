@@ -10,16 +10,21 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from ray_support import (
     REPLICA_HEADER,
+    Cluster,
     Server,
     demo_file,
+    free_port,
     observe,
     predict,
     propagation,
@@ -36,11 +41,17 @@ CLIENT_RETRIES = 5  # after the first try; backoff 0.2 s doubling (6.2 s in all)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def cluster() -> Iterator[Cluster]:
     if not ray_installed():
         pytest.skip("Ray Serve is not installed: pip install '.[ray]' (make test-ray does)")
+    with ray_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def server(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     store = tmp_path_factory.mktemp("shared") / "adapters"
-    with ray_cluster() as cluster, ray_server(cluster, store, "--replicas", "2", "--max-wait-ms", "2") as server:
+    with ray_server(cluster, store, "--replicas", "2", "--max-wait-ms", "2") as server:
         yield server
 
 
@@ -139,3 +150,12 @@ async def test_a_killed_replica_is_replaced_and_no_request_is_lost(server: Serve
     assert replaced_at is not None, "no new replica answered within 180 s"
     assert not lost, f"{len(lost)} requests failed after {CLIENT_RETRIES} retries: {dict(failures)}"
     assert victim not in after and len(after) == 2, after
+
+
+def test_a_replica_that_cannot_start_fails_the_command_with_the_reason(cluster: Cluster, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "adaptformer_server", "serve", "--ray", "--ray-address", cluster.address,
+           "--port", str(free_port()), "--store", str(tmp_path / "s"), "--weights", str(tmp_path / "missing.pt"),
+           "--ray-app-name", "broken"]  # fmt: skip
+    done = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "weights file not found" in done.stdout + done.stderr
