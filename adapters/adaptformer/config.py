@@ -38,7 +38,7 @@ class AdapterConfig:
     _extra: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.bottleneck, int) or not 1 <= self.bottleneck <= 512:
+        if isinstance(self.bottleneck, bool) or not isinstance(self.bottleneck, int) or not 1 <= self.bottleneck <= 512:
             raise ValueError(f"bottleneck must be an integer in 1..512, got {self.bottleneck!r}")
         if self.mode not in ("parallel", "sequential"):
             raise ValueError(f"mode must be 'parallel' or 'sequential', got {self.mode!r}")

@@ -41,7 +41,7 @@ def test_layers_out_of_range_refused(layers: object) -> None:
         af.AdapterConfig(layers=layers).resolve_layers(6)
 
 
-@pytest.mark.parametrize("bottleneck", [0, -1, 513, 10_000, 64.0, "64"])
+@pytest.mark.parametrize("bottleneck", [0, -1, 513, 10_000, 64.0, "64", True])
 def test_bottleneck_outside_range_refused(bottleneck: object) -> None:
     """d^ must be an integer in 1..512."""
     with pytest.raises(ValueError, match="bottleneck"):
