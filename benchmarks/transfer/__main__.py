@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from benchmarks.transfer.claims import Results, check_claims, parameter_counts
-from benchmarks.transfer.plan import BUDGETS, phase_one, phase_two
+from benchmarks.transfer.plan import BUDGETS, Run, phase_one, phase_two
 from benchmarks.transfer.report import write_outputs
 from benchmarks.transfer.runner import execute
 
@@ -70,10 +70,16 @@ def main(argv: list[str] | None = None) -> None:
         "budget": budget.name,
         "recipe": budget.describe(),
     }
-    write_outputs(res, claims, sorted(rows, key=lambda r: (r["task"], r["method"], r["frames"], r["seed"])), meta,
+    write_outputs(res, claims, sorted(rows, key=_order), meta,
                   params, args.out)  # fmt: skip
     for c in claims:
         print(f"claim {c.id:2d}: {c.verdict:13s} {c.claim}")
+
+
+def _order(row: dict) -> tuple:
+    """Task, method, frames, then every other knob and the seed: one order whatever order the runs ended in."""
+    first = ("task", "method", "frames")
+    return tuple(row[k] for k in first) + tuple(row[k] for k in Run.__dataclass_fields__ if k not in first)
 
 
 def _best_tokens(rows: dict[str, dict], budget) -> int:
