@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 import typing
 from typing import Any
@@ -162,7 +163,15 @@ def _serve_on_ray(settings: Settings, options: RayOptions, log: logging.Logger) 
         sys.exit(f"adaptformer serve: error: {e}")
     except RuntimeError as e:  # the deployment failed: Ray's message says which replica and why
         log.error("the Ray Serve application failed: %s", e)
-        sys.exit(1)
+        code = 1
+    else:
+        code = 0
+    # Ray's native threads can crash the interpreter's teardown after ray.shutdown() (seen: SIGSEGV in a metrics
+    # thread), which would turn this exit status into a signal: leave without the teardown.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -217,12 +217,16 @@ def serve_on_ray(settings: Settings, options: RayOptions) -> None:
         log.info("deploying %r on Ray Serve: %s, max_ongoing_requests %d", options.app_name, scale,
                  options.max_ongoing_requests)  # fmt: skip
         start = time.perf_counter()
-        serve.run(app, name=options.app_name, route_prefix="/")
+        try:
+            serve.run(app, name=options.app_name, route_prefix="/")
+        except RuntimeError as e:
+            raise RuntimeError(f"{e} {_deployment_message(serve, options.app_name)}".strip()) from None
+        host, port = _proxy_address(settings)
         log.info(
             "ready in %.1f s: http://%s:%d (API docs at /docs), adapter store %s; Ctrl+C stops",
             time.perf_counter() - start,
-            settings.host,
-            settings.port,
+            host,
+            port,
             settings.store,
         )
         while True:
@@ -239,3 +243,33 @@ def serve_on_ray(settings: Settings, options: RayOptions) -> None:
             log.warning("cleaning up on Ray failed: %s", e)
         finally:
             ray.shutdown()
+
+
+def _proxy_address(settings: Settings) -> tuple[str, int]:
+    """Where Ray's proxy listens: Serve keeps the HTTP options it was first started with on a cluster."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        http = _get_global_client().http_config
+        host, port = str(http.host), int(http.port)
+    except Exception:  # a private API: fall back to what was asked
+        return settings.host, settings.port
+    if (host, port) != (settings.host, settings.port):
+        log.warning(
+            "Ray Serve on this cluster was started with HTTP %s:%d, so --host/--port (%s:%d) do not apply; "
+            "`serve shutdown` on the cluster first to change them",
+            host,
+            port,
+            settings.host,
+            settings.port,
+        )
+    return host, port
+
+
+def _deployment_message(serve: Any, app_name: str) -> str:
+    """Why the deployment failed, as Ray's status says (the replica's exception), or empty."""
+    try:
+        app = serve.status().applications[app_name]
+        return " ".join(d.message for d in app.deployments.values() if d.message)[-4000:]
+    except Exception:
+        return ""

@@ -86,6 +86,7 @@ class Cluster:
     address: str  # 127.0.0.1:<gcs port>
     env: dict[str, str]
     log: Path
+    http_port: int  # Ray Serve's proxy: fixed for the cluster once Serve starts, so every server run uses it
 
 
 def _ray(*args: str, env: dict[str, str], log: Path, timeout: float) -> None:
@@ -112,7 +113,7 @@ def ray_cluster(num_cpus: int = 4) -> Iterator[Cluster]:
             f"--ray-client-server-port={free_port()}"]  # fmt: skip
     try:
         _ray(*args, env=env, log=log, timeout=180)
-        yield Cluster(address=address, env=env, log=log)
+        yield Cluster(address=address, env=env, log=log, http_port=free_port())
     finally:
         try:
             _ray("stop", "--force", env=env, log=log, timeout=120)
@@ -133,8 +134,8 @@ class Server:
 @contextmanager
 def ray_server(cluster: Cluster, store: Path, *args: str, timeout: float = 300) -> Iterator[Server]:
     """``adaptformer serve --ray`` (the CLI a user runs) on ``cluster``; ready when /readyz answers 200."""
-    port = free_port()
-    log = cluster.log.with_name(f"server-{port}.log")
+    port = cluster.http_port
+    log = cluster.log.with_name(f"server-{time.monotonic_ns()}.log")
     cmd = [sys.executable, "-m", "adaptformer_server", "serve", "--ray", "--ray-address", cluster.address,
            "--host", "127.0.0.1", "--port", str(port), "--store", str(store), "--log-level", "info", *args]  # fmt: skip
     out = log.open("wb")

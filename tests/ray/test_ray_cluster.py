@@ -24,7 +24,6 @@ from ray_support import (
     Cluster,
     Server,
     demo_file,
-    free_port,
     observe,
     predict,
     propagation,
@@ -53,6 +52,16 @@ def server(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     store = tmp_path_factory.mktemp("shared") / "adapters"
     with ray_server(cluster, store, "--replicas", "2", "--max-wait-ms", "2") as server:
         yield server
+
+
+def test_a_replica_that_cannot_start_fails_the_command_with_the_reason(cluster: Cluster, tmp_path: Path) -> None:
+    # first: the two-replica app of the other tests (module-scoped) takes the route prefix / when it starts
+    cmd = [sys.executable, "-m", "adaptformer_server", "serve", "--ray", "--ray-address", cluster.address,
+           "--port", str(cluster.http_port), "--store", str(tmp_path / "s"), "--weights", str(tmp_path / "missing.pt"),
+           "--ray-app-name", "broken"]  # fmt: skip
+    done = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "weights file not found" in done.stdout + done.stderr
 
 
 async def test_requests_land_on_both_replicas(server: Server) -> None:
@@ -150,12 +159,3 @@ async def test_a_killed_replica_is_replaced_and_no_request_is_lost(server: Serve
     assert replaced_at is not None, "no new replica answered within 180 s"
     assert not lost, f"{len(lost)} requests failed after {CLIENT_RETRIES} retries: {dict(failures)}"
     assert victim not in after and len(after) == 2, after
-
-
-def test_a_replica_that_cannot_start_fails_the_command_with_the_reason(cluster: Cluster, tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "adaptformer_server", "serve", "--ray", "--ray-address", cluster.address,
-           "--port", str(free_port()), "--store", str(tmp_path / "s"), "--weights", str(tmp_path / "missing.pt"),
-           "--ray-app-name", "broken"]  # fmt: skip
-    done = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert "weights file not found" in done.stdout + done.stderr
