@@ -44,11 +44,9 @@ def free_port() -> int:
 
 
 def interfaces() -> list[str]:
-    """Network interfaces of this network namespace (``['lo']`` inside ``unshare -n``)."""
-    try:
-        return sorted(os.listdir("/sys/class/net"))
-    except OSError:
-        return []
+    """Network interfaces of this network namespace (``['lo']`` inside ``unshare -n``; /sys/class/net would show
+    those of the namespace sysfs was mounted in)."""
+    return sorted(name for _, name in socket.if_nameindex())
 
 
 def loopback_env() -> dict[str, str]:
