@@ -3,13 +3,14 @@
     python -m benchmarks.transfer            # the committed study (3 seeds; about 70 min on 2 CPU cores)
     python -m benchmarks.transfer --quick    # pipeline smoke run (about a minute): checks the code, not the claims
 
-Writes docs/benchmarks/transfer.{json,md} and transfer_{tradeoff,ablations}.png (``transfer_quick.*`` in quick
+Writes docs/benchmarks/transfer.{json,md} and transfer_{tradeoff,ablations}.svg (``transfer_quick.*`` in quick
 mode). Each finished run is appended to a log (``--log``); a rerun after an interruption reuses those rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -42,11 +43,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log", type=Path, default=None,
                    help="append each finished run here and reuse the rows it holds (default: <out>/.transfer_<budget>.jsonl)")  # fmt: skip
     p.add_argument("--fresh", action="store_true", help="ignore the log's rows (start over)")
+    p.add_argument("--render", action="store_true",
+                   help="train nothing: rewrite the report and plots from the JSON already in --out")  # fmt: skip
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error("--workers must be >= 1")
     budget = BUDGETS["quick" if args.quick else "full"]
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.render:
+        return _render(budget, args.out)
     log = args.log or args.out / f".transfer_{budget.name}.jsonl"
     if args.fresh and log.exists():
         log.unlink()
@@ -74,6 +79,16 @@ def main(argv: list[str] | None = None) -> None:
                   params, args.out)  # fmt: skip
     for c in claims:
         print(f"claim {c.id:2d}: {c.verdict:13s} {c.claim}")
+
+
+def _render(budget, out: Path) -> None:
+    """The report and plots of an earlier invocation, from its JSON (its command, commit and wall time kept)."""
+    path = out / ("transfer.json" if budget.name == "full" else f"transfer_{budget.name}.json")
+    if not path.exists():
+        raise SystemExit(f"--render: {path} does not exist; run the study first")
+    doc = json.loads(path.read_text())
+    res = Results(doc["runs"], budget)
+    write_outputs(res, check_claims(res, doc["parameters"]), doc["runs"], doc["meta"], doc["parameters"], out)
 
 
 def _order(row: dict) -> tuple:

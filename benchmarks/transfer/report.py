@@ -39,8 +39,8 @@ def _plots(res: Results, out: Path, stem: str) -> list[str]:
     ax.set_title("Accuracy vs trainable parameters, embedded backbone")
     ax.legend()
     fig.tight_layout()
-    names.append(f"{stem}_tradeoff.png")
-    fig.savefig(out / names[-1], dpi=110)
+    names.append(f"{stem}_tradeoff.svg")
+    fig.savefig(out / names[-1], metadata={"Date": None})
     plt.close(fig)
 
     panels = [
@@ -66,8 +66,8 @@ def _plots(res: Results, out: Path, stem: str) -> list[str]:
         ax.set_title("motion: frames per clip")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    names.append(f"{stem}_ablations.png")
-    fig.savefig(out / names[-1], dpi=110)
+    names.append(f"{stem}_ablations.svg")
+    fig.savefig(out / names[-1], metadata={"Date": None})
     plt.close(fig)
     return names
 

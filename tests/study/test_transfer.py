@@ -122,8 +122,8 @@ def test_quick_study_end_to_end_and_resume(tmp_path, capsys):
     assert all(c["verdict"] in ("holds", "does not hold") for c in doc["claims"])
     report = (tmp_path / "transfer_quick.md").read_text()
     assert "python -m benchmarks.transfer --quick" in report and "| 10 |" in report
-    for png in ("transfer_quick_tradeoff.png", "transfer_quick_ablations.png"):
-        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for svg in ("transfer_quick_tradeoff.svg", "transfer_quick_ablations.svg"):
+        assert "<svg" in (tmp_path / svg).read_text() and svg in report
     assert doc["meta"]["reused"] == 0
 
     # A second invocation reuses every finished run from the log and reports the same figures.
@@ -131,3 +131,9 @@ def test_quick_study_end_to_end_and_resume(tmp_path, capsys):
     again = json.loads((tmp_path / "transfer_quick.json").read_text())
     assert again["meta"]["reused"] == len(doc["runs"])
     assert again["runs"] == doc["runs"]
+
+    # --render rewrites the report from the JSON alone, keeping the original invocation's figures.
+    (tmp_path / "transfer_quick.md").unlink()
+    main(["--quick", "--render", "--out", str(tmp_path)])
+    assert (tmp_path / "transfer_quick.md").read_text().count("| 10 |") == 1
+    assert json.loads((tmp_path / "transfer_quick.json").read_text())["meta"] == again["meta"]
