@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 import adaptformer as af
+from benchmarks.machine import cpu_model
 
 MODEL = "vit_small_patch16_224"
 TARGET_ROW = "engine-16x64"
@@ -193,16 +194,6 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def to_markdown(result: dict) -> str:
     m, s = result["machine"], result["settings"]
     lines = [
@@ -286,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     x = torch.randn(s.batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
 
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    machine = machine_info(device) | {"cpu_model": _cpu_model()}
+    machine = machine_info(device) | {"cpu_model": cpu_model()}
     rows = [r for r in ROWS if args.rows is None or r.key in args.rows]
     results = []
     for row in rows:

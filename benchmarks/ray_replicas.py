@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -40,6 +39,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "ray"))
+sys.path.insert(0, str(ROOT))
 
 from ray_support import (  # noqa: E402
     REPLICA_HEADER,
@@ -53,22 +53,14 @@ from ray_support import (  # noqa: E402
     ray_server,
 )
 
+from benchmarks.machine import cpu_model  # noqa: E402
+
 TASKS = ("digits", "emoji", "fashion")
 CONFIGS = {
     "ray 1x2": ("--replicas", "1", "--cpus-per-replica", "2"),
     "ray 1x1": ("--replicas", "1", "--cpus-per-replica", "1"),
     "ray 2x1": ("--replicas", "2", "--cpus-per-replica", "1"),
 }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 async def load(url: str, clients: int, duration: float, warmup: float) -> dict:
