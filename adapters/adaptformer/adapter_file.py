@@ -83,11 +83,14 @@ def task_to_bytes(task: TaskAdapter) -> bytes:
     return st_save(tensors, metadata=_metadata(task))
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` so that a crash leaves the old file or the new one, never half of it."""
+def atomic_write(path: Path, data: bytes, tag: str = "") -> None:
+    """Writes ``data`` to ``path`` so that a crash leaves the old file or the new one, never half of it.
+
+    The temp file is ``.<name>.<tag><random>.tmp`` beside ``path``; ``tag`` lets a caller name the writer.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{tag}", suffix=".tmp")
     try:
         os.fchmod(fd, 0o644)  # mkstemp creates 0600; an adapter store is read by other users/containers
         with os.fdopen(fd, "wb") as f:

@@ -16,7 +16,6 @@ import os
 import re
 import socket
 import struct
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from adaptformer.adapter_file import MAX_HEADER_BYTES, read_metadata
+from adaptformer.adapter_file import MAX_HEADER_BYTES, atomic_write, read_metadata
 from adaptformer.errors import AdapterFormatError
 
 __all__ = [
@@ -412,19 +411,8 @@ def demo_files() -> list[Path]:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file (named after this host and process), fsync, rename, fsync the directory."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}-", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp creates 0600; a store is read by other users and containers
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """The library's atomic write, its temp file named after this host and process (see ``_orphan``)."""
+    atomic_write(path, data, tag=f"{_HOST}-{os.getpid()}-")
 
 
 def _orphan(name: str) -> bool:
