@@ -11,8 +11,8 @@ what the demo tasks see, right or wrong. ``examples/manifest.json`` lists every 
 from __future__ import annotations
 
 import argparse
-import re
 import json
+import re
 from pathlib import Path
 
 import numpy as np
