@@ -10,6 +10,7 @@ import asyncio
 import email.utils
 import logging
 import os
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from adaptformer_client.types import (
 __all__ = ["DEFAULT_URL", "AsyncClient", "Client"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+URL_ENV = "ADAPTFORMER_URL"
+API_KEY_ENV = "ADAPTFORMER_API_KEY"
 RETRY_STATUSES = frozenset({429, 503})
 _VERSION = "0.1.0"
 
@@ -45,6 +48,9 @@ _NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 log = logging.getLogger("adaptformer_client")
 T = TypeVar("T")
+# A per-call timeout: seconds, an httpx.Timeout, None (wait forever) or _DEFAULT (the client's own).
+_DEFAULT: Any = httpx.USE_CLIENT_DEFAULT
+Timeout = float | httpx.Timeout | None
 M = TypeVar("M", bound=BaseModel)
 AdapterFile = str | os.PathLike | bytes | IO[bytes]
 
@@ -150,19 +156,26 @@ class _BaseClient:
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | None,
         api_key: str | None,
         max_retries: int,
         backoff: float,
         max_backoff: float,
+        jitter: float,
         headers: Mapping[str, str] | None,
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
-        self.base_url = base_url.rstrip("/")
+        if not 0 <= jitter <= 1:
+            raise ValueError(f"jitter must be between 0 and 1, got {jitter}")
+        self.base_url = (base_url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
+        if api_key is None:
+            api_key = os.environ.get(API_KEY_ENV) or None
         self.max_retries = max_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.jitter = jitter
+        self._random = random.Random()
         self._headers = {"User-Agent": f"adaptformer-client/{_VERSION}", "Accept": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -173,40 +186,47 @@ class _BaseClient:
 
     # Requests. Bodies are read into memory at once so that a retry can send them again.
 
-    def _build(self, method: str, path: str, **kwargs: Any) -> httpx.Request:
-        request = self._http.build_request(method, path, **kwargs)
+    def _build(self, method: str, path: str, timeout: Timeout = _DEFAULT, **kwargs: Any) -> httpx.Request:
+        request = self._http.build_request(method, path, timeout=timeout, **kwargs)
         request.read()
         return request
 
     def _predict_call(
-        self, task: str, field: str, parts: list[tuple[str, bytes, str]], top_k: int | None
+        self, task: str, field: str, parts: list[tuple[str, bytes, str]], top_k: int | None, timeout: Timeout
     ) -> _Call[PredictResponse]:
         params: dict[str, Any] = {"task": task}
         if top_k is not None:
             params["top_k"] = top_k
         files = [(field, part) for part in parts]
         # Predicting changes nothing on the server: safe to resend whatever happened to the first try.
-        return _Call(self._build("POST", "/predict", params=params, files=files), _model(PredictResponse))
+        request = self._build("POST", "/predict", timeout, params=params, files=files)
+        return _Call(request, _model(PredictResponse))
 
-    def _predict(self, task: str, image: ImageInput, top_k: int | None) -> _Call[PredictResponse]:
+    def _predict(self, task: str, image: ImageInput, top_k: int | None, timeout: Timeout) -> _Call[PredictResponse]:
         if isinstance(image, (list, tuple)):
             raise TypeError("predict takes one image; use predict_batch for a list of images")
-        return self._predict_call(task, "image", [encode_image(image)], top_k)
+        return self._predict_call(task, "image", [encode_image(image)], top_k, timeout)
 
-    def _predict_batch(self, task: str, images: Sequence[ImageInput], top_k: int | None) -> _Call[PredictResponse]:
+    def _predict_batch(
+        self, task: str, images: Sequence[ImageInput], top_k: int | None, timeout: Timeout
+    ) -> _Call[PredictResponse]:
         if not images:
             raise ValueError("predict_batch needs at least one image")
         parts = [encode_image(image, f"image{i:04d}") for i, image in enumerate(images)]
-        return self._predict_call(task, "image", parts, top_k)
+        return self._predict_call(task, "image", parts, top_k, timeout)
 
-    def _predict_clip(self, task: str, clip: Any, top_k: int | None) -> _Call[PredictResponse]:
+    def _predict_clip(self, task: str, clip: Any, top_k: int | None, timeout: Timeout) -> _Call[PredictResponse]:
         field, parts = encode_clip(clip)
         if not parts:
             raise ValueError("predict_clip needs at least one frame")
-        return self._predict_call(task, field, parts, top_k)
+        return self._predict_call(task, field, parts, top_k, timeout)
 
     def _predict_many(
-        self, tasks: str | Sequence[str], image: ImageInput | Sequence[ImageInput], top_k: int | None
+        self,
+        tasks: str | Sequence[str],
+        image: ImageInput | Sequence[ImageInput],
+        top_k: int | None,
+        timeout: Timeout,
     ) -> _Call[MultiPredictResponse]:
         names = [tasks] if isinstance(tasks, str) else list(tasks)
         if not names:
@@ -229,7 +249,7 @@ class _BaseClient:
                 )
             return _json(response, MultiPredictResponse)
 
-        return _Call(self._build("POST", "/predict", params=params, files=files), parse)
+        return _Call(self._build("POST", "/predict", timeout, params=params, files=files), parse)
 
     def _list_adapters(self) -> _Call[list[AdapterInfo]]:
         return _Call(self._build("GET", "/adapters"), lambda r: _json(r, _AdapterList).adapters)
@@ -237,10 +257,11 @@ class _BaseClient:
     def _get_adapter(self, task: str) -> _Call[AdapterInfo]:
         return _Call(self._build("GET", f"/adapters/{quote(task, safe='')}"), _model(AdapterInfo))
 
-    def _upload_adapter(self, file: AdapterFile, task: str | None) -> _Call[UploadResult]:
+    def _upload_adapter(self, file: AdapterFile, task: str | None, timeout: Timeout) -> _Call[UploadResult]:
         name, data = _adapter_file(file)
         form = {"task": task} if task is not None else None
-        request = self._build("POST", "/adapters", files={"file": (name, data, "application/octet-stream")}, data=form)
+        files = {"file": (name, data, "application/octet-stream")}
+        request = self._build("POST", "/adapters", timeout, files=files, data=form)
         # Not idempotent: once the body went out the server may have installed the adapter.
         return _Call(request, _model(UploadResult), idempotent=False)
 
@@ -260,7 +281,9 @@ class _BaseClient:
     # Retries.
 
     def _backoff_delay(self, attempt: int) -> float:
-        return min(self.max_backoff, self.backoff * 2**attempt)
+        """Exponential backoff, each wait drawn from [1 - jitter, 1] of it so that clients do not retry in step."""
+        delay = min(self.max_backoff, self.backoff * 2**attempt)
+        return delay * (1.0 - self.jitter * self._random.random())
 
     def _retry_delay(
         self,
@@ -298,11 +321,14 @@ class Client(_BaseClient):
     ...     client.predict("digits", "seven.png", top_k=3).top
 
     Args:
-        base_url: Where the server listens.
-        api_key: Sent as ``Authorization: Bearer <key>``; a predict key, or the admin key to upload and delete.
-        timeout: Seconds to wait for the server (an ``httpx.Timeout`` for finer control; ``None``: forever).
+        base_url: Where the server listens (default: $ADAPTFORMER_URL, else http://127.0.0.1:8000).
+        api_key: Sent as ``Authorization: Bearer <key>``; a predict key, or the admin key to upload and delete
+            (default: $ADAPTFORMER_API_KEY, else none).
+        timeout: Seconds to wait for the server (an ``httpx.Timeout`` for finer control; ``None``: forever). The
+            predict and upload methods take a ``timeout=`` of their own for one call.
         max_retries: Further tries after a 503/429 or a connection error (0 disables retries).
         backoff: First wait in seconds between tries, doubled each time; a Retry-After header replaces it.
+        jitter: Each backoff wait is drawn from [1 - jitter, 1] times its value (0: exact waits).
         max_backoff: Cap on any single wait, Retry-After included.
         headers: Extra headers for every request.
         transport: An ``httpx`` transport (tests pass ``httpx.MockTransport``).
@@ -313,18 +339,19 @@ class Client(_BaseClient):
 
     def __init__(
         self,
-        base_url: str = DEFAULT_URL,
+        base_url: str | None = None,
         api_key: str | None = None,
         *,
         timeout: float | httpx.Timeout | None = 30.0,
         max_retries: int = 3,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
+        jitter: float = 0.5,
         headers: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], Any] = time.sleep,
     ) -> None:
-        super().__init__(base_url, api_key, max_retries, backoff, max_backoff, headers)
+        super().__init__(base_url, api_key, max_retries, backoff, max_backoff, jitter, headers)
         self._sleep = sleep
         self._http = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=timeout, transport=transport)
 
@@ -344,7 +371,9 @@ class Client(_BaseClient):
             self._sleep(delay)
             attempt += 1
 
-    def predict(self, task: str, image: ImageInput, top_k: int | None = None) -> PredictResponse:
+    def predict(
+        self, task: str, image: ImageInput, top_k: int | None = None, *, timeout: Timeout = _DEFAULT
+    ) -> PredictResponse:
         """Classifies one image; ``.top`` of the answer is the best prediction.
 
         Args:
@@ -352,18 +381,27 @@ class Client(_BaseClient):
             image: A path, encoded image bytes, a binary file object, a PIL image or a uint8 array.
             top_k: How many predictions to return (server default 5, clamped to the number of classes).
         """
-        return self._run(self._predict(task, image, top_k))
+        return self._run(self._predict(task, image, top_k, timeout))
 
-    def predict_batch(self, task: str, images: Sequence[ImageInput], top_k: int | None = None) -> PredictResponse:
+    def predict_batch(
+        self, task: str, images: Sequence[ImageInput], top_k: int | None = None, *, timeout: Timeout = _DEFAULT
+    ) -> PredictResponse:
         """Classifies several images in one request; ``predictions[i]`` answers ``images[i]``."""
-        return self._run(self._predict_batch(task, images, top_k))
+        return self._run(self._predict_batch(task, images, top_k, timeout))
 
-    def predict_clip(self, task: str, clip: Any, top_k: int | None = None) -> PredictResponse:
+    def predict_clip(
+        self, task: str, clip: Any, top_k: int | None = None, *, timeout: Timeout = _DEFAULT
+    ) -> PredictResponse:
         """Classifies one clip: a list of frames (in order), a TxHxW(xC) array, or an animated GIF/WebP."""
-        return self._run(self._predict_clip(task, clip, top_k))
+        return self._run(self._predict_clip(task, clip, top_k, timeout))
 
     def predict_many(
-        self, tasks: str | Sequence[str], image: ImageInput | Sequence[ImageInput], top_k: int | None = None
+        self,
+        tasks: str | Sequence[str],
+        image: ImageInput | Sequence[ImageInput],
+        top_k: int | None = None,
+        *,
+        timeout: Timeout = _DEFAULT,
     ) -> MultiPredictResponse:
         """Classifies one image (or a list of images) with several tasks in one request and one forward pass.
 
@@ -375,7 +413,7 @@ class Client(_BaseClient):
         Returns:
             ``results`` holds one single-task answer per task, in order; ``answer["digits"]`` picks one.
         """
-        return self._run(self._predict_many(tasks, image, top_k))
+        return self._run(self._predict_many(tasks, image, top_k, timeout))
 
     def list_adapters(self) -> list[AdapterInfo]:
         """Every adapter the server can serve, sorted by task."""
@@ -385,14 +423,16 @@ class Client(_BaseClient):
         """One adapter's description. Raises ``NotFoundError`` for an unknown task."""
         return self._run(self._get_adapter(task))
 
-    def upload_adapter(self, file: AdapterFile, task: str | None = None) -> UploadResult:
+    def upload_adapter(
+        self, file: AdapterFile, task: str | None = None, *, timeout: Timeout = _DEFAULT
+    ) -> UploadResult:
         """Installs (or replaces) an adapter from a .safetensors file; servable when this returns.
 
         Args:
             file: A path, the file's bytes or a binary file object.
             task: Name to serve it under, instead of the task name in the file's metadata.
         """
-        return self._run(self._upload_adapter(file, task))
+        return self._run(self._upload_adapter(file, task, timeout))
 
     def delete_adapter(self, task: str) -> DeleteResult:
         """Removes an adapter. Raises ``NotFoundError`` for an unknown task."""
@@ -449,18 +489,19 @@ class AsyncClient(_BaseClient):
 
     def __init__(
         self,
-        base_url: str = DEFAULT_URL,
+        base_url: str | None = None,
         api_key: str | None = None,
         *,
         timeout: float | httpx.Timeout | None = 30.0,
         max_retries: int = 3,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
+        jitter: float = 0.5,
         headers: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
-        super().__init__(base_url, api_key, max_retries, backoff, max_backoff, headers)
+        super().__init__(base_url, api_key, max_retries, backoff, max_backoff, jitter, headers)
         self._sleep = sleep
         self._http = httpx.AsyncClient(
             base_url=self.base_url, headers=self._headers, timeout=timeout, transport=transport
@@ -482,23 +523,34 @@ class AsyncClient(_BaseClient):
             await self._sleep(delay)
             attempt += 1
 
-    async def predict(self, task: str, image: ImageInput, top_k: int | None = None) -> PredictResponse:
+    async def predict(
+        self, task: str, image: ImageInput, top_k: int | None = None, *, timeout: Timeout = _DEFAULT
+    ) -> PredictResponse:
         """See ``Client.predict``."""
-        return await self._run(self._predict(task, image, top_k))
+        return await self._run(self._predict(task, image, top_k, timeout))
 
-    async def predict_batch(self, task: str, images: Sequence[ImageInput], top_k: int | None = None) -> PredictResponse:
+    async def predict_batch(
+        self, task: str, images: Sequence[ImageInput], top_k: int | None = None, *, timeout: Timeout = _DEFAULT
+    ) -> PredictResponse:
         """See ``Client.predict_batch``."""
-        return await self._run(self._predict_batch(task, images, top_k))
+        return await self._run(self._predict_batch(task, images, top_k, timeout))
 
-    async def predict_clip(self, task: str, clip: Any, top_k: int | None = None) -> PredictResponse:
+    async def predict_clip(
+        self, task: str, clip: Any, top_k: int | None = None, *, timeout: Timeout = _DEFAULT
+    ) -> PredictResponse:
         """See ``Client.predict_clip``."""
-        return await self._run(self._predict_clip(task, clip, top_k))
+        return await self._run(self._predict_clip(task, clip, top_k, timeout))
 
     async def predict_many(
-        self, tasks: str | Sequence[str], image: ImageInput | Sequence[ImageInput], top_k: int | None = None
+        self,
+        tasks: str | Sequence[str],
+        image: ImageInput | Sequence[ImageInput],
+        top_k: int | None = None,
+        *,
+        timeout: Timeout = _DEFAULT,
     ) -> MultiPredictResponse:
         """See ``Client.predict_many``."""
-        return await self._run(self._predict_many(tasks, image, top_k))
+        return await self._run(self._predict_many(tasks, image, top_k, timeout))
 
     async def list_adapters(self) -> list[AdapterInfo]:
         return await self._run(self._list_adapters())
@@ -506,9 +558,11 @@ class AsyncClient(_BaseClient):
     async def get_adapter(self, task: str) -> AdapterInfo:
         return await self._run(self._get_adapter(task))
 
-    async def upload_adapter(self, file: AdapterFile, task: str | None = None) -> UploadResult:
+    async def upload_adapter(
+        self, file: AdapterFile, task: str | None = None, *, timeout: Timeout = _DEFAULT
+    ) -> UploadResult:
         """See ``Client.upload_adapter``."""
-        return await self._run(self._upload_adapter(file, task))
+        return await self._run(self._upload_adapter(file, task, timeout))
 
     async def delete_adapter(self, task: str) -> DeleteResult:
         return await self._run(self._delete_adapter(task))

@@ -190,6 +190,7 @@ def sleeps() -> list[float]:
 @pytest.fixture
 def make_client(sleeps: list[float]) -> Callable[..., Client]:
     def make(handler: Callable[[httpx.Request], httpx.Response], **kwargs: Any) -> Client:
+        kwargs.setdefault("jitter", 0)  # exact waits, unless a test is about the jitter
         return Client(URL, transport=httpx.MockTransport(handler), sleep=sleeps.append, **kwargs)
 
     return make
@@ -201,6 +202,7 @@ def make_async_client(sleeps: list[float]) -> Callable[..., AsyncClient]:
         sleeps.append(seconds)
 
     def make(handler: Callable[[httpx.Request], httpx.Response], **kwargs: Any) -> AsyncClient:
+        kwargs.setdefault("jitter", 0)
         return AsyncClient(URL, transport=httpx.MockTransport(handler), sleep=record, **kwargs)
 
     return make

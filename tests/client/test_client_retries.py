@@ -80,9 +80,17 @@ async def test_503_then_200_waits_as_retry_after_asks(run, sleeps) -> None:
 
 async def test_429_and_503_without_retry_after_back_off_exponentially(run, sleeps) -> None:
     handler, seen = scripted(busy(429), busy(503), busy(503), OK_HEALTH)
-    await run(handler, "health", backoff=0.25)
+    await run(handler, "health", backoff=0.25, jitter=0)
     assert len(seen) == 4
     assert sleeps == [0.25, 0.5, 1.0]
+
+
+async def test_backoff_waits_are_jittered_within_bounds(run, sleeps) -> None:
+    """Clients that failed together must not retry in step: each wait is drawn from [1 - jitter, 1] of it."""
+    handler, _ = scripted(*[busy()] * 8, OK_HEALTH)
+    await run(handler, "health", backoff=1.0, max_backoff=1.0, max_retries=8, jitter=0.5)
+    assert len(sleeps) == 8 and all(0.5 <= s <= 1.0 for s in sleeps)
+    assert len(set(sleeps)) > 1  # 8 equal draws from a continuous range: never, short of a broken jitter
 
 
 async def test_waits_are_capped(run, sleeps) -> None:
