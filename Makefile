@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install system-deps serve test test-slow test-ray lint format bench clean
+.PHONY: install system-deps serve test test-slow test-ray ci lint format bench clean
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,10 +17,14 @@ $(VENV)/.installed: pyproject.toml client/pyproject.toml
 # Debian packages some tests use: the data sets (Fashion-MNIST, Noto Color Emoji, Unicode emoji list) and
 # Chromium + chromedriver for the playground's browser test. Never needs root: as root (CI containers) it installs
 # them with apt-get, with passwordless sudo through sudo; otherwise it says how, and those tests skip with a reason.
+# Under CI=true a package that is still missing afterwards (no apt, no root, apt failed) fails the run instead:
+# CI never skips those tests silently.
 SYSTEM_PACKAGES := dataset-fashion-mnist fonts-noto-color-emoji unicode-data chromium chromium-driver
+SYSTEM_DEPS_PRESENT := command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 \
+	&& [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
+	&& [ -f /usr/share/unicode/emoji/emoji-test.txt ] && [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]
 system-deps:
-	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 \
-		&& [ -d /usr/share/datasets/fashion-mnist ] && [ -f /usr/share/unicode/emoji/emoji-test.txt ]; then \
+	@if $(SYSTEM_DEPS_PRESENT); then \
 		echo "test data sets and chromium are installed"; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES)) \
@@ -30,6 +34,11 @@ system-deps:
 			|| echo "note: could not install $(SYSTEM_PACKAGES); the tests needing them will be skipped"; \
 	else \
 		echo "note: run as root: apt-get install $(SYSTEM_PACKAGES); until then the tests needing them skip"; \
+	fi
+	@if [ "$${CI:-}" = true ] && ! ($(SYSTEM_DEPS_PRESENT)); then \
+		echo "error: CI=true and the system packages the tests need are missing ($(SYSTEM_PACKAGES)):" \
+			"install them (as root: make system-deps) instead of letting their tests skip" >&2; \
+		exit 1; \
 	fi
 
 install: $(VENV)/.installed
@@ -41,11 +50,13 @@ lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# -rs lists every skipped test with its reason (with the system packages installed there is none).
 test: lint system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
+# The long tests (full load, repeated crashes); each may run longer than the default run's 300 s per-test timeout.
 test-slow: install
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -rs -m slow --timeout 1800
 
 # Ray Serve tests (docs/SCALING.md): installs the ray extra, starts a local Ray cluster on 127.0.0.1 (a few minutes).
 # As root where unshare works they run in a network namespace of their own with only a loopback interface.
@@ -53,10 +64,17 @@ test-ray: install
 	$(PY) -m pip install -q -e ".[ray]"
 	@if [ "$$(id -u)" = 0 ] && unshare -n true 2>/dev/null && command -v ip >/dev/null; then \
 		echo "Ray tests in a private network namespace (loopback only)"; \
-		unshare -n sh -c 'ip link set lo up && exec $(PY) -m pytest -q -m ray tests/ray'; \
+		unshare -n sh -c 'ip link set lo up && exec $(PY) -m pytest -q -rs -m ray --timeout 1800 tests/ray'; \
 	else \
-		$(PY) -m pytest -q -m ray tests/ray; \
+		$(PY) -m pytest -q -rs -m ray --timeout 1800 tests/ray; \
 	fi
+
+# What CI runs (.ci/run): the default suite (ruff, system packages, pytest), then the slow tests, then the Ray tests.
+# One after the other: the Ray tests install the ray extra into the venv the others use.
+ci:
+	$(MAKE) test
+	$(MAKE) test-slow
+	$(MAKE) test-ray
 
 format: install
 	$(PY) -m ruff format .

@@ -38,7 +38,17 @@ class Auth:
     def __init__(self, settings: Settings) -> None:
         self._predict = [k.get_secret_value().encode() for k in settings.api_keys]
         self._admin = [settings.admin_key.get_secret_value().encode()] if settings.admin_key else []
-        self._admin_open = not self._admin and settings.loopback
+        # Admin routes are open only where nothing is configured and nothing but this machine can connect: once
+        # any key is set, an operator has asked for access control, and an admin route without its key would be
+        # the one door left open (a predict key holder, or anyone on loopback, could replace or delete tasks).
+        self._admin_open = not self._admin and not self._predict and settings.loopback
+        self._admin_refusal = (
+            "adapter management is disabled: set ADAPTFORMER_ADMIN_KEY (API keys are configured, so admin routes "
+            "need the admin key)"
+            if self._predict
+            else "adapter management is disabled: set ADAPTFORMER_ADMIN_KEY (the server binds to a non-loopback "
+            "address, so admin routes need a key)"
+        )
 
     def check_predict(self, request: Request) -> None:
         """/predict and GET /adapters: open unless predict keys are configured; the admin key works too."""
@@ -51,14 +61,11 @@ class Auth:
             raise Forbidden("the API key is not valid for this server")
 
     def check_admin(self, request: Request) -> None:
-        """POST and DELETE /adapters: the admin key, or nothing when unset on a loopback-only server."""
+        """POST and DELETE /adapters: the admin key; without one, open only on a loopback server with no keys."""
         if not self._admin:
             if self._admin_open:
                 return
-            raise Forbidden(
-                "adapter management is disabled: set ADAPTFORMER_ADMIN_KEY (the server binds to a non-loopback "
-                "address, so admin routes need a key)"
-            )
+            raise Forbidden(self._admin_refusal)
         key = presented_key(request)
         if key is None:
             raise Unauthorized("this route needs the admin key: send `Authorization: Bearer <admin key>`")
