@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 __all__ = ["InputSpec", "preprocess_clip", "preprocess_image", "spec_from_model"]
 
@@ -86,7 +86,23 @@ def spec_from_model(model: torch.nn.Module) -> InputSpec:
     )
 
 
+def _grey_to_8bit(arr: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit, 32-bit integer or float grey pixels as 0..255, by the range their mode (or their values) imply."""
+    top = float(arr.max(initial=0.0))
+    if mode.startswith("I;16") or top > 255.0:
+        arr = arr / 257.0  # 0..65535
+    elif mode == "F" and top <= 1.0:
+        arr = arr * 255.0  # 0..1
+    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB the way a viewer shows the image: EXIF orientation applied, 16-bit and float grey scaled down
+    (PIL's own conversion clips them at 255), transparency on white, CMYK and palettes converted."""
+    if img.getexif().get(0x0112, 1) != 1:  # EXIF Orientation: phones store photos sideways and say so here
+        img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        img = Image.fromarray(_grey_to_8bit(np.asarray(img, dtype=np.float64), img.mode), "L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Transparent pixels become white, as they show in a browser on a light page.
         rgba = img.convert("RGBA")
