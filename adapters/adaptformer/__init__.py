@@ -4,6 +4,9 @@
 >>> model = af.add_adapters(timm.create_model("vit_small_patch16_224"), af.AdapterConfig(), num_classes=10)
 """
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
 from adaptformer.adapter_file import check_compatible, load_adapter, read_metadata, save_adapter
 from adaptformer.config import AdapterConfig
 from adaptformer.engine import MultiTaskViT
@@ -28,7 +31,10 @@ from adaptformer.preprocess import InputSpec, preprocess_clip, preprocess_image,
 from adaptformer.task import TaskAdapter, TaskInfo, extract_task
 from adaptformer.video import VideoViT, video_vit
 
-__version__ = "0.1.0"
+try:  # one version, the distribution's (pyproject.toml)
+    __version__ = _version("adaptformer-serve")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AdaptMLP",

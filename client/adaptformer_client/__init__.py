@@ -4,6 +4,7 @@
 >>> Client("http://127.0.0.1:8000").predict("digits", "seven.png", top_k=3).top
 """
 
+from adaptformer_client._version import __version__ as __version__
 from adaptformer_client.client import DEFAULT_URL, AsyncClient, Client
 from adaptformer_client.errors import (
     AdaptformerClientError,
@@ -31,8 +32,6 @@ from adaptformer_client.types import (
     Ready,
     UploadResult,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_URL",

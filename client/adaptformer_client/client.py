@@ -21,6 +21,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from adaptformer_client._version import __version__
 from adaptformer_client.errors import APIConnectionError, APITimeoutError, ServerError, parse_error
 from adaptformer_client.inputs import ImageInput, encode_clip, encode_image
 from adaptformer_client.types import (
@@ -39,7 +40,6 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV = "ADAPTFORMER_URL"
 API_KEY_ENV = "ADAPTFORMER_API_KEY"
 RETRY_STATUSES = frozenset({429, 503})
-_VERSION = "0.1.0"
 
 # Transport errors worth another try: the network or a restarting server, not a malformed URL.
 _TRANSIENT_ERRORS = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
@@ -176,7 +176,7 @@ class _BaseClient:
         self.max_backoff = max_backoff
         self.jitter = jitter
         self._random = random.Random()
-        self._headers = {"User-Agent": f"adaptformer-client/{_VERSION}", "Accept": "application/json"}
+        self._headers = {"User-Agent": f"adaptformer-client/{__version__}", "Accept": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._headers.update(headers or {})

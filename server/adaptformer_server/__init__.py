@@ -6,9 +6,14 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+try:  # one version, the distribution's (pyproject.toml)
+    __version__ = _version("adaptformer-serve")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 __all__ = ["Settings", "__version__", "create_app"]
 
 if TYPE_CHECKING:
