@@ -3,21 +3,43 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from adaptformer.adapter_file import check_compatible, load_adapter
 from adaptformer.fingerprint import backbone_fingerprint
+from adaptformer.gathered import (
+    BankWeights,
+    BranchBank,
+    KindGroup,
+    branch_kind,
+    gathered_block,
+    grouped_mm_works,
+    refuse_grouped,
+    to_device,
+)
 from adaptformer.layer import AdaptedBlock, block_forward
 from adaptformer.model import check_supported, image_tokens
 from adaptformer.task import TaskAdapter
 from adaptformer.video import VideoViT
 
-__all__ = ["MultiTaskViT"]
+__all__ = ["PATHS", "MultiTaskViT"]
+
+log = logging.getLogger("adaptformer.engine")
+
+# How a mixed batch runs its branches (docs/ARCHITECTURE.md, "Engine paths"): ``slices``, one branch per task
+# on its run of rows; ``gathered``, one ``baddbmm`` per projection and kind of branch input with per-row weights
+# from the branch bank; ``grouped``, the same with ``torch._grouped_mm`` over each task's segment of rows;
+# ``auto``, the engine's choice.
+PATHS = ("auto", "slices", "gathered", "grouped")
+# On a CPU, slices cost less up to this many tasks with branches in a batch (measured: docs/ARCHITECTURE.md).
+SLICES_UP_TO = 1
 
 
 class MultiTaskViT(nn.Module):
@@ -30,13 +52,21 @@ class MultiTaskViT(nn.Module):
     Adding or removing a task swaps an immutable snapshot of the task table under a lock, so one thread may
     add or remove tasks while another runs a batch: a batch runs entirely on the table it started with.
 
+    Half precision: ``engine.to(dtype=torch.bfloat16)`` (or float16) runs backbone, branches and heads in that
+    dtype; torch's LayerNorm and attention softmax kernels accumulate in float32 for half inputs.
+
     Args:
         backbone: A timm VisionTransformer without adapters; it is frozen and put in eval mode.
         fingerprint: Precomputed fingerprint of the backbone (computed when omitted).
+        path: How mixed batches run their branches, one of ``PATHS`` (``auto``: the engine chooses per batch).
     """
 
-    def __init__(self, backbone: nn.Module, fingerprint: str | None = None) -> None:
+    def __init__(self, backbone: nn.Module, fingerprint: str | None = None, path: str = "auto") -> None:
         super().__init__()
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+        self.path = path
+        self._branch_bank: BranchBank | None = None
         vit = check_supported(backbone)
         if any(isinstance(b, AdaptedBlock) for b in vit.blocks):
             raise ValueError("MultiTaskViT takes the plain backbone; this one already has adapters")
@@ -106,38 +136,89 @@ class MultiTaskViT(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Pooled features ``[batch, features]`` after the per-sample branches, and the rows of each task."""
         table = self._tasks if table is None else table
+        features, plan, _ = self._features(x, tasks, table)
+        if plan.order is not None:
+            features = torch.empty_like(features).index_copy_(0, to_device(plan.order, features.device), features)
+        return features, {t: torch.tensor(r, dtype=torch.long, device=x.device) for t, r in plan.rows.items()}
+
+    def choose_path(self, plan: _Plan, device: torch.device, dtype: torch.dtype) -> str:
+        """The branch path for one batch: ``self.path`` unless ``auto`` (docs/ARCHITECTURE.md, "Engine paths")."""
+        path = self.path
+        if path == "auto":
+            if plan.branch_tasks <= (1 if device.type == "cuda" else SLICES_UP_TO):
+                return "slices"
+            path = "grouped" if device.type == "cuda" else "gathered"
+        if path == "grouped" and not grouped_mm_works(device, dtype):
+            return "gathered"
+        return path
+
+    def _bank(self) -> BranchBank:
+        ref = next(self.vit.parameters())
+        bank = self._branch_bank
+        if bank is None or bank.device != ref.device or bank.dtype != ref.dtype:
+            bank = BranchBank(len(self.vit.blocks), self.vit.embed_dim, self.vit.num_features, ref.device, ref.dtype)
+            self._branch_bank = bank
+        return bank
+
+    def _features(
+        self, x: torch.Tensor, tasks: Sequence[str], table: Mapping[str, TaskAdapter]
+    ) -> tuple[torch.Tensor, _Plan, BankWeights | None]:
+        """Features in the plan's row order, the plan, and the gathered weights (``None`` on the slice path)."""
         if len(tasks) != x.shape[0]:
             raise ValueError(f"{len(tasks)} task names for a batch of {x.shape[0]}")
         unknown = sorted({t for t in tasks if t not in table})
         if unknown:
             raise KeyError(f"unknown task(s) {unknown}; known: {sorted(table)}")
-        groups = _group_rows(tasks, x.device)
-        tubelets = {table[t].info.input.tubelet for t in groups} if x.ndim == 5 else {2}
+        plan = _plan(tasks, table)
+        tubelets = {table[t].info.input.tubelet for t in plan.rows} if x.ndim == 5 else {2}
         if len(tubelets) != 1:
             raise ValueError("clip tasks with different tubelet sizes cannot share a batch")
-        # Rows reordered once so that each task's rows are contiguous: every block then adds each branch on a
-        # slice (a view) instead of gathering and scattering the task's rows.
-        spans: dict[str, slice | None] = {}
-        order = None
-        if len(groups) == 1:
-            spans = dict.fromkeys(groups)
-        else:
-            start = 0
-            for t, rows in groups.items():
-                spans[t] = slice(start, start + len(rows))
-                start += len(rows)
-            order = torch.cat(list(groups.values()))
-            x = x.index_select(0, order)
+        ref = next(self.vit.parameters())
+        if x.is_floating_point() and x.dtype != ref.dtype:
+            x = x.to(ref.dtype)
+        path = self.choose_path(plan, x.device, x.dtype)
+        # Rows reordered once so that each task's rows, and each kind of branch input, are contiguous: a block then
+        # works on slices (views) instead of gathering and scattering rows.
+        if plan.order is not None:
+            x = x.index_select(0, to_device(plan.order, x.device))
+        spans = plan.spans
         tokens = self.embed(x, tubelet=tubelets.pop())
-        for i, block in enumerate(self.vit.blocks):
-            key = str(i)
-            branches = [(span, table[t].adapters[key]) for t, span in spans.items() if key in table[t].adapters]
-            tokens = block_forward(block, tokens, branches)
+        weights = None
+        if path == "slices":
+            for i, block in enumerate(self.vit.blocks):
+                key = str(i)
+                branches = [(span, table[t].adapters[key]) for t, span in spans.items() if key in table[t].adapters]
+                tokens = block_forward(block, tokens, branches)
+        else:
+            embedded = tokens
+            try:
+                weights, tokens = self._gathered_blocks(embedded, plan, table, grouped=path == "grouped")
+            except RuntimeError:
+                if path != "grouped":
+                    raise
+                # A grouped-GEMM kernel that passed the probe may still refuse a shape: never again on this pair.
+                refuse_grouped(x.device, x.dtype)
+                log.warning("torch._grouped_mm failed on %s/%s; using per-row batched products", x.device, x.dtype)
+                weights, tokens = self._gathered_blocks(embedded, plan, table, grouped=False)
         tokens = self.vit.norm(tokens)
-        features = self.vit.forward_head(tokens, pre_logits=True)
-        if order is not None:
-            features = torch.empty_like(features).index_copy_(0, order, features)
-        return features, groups
+        return self.vit.forward_head(tokens, pre_logits=True), plan, weights
+
+    def _gathered_blocks(
+        self, tokens: torch.Tensor, plan: _Plan, table: Mapping[str, TaskAdapter], grouped: bool
+    ) -> tuple[BankWeights, torch.Tensor]:
+        weights = self._bank().gather([table[t] for t in plan.tasks], plan.counts, per_row=not grouped)
+        offsets = None
+        if grouped:
+            n = tokens.shape[1]
+            flat = [n * c for g in plan.groups for c in g.offsets]
+            offs = to_device(flat, tokens.device, torch.int32)
+            offsets, start = [], 0
+            for g in plan.groups:
+                offsets.append(offs[start : start + len(g.offsets)])
+                start += len(g.offsets)
+        for i, block in enumerate(self.vit.blocks):
+            tokens = gathered_block(block, tokens, i, weights, plan.groups, offsets)
+        return weights, tokens
 
     @torch.inference_mode()
     def forward(
@@ -146,28 +227,99 @@ class MultiTaskViT(nn.Module):
         """Logits per sample.
 
         Args:
-            x: Images ``[batch, 3, H, W]`` or clips ``[batch, frames, 3, H, W]``.
+            x: Images ``[batch, 3, H, W]`` or clips ``[batch, frames, 3, H, W]`` (cast to the backbone's dtype).
             tasks: One task name per sample, or one name for the whole batch.
             table: Task table to use instead of the engine's own (a server passes the exact adapter versions
                 each request started with); its TaskAdapters must be on the backbone's device and dtype.
 
         Returns:
-            A list of ``batch`` tensors; entry ``i`` has the class count of ``tasks[i]``.
+            A list of ``batch`` tensors (views of one tensor, in the backbone's dtype); entry ``i`` has the class
+            count of ``tasks[i]``.
         """
         if isinstance(tasks, str):
             tasks = [tasks] * x.shape[0]
         table = self._tasks if table is None else table
-        features, groups = self.forward_features(x, tasks, table)
+        features, plan, weights = self._features(x, tasks, table)
         out: list[torch.Tensor | None] = [None] * x.shape[0]
-        for t, rows in groups.items():
-            logits = table[t].head(features.index_select(0, rows))
-            for j, r in enumerate(rows.tolist()):
-                out[r] = logits[j]
+        position = plan.order or range(x.shape[0])
+        if weights is None:
+            for t, span in plan.spans.items():
+                logits = table[t].head(features if span is None else features[span])
+                for j, r in enumerate(plan.rows[t]):
+                    out[r] = logits[j]
+            return out  # type: ignore[return-value]
+        # Every head of the batch in one product (features x all its tasks' classes), then each row's own block:
+        # a few kernels whatever the number of tasks; the extra multiply-adds are batch x tasks x classes x width.
+        tasks_n, classes, width = weights.head_weight.shape
+        logits = torch.addmm(weights.head_bias.reshape(-1), features, weights.head_weight.reshape(-1, width).t())
+        which = to_device([k for k, c in enumerate(plan.counts_all) for _ in range(c)], features.device)
+        logits = logits.view(-1, tasks_n, classes).gather(1, which.view(-1, 1, 1).expand(-1, 1, classes))[:, 0]
+        p = 0
+        for t, count in zip(plan.tasks, plan.counts_all, strict=True):
+            n = table[t].num_classes
+            for _ in range(count):
+                out[position[p]] = logits[p, :n]
+                p += 1
         return out  # type: ignore[return-value]
 
 
-def _group_rows(tasks: Sequence[str], device: torch.device) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class _Plan:
+    """How one batch runs, worked out once on the host (no device synchronisation inside the forward pass).
+
+    Attributes:
+        tasks: The batch's tasks in row order: those with branches (ordered by the kind of their branch input),
+            then linear probes.
+        rows: Original rows of each task.
+        counts: Rows of each task with branches (the first ``branch_tasks`` of ``tasks``).
+        counts_all: Rows of every task of ``tasks``.
+        order: Original row of each reordered row (``None``: the batch is already in order).
+        spans: Each task's run of reordered rows (``None`` for all rows when the batch has one task).
+        groups: Runs of rows whose branches read the same input.
+    """
+
+    tasks: list[str]
+    rows: dict[str, list[int]]
+    counts: list[int]
+    counts_all: list[int]
+    order: list[int] | None
+    spans: dict[str, slice | None]
+    groups: list[KindGroup]
+
+    @property
+    def branch_tasks(self) -> int:
+        return len(self.counts)
+
+
+def _plan(tasks: Sequence[str], table: Mapping[str, TaskAdapter]) -> _Plan:
     rows: dict[str, list[int]] = {}
     for i, t in enumerate(tasks):
         rows.setdefault(t, []).append(i)
-    return {t: torch.tensor(r, dtype=torch.long, device=device) for t, r in rows.items()}
+    kinds = {t: branch_kind(table[t]) for t in rows}
+    kind_order = {k: n for n, k in enumerate(dict.fromkeys(k for k in kinds.values() if k is not None))}
+    branched = sorted((t for t in rows if kinds[t] is not None), key=lambda t: kind_order[kinds[t]])
+    ordered = branched + [t for t in rows if kinds[t] is None]
+    order = [r for t in ordered for r in rows[t]]
+    spans: dict[str, slice | None] = {}
+    start = 0
+    for t in ordered:
+        spans[t] = slice(start, start + len(rows[t])) if len(rows) > 1 else None
+        start += len(rows[t])
+    groups: list[KindGroup] = []
+    row = task = 0
+    for kind in kind_order:
+        members = [t for t in branched if kinds[t] == kind]
+        counts = [len(rows[t]) for t in members]
+        offsets = [sum(counts[: k + 1]) for k in range(len(counts))]
+        groups.append(KindGroup(kind, (row, row + offsets[-1]), (task, task + len(members)), tuple(offsets)))
+        row += offsets[-1]
+        task += len(members)
+    return _Plan(
+        tasks=ordered,
+        rows=rows,
+        counts=[len(rows[t]) for t in branched],
+        counts_all=[len(rows[t]) for t in ordered],
+        order=None if order == list(range(len(tasks))) else order,
+        spans=spans,
+        groups=groups,
+    )

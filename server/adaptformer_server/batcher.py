@@ -50,12 +50,21 @@ class Batcher:
         max_wait_ms: Longest the oldest sample of a batch waits for more.
         queue_size: Most samples waiting; beyond it ``submit`` raises Overloaded (503).
         metrics: Batch size, queue depth and timing metrics.
+        pin_memory: Stack batches in page-locked memory, so the copy to a GPU is asynchronous (default: when
+            CUDA is available).
     """
 
     def __init__(
-        self, run: RunBatch, max_batch_size: int, max_wait_ms: float, queue_size: int, metrics: Metrics
+        self,
+        run: RunBatch,
+        max_batch_size: int,
+        max_wait_ms: float,
+        queue_size: int,
+        metrics: Metrics,
+        pin_memory: bool | None = None,
     ) -> None:
         self.run = run
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.queue_size = queue_size
@@ -185,7 +194,7 @@ class Batcher:
             self.metrics.queue_wait.observe(now - s.enqueued)
         table = {s.key: s.adapter for s in batch}
         keys = [s.key for s in batch]
-        x = torch.stack([s.x for s in batch])
+        x = _stack([s.x for s in batch], self.pin_memory)
         self.recent_batch_sizes.append(len(batch))
         self.metrics.batch_size.observe(len(batch))
         self.metrics.batch_tasks.observe(len(table))
@@ -215,3 +224,11 @@ class Batcher:
                 )
             else:
                 s.future.set_result(out)
+
+
+def _stack(xs: list[torch.Tensor], pin: bool) -> torch.Tensor:
+    """The batch tensor; in page-locked memory when ``pin`` (torch's host allocator caches those blocks)."""
+    if not pin:
+        return torch.stack(xs)
+    out = torch.empty((len(xs), *xs[0].shape), dtype=xs[0].dtype, pin_memory=True)
+    return torch.stack(xs, out=out)
