@@ -5,6 +5,7 @@ const $ = (sel) => document.querySelector(sel);
 const KEY_STORE = "adaptformer-api-key";
 let adapters = [];
 let files = [];
+let samples = [];
 
 function headers() {
   const key = $("#api-key").value.trim();
@@ -54,7 +55,39 @@ function describeTask() {
   } else {
     info.textContent = "";
   }
+  renderSamples();
   updateButton();
+}
+
+async function loadSamples() {
+  try {
+    samples = (await (await fetch("/ui/examples")).json()).examples || [];
+  } catch (e) {
+    samples = [];
+  }
+  renderSamples();
+}
+
+// One button per sample input of the chosen task (the demo tasks ship one per class): a first answer in one click.
+function renderSamples() {
+  const box = $("#samples");
+  const mine = samples.filter((s) => s.task === $("#task").value);
+  box.replaceChildren();
+  box.hidden = !mine.length;
+  if (!mine.length) return;
+  box.append(el("span", { class: "muted", text: "Try a sample:" }));
+  for (const s of mine) {
+    const button = el("button", { class: "sample", "data-file": s.file, title: s.file, text: s.label });
+    button.addEventListener("click", () => trySample(s));
+    box.append(button);
+  }
+}
+
+async function trySample(s) {
+  const response = await fetch("/ui/examples/" + encodeURIComponent(s.file));
+  const blob = await response.blob();
+  setFiles([new File([blob], s.file, { type: blob.type })]);
+  await predict();
 }
 
 function updateButton() {
@@ -231,6 +264,7 @@ function init() {
   $("#upload").addEventListener("submit", uploadAdapter);
   refreshState();
   loadAdapters();
+  loadSamples();
 }
 
 init();
