@@ -1,8 +1,10 @@
 """The client against a real ``python -m adaptformer_server`` process on a free loopback port.
 
 One server for the module: the embedded backbone architecture with random weights, an image task ``digits`` and a
-4-frame clip task ``motion`` whose heads make one class win on every input, predict and admin keys, and small
-limits so that 413 and 503 can be provoked on purpose.
+4-frame clip task ``motion`` with random adapters and heads, so their scores depend on every pixel; predict and admin
+keys, and small limits so that 413 and 503 can be provoked on purpose. Answers are compared, label and score, with
+the same adapter files run in this process on the images as the API documents them (grey and RGB as they are,
+transparency on white, frames in order).
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageSequence
 from safetensors.torch import save_file
 
 import adaptformer as af
-from adaptformer.adapter_file import task_to_bytes
+from adaptformer.adapter_file import task_from_bytes, task_to_bytes
 from adaptformer.embedded import build_embedded
-from adaptformer.preprocess import spec_from_model
+from adaptformer.preprocess import preprocess_clip, preprocess_image, spec_from_model
 from adaptformer_client import (
     AdaptformerClientError,
     APIConnectionError,
@@ -55,20 +57,47 @@ pytestmark = pytest.mark.e2e
 
 PREDICT_KEY, ADMIN_KEY = "predict-key", "admin-key"
 QUEUE_SIZE, MAX_IMAGES = 4, 6  # 5 images overflow the queue (503), 7 are too many for one request (413)
+TOL = 1e-4  # a softmax score from the server vs the same input run here (batching changes the last bits only)
+
+Scored = list[tuple[str, float]]  # (label, score), best first
 
 
 @dataclass
 class Live:
     url: str
     vit: torch.nn.Module  # the served backbone without its head: adapters made on it fit
+    engine: af.MultiTaskViT  # the served tasks' files on the same backbone, run in this process
 
     def client(self, api_key: str | None = PREDICT_KEY, **kwargs) -> Client:
         kwargs.setdefault("timeout", 30)
         return Client(self.url, api_key=api_key, **kwargs)
 
+    def expected(self, task: str, image: Image.Image | list[Image.Image], top_k: int = 4) -> Scored:
+        """The answer for one image (or one clip: a list of frames) run here: labels and softmax scores."""
+        entry = self.engine.tasks[task]
+        spec = entry.info.input
+        x = preprocess_clip(image, spec) if isinstance(image, list) else preprocess_image(image, spec)
+        probs = torch.softmax(self.engine(x.unsqueeze(0), task)[0].float(), dim=0)
+        scores, index = probs.topk(min(top_k, probs.numel()))
+        return [(entry.info.labels[i], s) for i, s in zip(index.tolist(), scores.tolist(), strict=True)]
 
-def adapter_file(vit: torch.nn.Module, name: str, winner: int, *, clip: bool = False, seed: int = 1) -> bytes:
-    """An adapter on ``vit`` whose class ``winner`` (label ``<name>-<winner>``) wins on every input."""
+
+def same_answer(got: list, expected: Scored) -> bool:
+    """A server answer (a list of predictions) equals ``expected``: the same labels in order, scores within TOL."""
+    return [p.label for p in got] == [label for label, _ in expected] and all(
+        abs(p.score - score) <= TOL for p, (_, score) in zip(got, expected, strict=True)
+    )
+
+
+def assert_answer(got: list, expected: Scored) -> None:
+    assert same_answer(got, expected), ([(p.label, round(p.score, 5)) for p in got], expected)
+
+
+def adapter_file(
+    vit: torch.nn.Module, name: str, winner: int | None = None, *, clip: bool = False, seed: int = 1
+) -> bytes:
+    """An adapter on ``vit`` with random weights: its scores depend on the pixels. With ``winner``, that class
+    (label ``<name>-<winner>``) wins on every input instead (for telling versions apart by their answer)."""
     model = copy.deepcopy(vit)
     af.add_adapters(model, af.AdapterConfig(bottleneck=8), num_classes=4)
     g = torch.Generator().manual_seed(seed)
@@ -76,7 +105,8 @@ def adapter_file(vit: torch.nn.Module, name: str, winner: int, *, clip: bool = F
         for p in model.parameters():
             if p.requires_grad:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-        model.head.bias[winner] += 1000.0
+        if winner is not None:
+            model.head.bias[winner] += 1000.0
     spec = spec_from_model(vit)
     if clip:
         spec = spec.as_clip(frames=4, tubelet=2)
@@ -93,6 +123,17 @@ def png(seed: int, size: tuple[int, int] = (40, 40)) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def pil(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def gif_frames(data: bytes) -> list[Image.Image]:
+    """The frames of an animated GIF as they show (each frame whole, in order)."""
+    return [frame.convert("RGB") for frame in ImageSequence.Iterator(Image.open(io.BytesIO(data)))]
 
 
 def gif(frames: int) -> bytes:
@@ -118,8 +159,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     vit.reset_classifier(0)
     store = root / "store"
     store.mkdir()
-    (store / "digits.safetensors").write_bytes(adapter_file(vit, "digits", winner=2))
-    (store / "motion.safetensors").write_bytes(adapter_file(vit, "motion", winner=1, clip=True, seed=2))
+    engine = af.MultiTaskViT(copy.deepcopy(vit))
+    for task, data in (
+        ("digits", adapter_file(vit, "digits")),
+        ("motion", adapter_file(vit, "motion", clip=True, seed=2)),
+    ):
+        (store / f"{task}.safetensors").write_bytes(data)
+        engine.add_task(task, task_from_bytes(data))
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTFORMER_")}
@@ -135,7 +181,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     log_path = root / "server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    live = Live(f"http://127.0.0.1:{port}", vit)
+    live = Live(f"http://127.0.0.1:{port}", vit, engine)
     try:
         with live.client(max_retries=0, timeout=2) as probe:
             deadline = time.monotonic() + 120
@@ -178,6 +224,32 @@ def test_list_and_get_adapters(live: Live) -> None:
         assert (motion.modality, motion.frames) == ("clip", 4)
 
 
+GRAY = np.random.default_rng(3).integers(0, 256, (20, 30), dtype=np.uint8)
+RGBA = np.random.default_rng(0).integers(0, 256, (30, 20, 4), dtype=np.uint8)
+
+
+def scores(answer: Scored) -> dict[str, float]:
+    return dict(answer)
+
+
+def differ(a: Scored, b: Scored) -> bool:
+    """Two answers a test can tell apart: some label's score differs by far more than TOL."""
+    sa, sb = scores(a), scores(b)
+    return max(abs(sa[k] - sb.get(k, 0.0)) for k in sa) > 20 * TOL
+
+
+def test_answers_depend_on_the_pixels(live: Live) -> None:
+    """The checks below are not vacuous: different inputs, and the wrong reading of an input, answer differently."""
+    photo = live.expected("digits", pil(png(7)))
+    grey = live.expected("digits", Image.fromarray(GRAY))
+    rgba = live.expected("digits", Image.fromarray(RGBA))
+    assert differ(photo, grey) and differ(photo, rgba) and differ(grey, rgba)
+    assert differ(rgba, live.expected("digits", Image.fromarray(RGBA[..., :3])))  # alpha dropped, not composited
+    assert differ(grey, live.expected("digits", Image.fromarray(255 - GRAY)))
+    frames = [pil(png(i)) for i in range(4)]
+    assert differ(live.expected("motion", frames), live.expected("motion", [pil(png(i + 4)) for i in range(4)]))
+
+
 @pytest.mark.parametrize("kind", ["path", "bytes", "file", "pil", "gray array", "rgba array"])
 def test_predict_every_input_kind(live: Live, tmp_path: Path, kind: str) -> None:
     path = tmp_path / "x.png"
@@ -187,9 +259,11 @@ def test_predict_every_input_kind(live: Live, tmp_path: Path, kind: str) -> None
         "bytes": png(7),
         "file": io.BytesIO(png(7)),
         "pil": Image.open(io.BytesIO(png(7))),
-        "gray array": np.full((20, 30), 200, np.uint8),
-        "rgba array": np.random.default_rng(0).integers(0, 256, (30, 20, 4), dtype=np.uint8),
+        "gray array": GRAY,
+        "rgba array": RGBA,
     }[kind]
+    # what the server must have seen: the PNG's pixels; a grey image as grey; RGBA composited on white
+    shown = {"gray array": Image.fromarray(GRAY), "rgba array": Image.fromarray(RGBA)}.get(kind) or pil(png(7))
     with live.client() as client:
         answer = client.predict("digits", image, top_k=3)
         assert (answer.task, answer.modality, answer.version) == (
@@ -197,8 +271,8 @@ def test_predict_every_input_kind(live: Live, tmp_path: Path, kind: str) -> None
             "image",
             client.get_adapter("digits").version,
         )
-        assert answer.top.label == "digits-2" and answer.top.score > 0.99
-        assert len(answer.predictions[0]) == 3 and answer.latency_ms > 0
+        assert len(answer.predictions) == 1 and answer.latency_ms > 0
+        assert_answer(answer.predictions[0], live.expected("digits", shown, top_k=3))
 
 
 def test_top_k_is_clamped_to_the_classes(live: Live) -> None:
@@ -208,21 +282,28 @@ def test_top_k_is_clamped_to_the_classes(live: Live) -> None:
 
 
 def test_predict_batch_answers_in_order(live: Live) -> None:
+    black = np.zeros((8, 8, 3), np.uint8)
+    expected = [live.expected("digits", img) for img in (pil(png(1)), pil(png(2, (64, 48))), Image.fromarray(black))]
+    assert differ(expected[0], expected[1]) and differ(expected[1], expected[2]) and differ(expected[0], expected[2])
     with live.client() as client:
-        answer = client.predict_batch("digits", [png(1), png(2, (64, 48)), np.zeros((8, 8, 3), np.uint8)], top_k=1)
-        assert [p.label for p in answer.tops] == ["digits-2"] * 3
+        answer = client.predict_batch("digits", [png(1), png(2, (64, 48)), black])
+        assert len(answer.predictions) == 3
+        for got, want in zip(answer.predictions, expected, strict=True):
+            assert_answer(got, want)
+        assert [p.label for p in answer.tops] == [want[0][0] for want in expected]
         with pytest.raises(ValueError, match="3 inputs"):
             _ = answer.top
 
 
 def test_predict_clip_from_frames_gif_and_array(live: Live) -> None:
+    array = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     with live.client() as client:
         frames = client.predict_clip("motion", [png(i) for i in range(4)])
-        assert (frames.modality, frames.top.label) == ("clip", "motion-1")
-        assert len(frames.predictions) == 1
-        assert client.predict_clip("motion", gif(4)).top.label == "motion-1"
-        array = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-        assert client.predict_clip("motion", array, top_k=2).top.label == "motion-1"
+        assert frames.modality == "clip" and len(frames.predictions) == 1
+        assert_answer(frames.predictions[0], live.expected("motion", [pil(png(i)) for i in range(4)]))
+        assert_answer(client.predict_clip("motion", gif(4)).predictions[0], live.expected("motion", gif_frames(gif(4))))
+        from_array = client.predict_clip("motion", array, top_k=2)
+        assert_answer(from_array.predictions[0], live.expected("motion", [Image.fromarray(a) for a in array], top_k=2))
 
 
 async def test_async_client_gives_the_same_answers(live: Live) -> None:
@@ -246,11 +327,14 @@ async def test_async_client_gives_the_same_answers(live: Live) -> None:
             await aclient.ready(),
         ]
         assert (await aclient.health()).status == "ok"
-    for mine, theirs in zip(answers[:3], sync[:3], strict=True):
+    shown = [[pil(images[0])], [pil(i) for i in images], [[pil(png(i)) for i in range(4)]]]
+    for mine, theirs, inputs, task in zip(answers[:3], sync[:3], shown, ["digits", "digits", "motion"], strict=True):
         assert (mine.task, mine.version, mine.modality) == (theirs.task, theirs.version, theirs.modality)
-        for a, b in zip(mine.predictions, theirs.predictions, strict=True):
-            assert [p.label for p in a] == [p.label for p in b]
-            assert [p.score for p in a] == pytest.approx([p.score for p in b], abs=1e-4)
+        assert len(mine.predictions) == len(theirs.predictions) == len(inputs)
+        for a, b, image in zip(mine.predictions, theirs.predictions, inputs, strict=True):
+            want = live.expected(task, image)
+            assert_answer(a, want)
+            assert_answer(b, want)
     assert answers[3:] == sync[3:]
 
 
@@ -364,7 +448,7 @@ def test_cli_against_the_server(live: Live, tmp_path: Path, capsys: pytest.Captu
     base = ["--url", live.url, "--api-key", PREDICT_KEY]
     assert cli_main([*base, "predict", "--task", "digits", str(image), "--top-k", "2"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[1].split()[0] == "digits-2"
+    assert out.splitlines()[1].split()[0] == live.expected("digits", pil(png(9)))[0][0]
     assert cli_main([*base, "adapters"]) == 0
     assert "motion" in capsys.readouterr().out
     assert cli_main([*base, "health"]) == 0
@@ -376,21 +460,25 @@ def test_cli_against_the_server(live: Live, tmp_path: Path, capsys: pytest.Captu
 def test_predict_many_matches_single_predictions(
     live: Live, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    letters = adapter_file(live.vit, "letters", seed=5)
+    live.engine.add_task("letters", task_from_bytes(letters))
     with live.client(api_key=ADMIN_KEY) as admin:
-        admin.upload_adapter(adapter_file(live.vit, "letters", winner=3, seed=5), task="letters")
+        admin.upload_adapter(letters, task="letters")
         try:
             with live.client() as client:
                 many = client.predict_many(["digits", "letters"], png(3), top_k=4)
                 assert many.tasks == ["digits", "letters"] and many.latency_ms > 0
+                assert differ(live.expected("digits", pil(png(3))), live.expected("letters", pil(png(3))))
                 for task in many.tasks:
                     single = client.predict(task, png(3), top_k=4)
                     assert many[task].version == single.version
-                    got = {p.label: p.score for p in many[task].predictions[0]}
-                    for p in single.predictions[0]:
-                        assert got[p.label] == pytest.approx(p.score, abs=1e-5)
-                assert many["letters"].top.label == "letters-3"
+                    assert_answer(many[task].predictions[0], live.expected(task, pil(png(3))))
+                    assert_answer(single.predictions[0], live.expected(task, pil(png(3))))
                 star = client.predict_many("*", [png(1), png(2)], top_k=1)
                 assert star.tasks == ["digits", "letters"] and [len(r.predictions) for r in star.results] == [2, 2]
+                for result in star.results:
+                    for got, image in zip(result.predictions, [png(1), png(2)], strict=True):
+                        assert_answer(got, live.expected(result.task, pil(image), top_k=1))
                 one = client.predict_many(["digits"], png(3))  # one task: the server answers the single shape
                 assert one.tasks == ["digits"]
 
@@ -412,3 +500,4 @@ def test_predict_many_matches_single_predictions(
             assert [r["task"] for r in answer["results"]] == ["digits", "letters"]
         finally:
             admin.delete_adapter("letters")
+            live.engine.remove_task("letters")
