@@ -19,6 +19,7 @@ from adaptformer_server.errors import CatchAllMiddleware, install_error_handlers
 from adaptformer_server.limits import BodyLimitMiddleware
 from adaptformer_server.metrics import Metrics, MetricsMiddleware
 from adaptformer_server.routes import adapters, health, oip, predict, ui
+from adaptformer_server.routes.docs import install_docs
 from adaptformer_server.runtime import Runtime
 from adaptformer_server.settings import Settings
 
@@ -87,7 +88,8 @@ def create_app(settings: Settings | None = None, *, backbone: nn.Module | None =
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # served offline by routes/docs.py
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -112,4 +114,5 @@ def create_app(settings: Settings | None = None, *, backbone: nn.Module | None =
     app.include_router(oip.router)
     app.include_router(ui.router)
     app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
+    install_docs(app)
     return app

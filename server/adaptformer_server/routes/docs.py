@@ -1,0 +1,47 @@
+"""/docs (Swagger UI) and /redoc without a CDN: their scripts and styles come from the fastapi-offline package,
+so the API reference works on the offline machines the server runs on."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+__all__ = ["ASSETS_DIR", "install_docs"]
+
+ASSETS_DIR = Path(str(resources.files("fastapi_offline") / "static"))
+_ASSETS = "/docs/static"
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/docs")
+async def swagger_ui(request: Request) -> HTMLResponse:
+    return get_swagger_ui_html(
+        openapi_url=request.app.openapi_url,
+        title=f"{request.app.title} · API",
+        swagger_js_url=f"{_ASSETS}/swagger-ui-bundle.js",
+        swagger_css_url=f"{_ASSETS}/swagger-ui.css",
+        swagger_favicon_url=f"{_ASSETS}/favicon.png",
+    )
+
+
+@router.get("/redoc")
+async def redoc(request: Request) -> HTMLResponse:
+    return get_redoc_html(
+        openapi_url=request.app.openapi_url,
+        title=f"{request.app.title} · API",
+        redoc_js_url=f"{_ASSETS}/redoc.standalone.js",
+        redoc_favicon_url=f"{_ASSETS}/favicon.png",
+        with_google_fonts=False,
+    )
+
+
+def install_docs(app: FastAPI) -> None:
+    """Adds /docs, /redoc and their assets; the app must be created with ``docs_url=None, redoc_url=None``."""
+    app.include_router(router)
+    app.mount(_ASSETS, StaticFiles(directory=ASSETS_DIR), name="docs-static")
