@@ -26,6 +26,7 @@ from adaptformer.errors import AdapterFormatError, IncompatibleAdapterError
 from adaptformer.layer import AdaptMLP
 from adaptformer.preprocess import InputSpec
 from adaptformer.task import TaskAdapter, TaskInfo, extract_task
+from adaptformer.temporal import TemporalPart, temporal_from_tensors
 
 __all__ = [
     "FORMAT_NAME",
@@ -40,7 +41,10 @@ __all__ = [
 ]
 
 FORMAT_NAME = "adaptformer-adapter"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+# Format 2 adds a clip task's temporal part (``temporal.*`` tensors, ``temporal`` metadata); format-1 files still
+# load, and their clip tasks keep the format-1 clip embedding.
+READABLE_VERSIONS = ("1", "2")
 MAX_HEADER_BYTES = 8 * 1024 * 1024
 REQUIRED_KEYS = (
     "format",
@@ -52,7 +56,7 @@ REQUIRED_KEYS = (
     "backbone",
     "backbone_fingerprint",
 )
-JSON_KEYS = ("labels", "input", "config", "metrics", "layers")
+JSON_KEYS = ("labels", "input", "config", "metrics", "layers", "temporal")
 
 
 def _metadata(task: TaskAdapter) -> dict[str, str]:
@@ -74,6 +78,8 @@ def _metadata(task: TaskAdapter) -> dict[str, str]:
     }
     if task.config is not None:
         meta["config"] = task.config.to_json()
+    if task.temporal is not None:
+        meta["temporal"] = task.temporal.config.to_json()
     return meta
 
 
@@ -184,9 +190,10 @@ def read_metadata(data: bytes, source: str = "adapter") -> dict[str, Any]:
         raise AdapterFormatError(f"{source}: metadata lacks {', '.join(missing)} (not an adaptformer adapter file?)")
     if raw["format"] != FORMAT_NAME:
         raise AdapterFormatError(f"{source}: metadata format is {raw['format']!r}, expected {FORMAT_NAME!r}")
-    if raw["format_version"] != FORMAT_VERSION:
+    if raw["format_version"] not in READABLE_VERSIONS:
         raise AdapterFormatError(
-            f"{source}: adapter format version {raw['format_version']!r}; this version reads {FORMAT_VERSION!r}"
+            f"{source}: adapter format version {raw['format_version']!r}; this version reads "
+            f"{', '.join(map(repr, READABLE_VERSIONS))}"
         )
     meta: dict[str, Any] = dict(raw)
     for key in JSON_KEYS:
@@ -266,6 +273,9 @@ def task_from_bytes(data: bytes, source: str = "adapter") -> TaskAdapter:
                 param.copy_(_expect(tensors, key, tuple(param.shape), source))
                 expected.add(key)
             adapters[i] = adapter
+    temporal = _temporal_part(meta, tensors, source)
+    if temporal is not None:
+        expected |= {f"temporal.{name}" for name, _ in temporal.named_parameters()}
     extra = sorted(set(tensors) - expected)
     if extra:
         raise AdapterFormatError(f"{source}: unexpected tensors {extra[:5]} for a {meta['method']!r} adapter")
@@ -283,7 +293,21 @@ def task_from_bytes(data: bytes, source: str = "adapter") -> TaskAdapter:
         metrics=meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {},
         backbone_params=int(meta["backbone_params"]) if str(meta.get("backbone_params", "")).isdigit() else 0,
     )
-    return TaskAdapter(info, head, config, adapters).eval()
+    return TaskAdapter(info, head, config, adapters, temporal).eval()
+
+
+def _temporal_part(meta: dict[str, Any], tensors: dict[str, torch.Tensor], source: str) -> TemporalPart | None:
+    """A clip task's temporal part (format 2); ``None`` when the metadata names none."""
+    if "temporal" not in meta:
+        return None
+    spec = meta["input"]
+    frames, tubelet = spec.get("frames"), spec.get("tubelet")
+    if spec.get("modality") != "clip" or not all(isinstance(v, int) and v >= 1 for v in (frames, tubelet)):
+        raise AdapterFormatError(f"{source}: a temporal part needs a clip input spec with frames and tubelet")
+    try:
+        return temporal_from_tensors(meta["temporal"], tensors, frames, tubelet, source)[0]
+    except ValueError as e:
+        raise AdapterFormatError(str(e)) from None
 
 
 def check_compatible(task: TaskAdapter, backbone: nn.Module, fingerprint: str | None = None) -> None:
@@ -326,6 +350,11 @@ def check_compatible(task: TaskAdapter, backbone: nn.Module, fingerprint: str | 
     spec = task.info.input
     if spec.modality == "clip" and getattr(getattr(vit, "patch_embed", None), "proj", None) is None:
         raise IncompatibleAdapterError(f"adapter {name!r} is a clip task; this backbone cannot read clips", "modality")
+    if task.temporal is not None:
+        proj = vit.patch_embed.proj
+        why = task.temporal.check(vit.embed_dim, tuple(proj.kernel_size), proj.in_channels)
+        if why:
+            raise IncompatibleAdapterError(f"adapter {name!r} does not fit this backbone: {why}", check="shapes")
 
 
 def load_adapter(

@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
     g.add_argument("--tubelet", type=int, default=2, help="frames per space-time token (clips)")
+    g.add_argument(
+        "--temporal",
+        default="auto",
+        help="a clip task's temporal parts: auto (diff; none for linear), none, or a +-list of diff, time, mix",
+    )
     g.add_argument("--eval-every", type=int, default=1, metavar="N", help="validate every N epochs (and the last)")
     g.add_argument("--resume", action="store_true", help="continue from <out>.ckpt when present")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -96,7 +101,7 @@ def _train(args: argparse.Namespace) -> None:
         method=args.method, adapter=adapter, prompt_tokens=args.prompt_tokens, vpt_deep=args.vpt_deep,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, optimizer=args.optimizer, seed=args.seed, device=args.device,
-        amp=not args.no_amp, tubelet=args.tubelet, eval_every=args.eval_every,
+        amp=not args.no_amp, tubelet=args.tubelet, eval_every=args.eval_every, temporal=args.temporal,
     )  # fmt: skip
     out = args.out or Path("adapters") / f"{args.task}.safetensors"
     backbone = load_backbone(args.backbone, args.weights)

@@ -27,7 +27,7 @@ from adaptformer.gathered import (
 from adaptformer.layer import AdaptedBlock, block_forward
 from adaptformer.model import check_supported, image_tokens
 from adaptformer.task import TaskAdapter
-from adaptformer.video import VideoViT
+from adaptformer.video import TemporalRows, VideoViT
 
 __all__ = ["PATHS", "MultiTaskViT"]
 
@@ -123,10 +123,14 @@ class MultiTaskViT(nn.Module):
             self._video[key] = VideoViT(self.vit, frames=frames, tubelet=tubelet)
         return self._video[key]
 
-    def embed(self, x: torch.Tensor, tubelet: int = 2) -> torch.Tensor:
-        """Images ``[batch, 3, H, W]`` or clips ``[batch, frames, 3, H, W]`` to tokens before the blocks."""
+    def embed(self, x: torch.Tensor, tubelet: int = 2, temporal: TemporalRows | None = None) -> torch.Tensor:
+        """Images ``[batch, 3, H, W]`` or clips ``[batch, frames, 3, H, W]`` to tokens before the blocks.
+
+        ``temporal`` (clips): ``(rows, task temporal part)`` pairs, so each task's rows get its own temporal part
+        (``None``: the format-1 embedding, also the default for the whole batch).
+        """
         if x.ndim == 5:
-            return self.video(x.shape[1], tubelet).embed(x)
+            return self.video(x.shape[1], tubelet).embed(x, temporal or [(None, None)])
         if x.ndim != 4:
             raise ValueError(f"expected images [batch, 3, H, W] or clips [batch, frames, 3, H, W], got {list(x.shape)}")
         return image_tokens(self.vit, x)
@@ -182,7 +186,9 @@ class MultiTaskViT(nn.Module):
         if plan.order is not None:
             x = x.index_select(0, to_device(plan.order, x.device))
         spans = plan.spans
-        tokens = self.embed(x, tubelet=tubelets.pop())
+        tokens = self.embed(
+            x, tubelet=tubelets.pop(), temporal=[(span, table[t].temporal) for t, span in spans.items()]
+        )
         weights = None
         if path == "slices":
             for i, block in enumerate(self.vit.blocks):

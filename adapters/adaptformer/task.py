@@ -10,6 +10,7 @@ from adaptformer.config import AdapterConfig
 from adaptformer.layer import AdaptedBlock, AdaptMLP
 from adaptformer.model import base_vit, is_task_parameter
 from adaptformer.preprocess import InputSpec, spec_from_model
+from adaptformer.temporal import TemporalPart
 
 __all__ = ["TaskAdapter", "TaskInfo", "extract_task"]
 
@@ -47,14 +48,23 @@ class TaskAdapter(nn.Module):
         head: The task's classifier on the backbone's pooled features.
         config: The branch configuration (``None`` for a linear probe).
         info: Labels, input spec, provenance and metrics.
+        temporal: A clip task's temporal part (``None`` for image tasks and format-1 clip tasks).
     """
 
-    def __init__(self, info: TaskInfo, head: nn.Linear, config: AdapterConfig | None, adapters: dict[int, AdaptMLP]):
+    def __init__(
+        self,
+        info: TaskInfo,
+        head: nn.Linear,
+        config: AdapterConfig | None,
+        adapters: dict[int, AdaptMLP],
+        temporal: TemporalPart | None = None,
+    ):
         super().__init__()
         self.info = info
         self.config = config
         self.head = head
         self.adapters = nn.ModuleDict({str(i): a for i, a in sorted(adapters.items())})
+        self.temporal = temporal
 
     @property
     def name(self) -> str:
@@ -85,7 +95,7 @@ def extract_task(
     metrics: dict | None = None,
     backbone_name: str | None = None,
 ) -> TaskAdapter:
-    """Takes the adapters and head out of an adapted model (sharing their tensors) as a TaskAdapter."""
+    """Takes the adapters, head and temporal part out of an adapted model (sharing their tensors) as a TaskAdapter."""
     from adaptformer.fingerprint import backbone_fingerprint  # local: fingerprint imports model too
 
     vit = base_vit(model)
@@ -110,4 +120,5 @@ def extract_task(
         metrics=dict(metrics or {}),
         backbone_params=sum(p.numel() for n, p in vit.named_parameters() if not is_task_parameter(n)),
     )
-    return TaskAdapter(info, vit.head, config, adapters)
+    temporal = getattr(model, "temporal", None)
+    return TaskAdapter(info, vit.head, config, adapters, temporal if isinstance(temporal, TemporalPart) else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,8 +12,12 @@ from torch import nn
 
 from adaptformer.errors import UnsupportedModelError
 from adaptformer.model import base_vit
+from adaptformer.temporal import TemporalConfig, TemporalPart
 
 __all__ = ["VideoViT", "video_vit"]
+
+# Rows of a batch and the temporal part they use (``None`` rows: all; ``None`` part: the format-1 embedding).
+TemporalRows = Sequence[tuple["slice | None", "TemporalPart | None"]]
 
 
 def _sinusoid(positions: int, dim: int) -> torch.Tensor:
@@ -30,17 +35,26 @@ class VideoViT(nn.Module):
 
     The tubelet embedding is the ViT's own 2D patch projection inflated over ``tubelet`` frames (the 2D kernel
     divided by ``tubelet`` at each time step, so a still clip embeds like the image). Token positions are the
-    ViT's spatial embedding plus a fixed sine-cosine code of the time slot, scaled to the spatial embedding's
-    RMS. Tokens: ``frames / tubelet * patches`` (+ prefix tokens), linear in the number of frames. Nothing
-    here is a new trainable weight, so the backbone stays the frozen image ViT and its fingerprint.
+    ViT's spatial embedding plus a sine-cosine code of the time slot, scaled to the spatial embedding's RMS.
+    Tokens: ``frames / tubelet * patches`` (+ prefix tokens), linear in the number of frames.
+
+    The inflated kernel only sees the average of a tubelet's frames, so a clip task brings its own
+    :class:`~adaptformer.temporal.TemporalPart` (``temporal``): a trainable temporal-difference kernel and/or
+    time embedding, whose weights belong to the task. With a temporal part, slot 0's time code is zero (a
+    one-frame clip embeds exactly like its image). Without one (``temporal=None``), the embedding is that of
+    adapter format 1 (a time code whose slot 0 is not zero), kept so that old adapter files answer as before.
+    The backbone stays the frozen image ViT and keeps its fingerprint either way.
 
     Args:
         vit: A timm VisionTransformer with a non-overlapping Conv2d patch embedding and absolute positions.
         frames: Frames per clip.
         tubelet: Frames per token.
+        temporal: The task's temporal parts; ``None`` for the format-1 embedding.
     """
 
-    def __init__(self, vit: VisionTransformer, frames: int, tubelet: int = 2) -> None:
+    def __init__(
+        self, vit: VisionTransformer, frames: int, tubelet: int = 2, temporal: TemporalConfig | None = None
+    ) -> None:
         super().__init__()
         proj = getattr(getattr(vit, "patch_embed", None), "proj", None)
         if not isinstance(proj, nn.Conv2d) or tuple(proj.kernel_size) != tuple(proj.stride):
@@ -53,6 +67,13 @@ class VideoViT(nn.Module):
         self.frames = frames
         self.tubelet = tubelet
         self.time_slots = frames // tubelet
+        self.temporal: TemporalPart | None = None
+        if temporal is not None:
+            ref = proj.weight
+            part = TemporalPart(
+                temporal, vit.embed_dim, tuple(proj.kernel_size), proj.in_channels, tubelet, self.time_slots
+            )
+            self.temporal = part.to(device=ref.device, dtype=ref.dtype)
 
     @property
     def num_tokens(self) -> int:
@@ -62,22 +83,38 @@ class VideoViT(nn.Module):
         pos = self.vit.pos_embed
         return pos if self.vit.no_embed_class else pos[:, self.vit.num_prefix_tokens :]
 
-    def embed(self, clips: torch.Tensor) -> torch.Tensor:
-        """Clips ``[batch, frames, 3, H, W]`` to tokens ``[batch, tokens, dim]`` (before the blocks)."""
+    def embed(self, clips: torch.Tensor, parts: TemporalRows | None = None) -> torch.Tensor:
+        """Clips ``[batch, frames, 3, H, W]`` to tokens ``[batch, tokens, dim]`` (before the blocks).
+
+        Args:
+            clips: The batch.
+            parts: ``(rows, temporal part)`` pairs: each run of rows (a slice, or ``None`` for all) gets its
+                task's temporal part (``None``: the format-1 embedding). Default: this model's own part on all rows.
+        """
         if clips.ndim != 5 or clips.shape[1] != self.frames:
             raise ValueError(f"expected clips of shape [batch, {self.frames}, C, H, W], got {list(clips.shape)}")
+        parts = [(None, self.temporal)] if parts is None else list(parts)
         vit = self.vit
         proj = vit.patch_embed.proj
         weight = proj.weight.unsqueeze(2).expand(-1, -1, self.tubelet, -1, -1) / self.tubelet
         x = F.conv3d(clips.transpose(1, 2), weight, proj.bias, stride=(self.tubelet, *proj.stride))
         b, d, t, h, w = x.shape
-        x = x.flatten(3).permute(0, 2, 3, 1).reshape(b, t * h * w, d)  # time-major: [batch, t * h * w, dim]
-        x = vit.patch_embed.norm(x)
+        x = x.flatten(3).transpose(1, 2).transpose(2, 3)  # [batch, t, h * w, dim]
+        x = _per_rows(x, parts, lambda part, rows: _temporal_tokens(part, x[rows], clips[rows]))
+        x = vit.patch_embed.norm(x.reshape(b, t * h * w, d))  # time-major: [batch, t * h * w, dim]
         spatial = self._spatial_pos()
         if spatial.shape[1] != h * w:
             raise ValueError(f"clip frames give {h}x{w} patches; the backbone was built for {spatial.shape[1]}")
-        temporal = _sinusoid(t, d).to(x) * spatial.detach().pow(2).mean().sqrt()
-        x = x + (spatial.unsqueeze(1) + temporal.view(1, t, 1, d)).reshape(1, t * h * w, d)
+        rms = spatial.detach().pow(2).mean().sqrt()
+        fixed = _sinusoid(t, d).to(x)
+        positions: dict[int, torch.Tensor] = {}  # per part: spatial + time code, [1, t, h * w, dim]
+        for _, part in parts:
+            # Format 1 (no part) keeps its code, slot 0 not zero; a temporal part's fixed code is zero at slot 0.
+            code = fixed * rms if part is None else part.time_code((fixed - fixed[:1]) * rms)
+            positions[id(part)] = spatial.unsqueeze(1) + code.view(1, t, 1, d)
+        x = x.reshape(b, t, h * w, d)
+        x = _per_rows(x, parts, lambda part, rows: x[rows] + positions[id(part)])
+        x = x.reshape(b, t * h * w, d)
         prefix = [t.expand(b, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
         if prefix:
             tokens = torch.cat(prefix, dim=1)
@@ -100,6 +137,31 @@ class VideoViT(nn.Module):
         return self.forward_head(self.forward_features(clips))
 
 
-def video_vit(model: nn.Module, frames: int, tubelet: int = 2) -> VideoViT:
-    """Turns an image ViT into a joint space-time ViT over clips of ``frames`` frames (weights shared)."""
-    return VideoViT(base_vit(model), frames=frames, tubelet=tubelet)
+def video_vit(model: nn.Module, frames: int, tubelet: int = 2, temporal: TemporalConfig | None = None) -> VideoViT:
+    """Turns an image ViT into a joint space-time ViT over clips of ``frames`` frames (weights shared).
+
+    ``temporal`` gives the model a trainable temporal part (a task's own weights); ``None`` keeps the
+    parameter-free embedding of adapter format 1.
+    """
+    return VideoViT(base_vit(model), frames=frames, tubelet=tubelet, temporal=temporal)
+
+
+def _temporal_tokens(part: TemporalPart | None, x: torch.Tensor, clips: torch.Tensor) -> torch.Tensor:
+    """Patch tokens ``[n, t, patches, dim]`` of ``clips`` with the part's difference kernel and slot filter."""
+    if part is None:
+        return x
+    delta = part.projection_delta(clips)
+    if delta is not None:
+        x = x + delta.flatten(3).transpose(1, 2).transpose(2, 3)
+    return part.mix_slots(x)
+
+
+def _per_rows(x: torch.Tensor, parts: TemporalRows, fn) -> torch.Tensor:
+    """``fn(part, rows)`` for each run of rows, put together in row order (one call for a whole batch)."""
+    if len(parts) == 1 and parts[0][0] is None:
+        return fn(parts[0][1], slice(None))
+    out = x.clone()
+    for rows, part in parts:
+        rows = slice(None) if rows is None else rows
+        out[rows] = fn(part, rows)
+    return out
