@@ -13,6 +13,7 @@ from adaptformer.data.emoji import load_emoji_splits
 from adaptformer.data.folders import load_folder_splits
 from adaptformer.data.motion import load_motion_splits
 from adaptformer.data.types import Splits
+from adaptformer.data.zoom_rotate import load_zoom_rotate_splits
 from adaptformer.errors import DataError
 from adaptformer.preprocess import InputSpec
 
@@ -23,6 +24,7 @@ BUILTIN_SOURCES: dict[str, str] = {
     "digits": "scikit-learn's 1,797 handwritten 8x8 digits, 10 classes, split with the seed",
     "emoji": "Noto Color Emoji by Unicode group, 9 classes, augmented; val emoji unseen (fonts-noto-color-emoji)",
     "motion": "clips: a picture moving in one of 8 directions, readable only across frames; 2,000 / 500 clips",
+    "zoom-rotate": "clips: a picture zooming in or out or turning left or right, readable only across frames; 2,000 / 500",
 }
 
 _LOADERS: dict[str, Callable[..., Splits]] = {
@@ -30,6 +32,7 @@ _LOADERS: dict[str, Callable[..., Splits]] = {
     "digits": load_digits_splits,
     "emoji": load_emoji_splits,
     "motion": load_motion_splits,
+    "zoom-rotate": load_zoom_rotate_splits,
 }
 
 

@@ -1,0 +1,113 @@
+"""A clip task of another kind than ``motion``: does the picture zoom in, zoom out, turn left or turn right?
+
+Every clip looks at a mosaic of real photographs (Fashion-MNIST; scikit-learn's digits when the Debian files are
+missing, as for ``motion``) through a window that scales or rotates about its centre from frame to frame. The
+start angle, mean scale and rate are random, so a single frame is a crop at a random angle and scale whatever
+the class (the zoom classes' frames spread over a somewhat wider range of scales than the turning ones'): the
+label is read from how frames change, and the change is not a shift (every patch moves its own way, towards,
+away from or around the centre).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+from adaptformer.data._util import check_memory, clip_spec, fill, labels_tensor, stratified_order
+from adaptformer.data.motion import TILES, _photos
+from adaptformer.data.types import LabeledData, Splits
+from adaptformer.errors import DataError
+from adaptformer.preprocess import InputSpec, preprocess_clip
+
+__all__ = ["ZOOM_ROTATE_LABELS", "load_zoom_rotate_splits", "zoom_rotate_clip"]
+
+# turn-left: the content turns counter-clockwise on screen; turn-right: clockwise.
+ZOOM_ROTATE_LABELS = ["zoom-in", "zoom-out", "turn-left", "turn-right"]
+ZOOM_ROTATE_FRAMES = 8
+ZOOM_ROTATE_TRAIN = 2000
+WINDOW = 32  # output pixels of a frame (then resized to spec.size)
+ZOOM_STEP = (0.05, 0.10)  # log-scale change per frame
+TURN_STEP = (6.0, 12.0)  # degrees per frame
+MEAN_LOG_SCALE = 0.3  # the clip's mean log-scale is uniform in +-this
+
+
+def _canvas(photos: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """A tinted TILES x TILES mosaic, repeated 3 x 3 so that a turned or zoomed-out window stays inside."""
+    tile = photos.shape[1]
+    picks = rng.integers(0, len(photos), size=TILES * TILES)
+    grey = photos[picks].reshape(TILES, TILES, tile, tile).transpose(0, 2, 1, 3).reshape(TILES * tile, TILES * tile)
+    bg = rng.integers(0, 256, size=3)
+    fg = np.clip(bg + (1 if bg.mean() < 128 else -1) * rng.integers(96, 192, size=3), 0, 255)
+    rgb = (bg + (fg - bg) * (grey[..., None] / 255.0)).round().clip(0, 255).astype(np.uint8)
+    return Image.fromarray(np.tile(rgb, (3, 3, 1)))
+
+
+def zoom_rotate_clip(photos: np.ndarray, label: int, frames: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One clip: ``frames`` RGB uint8 arrays of WINDOW x WINDOW that zoom or turn as ``label`` says."""
+    canvas = _canvas(photos, rng)
+    side = canvas.width // 3
+    cx, cy = side + rng.uniform(0, side), side + rng.uniform(0, side)
+    kind = ZOOM_ROTATE_LABELS[label]
+    zoom = rng.uniform(*ZOOM_STEP) * {"zoom-in": 1, "zoom-out": -1}.get(kind, 0)
+    turn = math.radians(rng.uniform(*TURN_STEP)) * {"turn-left": 1, "turn-right": -1}.get(kind, 0)
+    mean_log_scale, angle0 = rng.uniform(-MEAN_LOG_SCALE, MEAN_LOG_SCALE), rng.uniform(0, 2 * math.pi)
+    half = WINDOW / 2
+    out = []
+    for t in range(frames):
+        step = t - (frames - 1) / 2  # centred, so the mean scale and angle do not depend on the class
+        scale, angle = math.exp(mean_log_scale + zoom * step), angle0 + turn * step
+        # Output offset o shows canvas point centre + R(angle) o / scale: the content appears scaled by ``scale``
+        # and turned by -angle in y-down coordinates, i.e. counter-clockwise on screen as the angle grows.
+        a, b = math.cos(angle) / scale, -math.sin(angle) / scale
+        d, e = math.sin(angle) / scale, math.cos(angle) / scale
+        coeffs = (a, b, cx - a * half - b * half, d, e, cy - d * half - e * half)
+        frame = canvas.transform((WINDOW, WINDOW), Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR)
+        out.append(np.asarray(frame))
+    return out
+
+
+def _split(photos, n, frames, spec, rng, desc, progress) -> LabeledData:
+    y = np.arange(n) % len(ZOOM_ROTATE_LABELS)
+    y = y[stratified_order(y, rng)]
+    cspec = clip_spec(spec, frames)
+    x = fill(
+        list(y),
+        lambda label: preprocess_clip(zoom_rotate_clip(photos, int(label), frames, rng), cspec),
+        (frames, 3, spec.size, spec.size),
+        desc,
+        progress,
+    )
+    return LabeledData(x, labels_tensor(y))
+
+
+def load_zoom_rotate_splits(
+    spec: InputSpec, *, frames: int | None, val_fraction: float, seed: int, limit: int | None, progress: bool
+) -> Splits:
+    """2,000 training clips and ``round(2000 * val_fraction / (1 - val_fraction))`` validation clips, ``frames``
+    frames (at least 2; default: a clip spec's frames, else 8). ``limit`` caps each split. Train and val mosaics
+    come from different photographs."""
+    if frames is None:
+        frames = spec.frames if spec.modality == "clip" else ZOOM_ROTATE_FRAMES
+    if frames < 2:
+        raise DataError(f"zoom-rotate needs at least 2 frames to show a change, got frames={frames}")
+    n_train = ZOOM_ROTATE_TRAIN
+    n_val = max(1, round(n_train * val_fraction / (1 - val_fraction)))
+    if limit is not None:
+        n_train, n_val = min(n_train, limit), min(n_val, limit)
+    check_memory("zoom-rotate", n_train + n_val, frames, spec.size)
+    train_photos, what = _photos("train")
+    val_photos, _ = _photos("val")
+    train = _split(train_photos, n_train, frames, spec, np.random.default_rng([seed, 0]), "zoom-rotate train", progress)
+    val = _split(val_photos, n_val, frames, spec, np.random.default_rng([seed, 1]), "zoom-rotate val", progress)
+    return Splits(
+        train,
+        val,
+        list(ZOOM_ROTATE_LABELS),
+        "clip",
+        frames,
+        f"zoom-rotate (synthetic: a {WINDOW}px window over a mosaic of {what} zooming by "
+        f"{ZOOM_STEP[0]:g}-{ZOOM_STEP[1]:g} log-scale or turning {TURN_STEP[0]:g}-{TURN_STEP[1]:g} degrees per "
+        f"frame; {len(train)} train / {len(val)} val clips of {frames} frames, seed={seed})",
+    )
