@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -44,7 +45,11 @@ class AdapterConfig:
             raise ValueError(f"mode must be 'parallel' or 'sequential', got {self.mode!r}")
         if self.adapter_input not in ("ln", "raw", "own_ln"):
             raise ValueError(f"adapter_input must be 'ln', 'raw' or 'own_ln', got {self.adapter_input!r}")
-        if not 0.0 <= self.dropout < 1.0:
+        if not _real(self.scale):
+            raise ValueError(f"scale must be a finite number, got {self.scale!r}")
+        if not isinstance(self.learnable_scale, bool):
+            raise ValueError(f"learnable_scale must be true or false, got {self.learnable_scale!r}")
+        if not _real(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if isinstance(self.layers, list):
             object.__setattr__(self, "layers", tuple(self.layers))
@@ -53,7 +58,7 @@ class AdapterConfig:
     def _check_layers_syntax(self) -> None:
         layers = self.layers
         if isinstance(layers, tuple):
-            if not layers or not all(isinstance(i, int) for i in layers):
+            if not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
                 raise ValueError(f"layers as a list must hold block indices, got {list(layers)!r}")
             return
         if layers == "all":
@@ -99,3 +104,8 @@ class AdapterConfig:
         if isinstance(known.get("layers"), list):
             known["layers"] = tuple(known["layers"])
         return cls(**known)
+
+
+def _real(v: object) -> bool:
+    """A finite JSON number (bools are not numbers here, although Python says they are)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from adaptformer.adapter_file import BackboneSpec, Header
 from adaptformer.backbone import load_backbone as _load
 from adaptformer.engine import MultiTaskViT
-from adaptformer.errors import AdapterFormatError, AdaptformerError, IncompatibleAdapterError, UnsupportedModelError
+from adaptformer.errors import AdaptformerError, UnsupportedModelError
 from adaptformer.fingerprint import backbone_fingerprint
 from adaptformer.preprocess import InputSpec
 from adaptformer.video import VideoViT
 from adaptformer_server.settings import Settings
-from adaptformer_server.store import Header
 
 __all__ = ["BackboneError", "BackboneInfo", "build_engine", "load_backbone"]
 
@@ -31,7 +31,7 @@ class BackboneError(RuntimeError):
 
 @dataclass(frozen=True)
 class BackboneInfo:
-    """What an adapter must match: fingerprint, block count and widths, input size, clip support."""
+    """The served backbone: what an adapter must match (``spec``), and where and how it runs."""
 
     name: str
     fingerprint: str
@@ -43,49 +43,28 @@ class BackboneInfo:
     supports_clips: bool
     device: torch.device
     dtype: torch.dtype
+    max_frames: int | None = None  # the server's clip limit: a task with more frames can never be served
+
+    @property
+    def spec(self) -> BackboneSpec:
+        """The fit rules of ``adaptformer.adapter_file`` for this backbone and the server's frame limit."""
+        return BackboneSpec(
+            fingerprint=self.fingerprint,
+            depth=self.depth,
+            embed_dim=self.embed_dim,
+            num_features=self.num_features,
+            img_size=self.img_size,
+            supports_clips=self.supports_clips,
+            max_frames=self.max_frames,
+        )
 
     def check_header(self, header: Header, source: str) -> None:
-        """Checks a file header against the backbone without loading tensors (used at start for every file)."""
-        meta = header.meta
-        if meta["backbone_fingerprint"] != self.fingerprint:
-            raise IncompatibleAdapterError(
-                f"{source} was trained on backbone {meta['backbone']!r} with fingerprint "
-                f"{meta['backbone_fingerprint']}; this server's backbone has fingerprint {self.fingerprint}",
-                check="fingerprint",
-            )
-        head = header.shapes.get("head.weight")
-        if head is None or len(head) != 2 or head[1] != self.num_features:
-            raise IncompatibleAdapterError(
-                f"{source}: head weight has shape {list(head or ())}, expected [classes, {self.num_features}]",
-                check="shapes",
-            )
-        for i in meta.get("layers") or []:
-            down = header.shapes.get(f"adapters.{i}.down.weight")
-            if not isinstance(i, int) or i >= self.depth or down is None or down[-1] != self.embed_dim:
-                raise IncompatibleAdapterError(
-                    f"{source}: branch of block {i} does not fit a backbone of {self.depth} blocks of width "
-                    f"{self.embed_dim}",
-                    check="shapes",
-                )
-        try:
-            spec = InputSpec.from_dict(meta["input"])
-        except (TypeError, ValueError) as e:
-            raise AdapterFormatError(f"{source}: metadata 'input' is invalid: {e}") from None
-        self.check_spec(spec, source)
+        """Checks a checked file header against the backbone without loading tensors (start, watcher, upload)."""
+        self.spec.check_header(header, source)
 
     def check_spec(self, spec: InputSpec, source: str) -> None:
-        """Checks the adapter's input size and modality against the backbone."""
-        if self.img_size is not None and spec.size != self.img_size:
-            raise IncompatibleAdapterError(
-                f"{source} takes {spec.size}x{spec.size} inputs; this backbone takes {self.img_size}x{self.img_size}",
-                check="shapes",
-            )
-        if spec.modality == "clip" and not self.supports_clips:
-            raise IncompatibleAdapterError(
-                f"{source} is a clip task; this backbone cannot read clips (it needs a Conv2d patch embedding "
-                "and absolute position embeddings)",
-                check="modality",
-            )
+        """Checks the adapter's input size, modality and frames against the backbone."""
+        self.spec.check_input(spec, source)
 
 
 def load_backbone(settings: Settings) -> tuple[nn.Module, str]:
@@ -159,6 +138,7 @@ def build_engine(settings: Settings, backbone: nn.Module | None = None) -> tuple
         supports_clips=clips,
         device=device,
         dtype=dtype,
+        max_frames=settings.max_frames,
     )
     log.info(
         "backbone %s: %s parameters, fingerprint %s, on %s as %s",

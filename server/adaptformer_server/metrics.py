@@ -64,6 +64,11 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.quarantined = Counter(
+            "adaptformer_quarantined_files",
+            "Store files moved to .quarantine/ at start-up or by the store watcher because they can never be read",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

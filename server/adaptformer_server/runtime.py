@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,11 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from adaptformer.adapter_file import task_from_bytes
+from adaptformer.adapter_file import parse_header, task_from_bytes
 from adaptformer.embedded import EMBEDDED_NAME
 from adaptformer.engine import MultiTaskViT
 from adaptformer.errors import AdapterFormatError, IncompatibleAdapterError
-from adaptformer.preprocess import InputSpec
 from adaptformer.task import TaskAdapter, TaskInfo
 from adaptformer_server.backbone import BackboneError, BackboneInfo, build_engine
 from adaptformer_server.bank import Bank, StaleVersion
@@ -33,7 +31,6 @@ from adaptformer_server.store import (
     StoredFile,
     StoreWatcher,
     demo_files,
-    parse_header,
     valid_task_name,
     version_of,
 )
@@ -109,7 +106,7 @@ class Runtime:
         try:
             engine, info = await asyncio.to_thread(build_engine, self.settings, self._backbone)
             self.engine, self.backbone = engine, info
-            store = self.store = await asyncio.to_thread(AdapterStore, self.settings.store)
+            store = self.store = await asyncio.to_thread(AdapterStore, self.settings.store, self._quarantined)
             files, seen = await asyncio.to_thread(self._prepare_store, store, info)
             for f in files:
                 self.registry.put(_entry(f))
@@ -145,19 +142,23 @@ class Runtime:
         if self.settings.seed_demo and self.settings.backbone in ("embedded", EMBEDDED_NAME):
             store.seed(info.fingerprint, demo_files())
         files = []
-        found, seen = store.scan_stamped()
+        found, seen = store.scan_stamped()  # the checks of parse_header; broken files are quarantined
         for f in found:
             try:
-                info.check_header(f.header, f"{f.task}.safetensors")
-            except (IncompatibleAdapterError, AdapterFormatError) as e:
+                self._check_stored(f)
+            except IncompatibleAdapterError as e:  # fits another backbone or server: left in the store
                 log.warning("skipping %s.safetensors: %s", f.task, e)
                 continue
             files.append(f)
         return files, seen
 
     def _check_stored(self, f: StoredFile) -> None:
+        """The fit check of start-up, of the store watcher and of every upload."""
         assert self.backbone is not None
         self.backbone.check_header(f.header, f"{f.task}.safetensors")
+
+    def _quarantined(self, task: str) -> None:
+        self.metrics.quarantined.inc()
 
     # -- the shared store -----------------------------------------------------------------------------------
     async def _watch(self, period: float) -> None:
@@ -304,11 +305,18 @@ class Runtime:
         return self._prepare(task_from_bytes(data, source=f"{entry.task}.safetensors"))
 
     def _prepare(self, task: TaskAdapter) -> TaskAdapter:
+        """Checks a loaded task against the engine and places it on the device in the serving dtype."""
         assert self.engine is not None and self.backbone is not None
         spec = task.info.input
-        _check_input_values(spec, task.name)
-        task = self.engine.prepare(task)  # check_compatible: fingerprint and shapes
+        task = self.engine.prepare(task)  # check_compatible: fingerprint and shapes; device and dtype
         self.backbone.check_spec(spec, f"adapter {task.name!r}")
+        dtype = str(self.backbone.dtype).removeprefix("torch.")
+        for name, p in task.state_dict().items():
+            if p.is_floating_point() and not torch.isfinite(p).all():
+                raise IncompatibleAdapterError(
+                    f"adapter {task.name!r}: tensor {name!r} overflows {dtype}, the dtype this server runs in",
+                    check="dtype",
+                )
         if spec.modality == "clip":
             try:
                 self.engine.video(spec.frames, spec.tubelet)
@@ -317,26 +325,26 @@ class Runtime:
         return task
 
     def _validate_upload(self, data: bytes, name: str | None) -> tuple[str, str, TaskAdapter, AdapterEntry]:
-        """Full check of uploaded bytes (worker thread): format, values, name, fit. Returns name, version, ..."""
-        header = parse_header(data, "uploaded file")
-        task = task_from_bytes(data, source="uploaded file")
+        """Full check of uploaded bytes (worker thread): the header checks and fit check of start-up and the
+        watcher, then the tensors, their values in the serving dtype and the engine. Returns name, version, ..."""
+        header = parse_header(data, "uploaded file", size=len(data))
         name = name or str(header.meta["task"])
         if not valid_task_name(name):
             raise InvalidAdapter(
-                f"invalid task name {name!r}: names match {TASK_PATTERN} and never contain '..'; pass a valid "
+                f"invalid task name {name[:80]!r}: names match {TASK_PATTERN} and never contain '..'; pass a valid "
                 "name in the `task` form field"
             )
-        if len(data) != header.data_end:
-            raise InvalidAdapter(f"uploaded file has {len(data):,} bytes but its header describes {header.data_end:,}")
+        version = version_of(data)
+        entry = AdapterEntry(task=name, version=version, size_bytes=len(data), header=header)
         try:
-            prepared = self._prepare(task)
+            self._check_stored(StoredFile(task=name, version=version, size=len(data), header=header))
+            prepared = self._prepare(task_from_bytes(data, source="uploaded file"))
         except IncompatibleAdapterError as e:
             raise IncompatibleAdapter(
                 f"{e}; train the adapter on the backbone this server runs (GET /readyz shows its fingerprint)",
                 check=e.check,
             ) from None
-        version = version_of(data)
-        return name, version, prepared, AdapterEntry(task=name, version=version, size_bytes=len(data), header=header)
+        return name, version, prepared, entry
 
     async def upload(self, data: bytes, name: str | None) -> Upload:
         """Validates, stores (atomically) and registers an adapter; it is resident and servable on return."""
@@ -375,28 +383,3 @@ class Runtime:
 
 def _entry(f: StoredFile) -> AdapterEntry:
     return AdapterEntry(task=f.task, version=f.version, size_bytes=f.size, header=f.header)
-
-
-def _check_input_values(spec: InputSpec, name: str) -> None:
-    """Refuses input specs that would fail or poison every request (422): the metadata JSON is not typed, so a
-    size of 28.0, a mean of two values or a zero std would only show at prediction time, as a 500 or NaN scores."""
-
-    def number(v: object) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-    def count(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-    problems = []
-    if not count(spec.size):
-        problems.append(f"size {spec.size!r} is not a positive integer")
-    for key in ("mean", "std"):
-        values = getattr(spec, key)
-        if len(values) != 3 or not all(number(v) for v in values):
-            problems.append(f"{key} {list(values)!r} is not 3 finite numbers")
-    if any(number(v) and v <= 0 for v in spec.std):
-        problems.append(f"std {list(spec.std)!r} has a value <= 0")
-    if not count(spec.frames) or not count(spec.tubelet):
-        problems.append(f"frames {spec.frames!r} and tubelet {spec.tubelet!r} must be positive integers")
-    if problems:
-        raise AdapterFormatError(f"adapter {name!r}: metadata 'input' is invalid: {'; '.join(problems)}")

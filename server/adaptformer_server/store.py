@@ -11,11 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import socket
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from adaptformer.adapter_file import MAX_HEADER_BYTES, atomic_write, read_metadata
+from adaptformer.adapter_file import Header, IncompleteFile, NewerFormatError, atomic_write, parse_header, read_head
 from adaptformer.errors import AdapterFormatError
 
 __all__ = [
@@ -37,6 +35,7 @@ __all__ = [
     "StoredFile",
     "demo_files",
     "parse_header",
+    "quarantinable",
     "valid_task_name",
     "version_of",
 ]
@@ -48,6 +47,7 @@ TASK_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _TASK_RE = re.compile(TASK_PATTERN)
 _VERSIONS = ".versions.json"
 _SEEDED = ".seeded"
+QUARANTINE = ".quarantine"  # files the server cannot read go here, out of the way of start-up and the watcher
 TEMP_MAX_AGE_S = 300.0  # a younger temp file of another host may be a write in progress there
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 _TEMP_OWNER = re.compile(r"\.([0-9a-f]{8})-(\d+)-[^.]*\.tmp$")  # .<name>.<host>-<pid>-<random>.tmp
@@ -63,58 +63,10 @@ def version_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
 
-@dataclass(frozen=True)
-class Header:
-    """What the safetensors header of an adapter file says, without its tensors.
-
-    Attributes:
-        meta: The adapter metadata (JSON fields decoded), checked by ``adaptformer.read_metadata``.
-        shapes: Tensor name -> shape.
-        data_end: Bytes the file must have: 8 + header length + the end of the last tensor.
-    """
-
-    meta: dict[str, Any]
-    shapes: dict[str, tuple[int, ...]]
-    data_end: int
-
-    @property
-    def params(self) -> int:
-        return sum(math.prod(s) for s in self.shapes.values())
-
-
-def parse_header(head: bytes, source: str) -> Header:
-    """Parses the first ``8 + n`` bytes of an adapter file (n: the declared header length)."""
-    meta = read_metadata(head, source)
-    (n,) = struct.unpack("<Q", head[:8])
-    raw = json.loads(head[8 : 8 + n])
-    shapes: dict[str, tuple[int, ...]] = {}
-    end = 0
-    for name, t in raw.items():
-        if name == "__metadata__":
-            continue
-        try:
-            shapes[name] = tuple(int(d) for d in t["shape"])
-            end = max(end, int(t["data_offsets"][1]))
-        except (TypeError, KeyError, IndexError, ValueError):
-            raise AdapterFormatError(f"{source}: malformed safetensors entry for tensor {name!r}") from None
-    return Header(meta=meta, shapes=shapes, data_end=8 + n + end)
-
-
-def _read_head(path: Path) -> tuple[bytes, int]:
-    """The first ``8 + n`` bytes of a file and its size."""
-    with path.open("rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        first = f.read(8)
-        if len(first) < 8:
-            raise AdapterFormatError(f"{path.name}: not a safetensors file ({size} bytes)")
-        (n,) = struct.unpack("<Q", first)
-        if n > MAX_HEADER_BYTES or 8 + n > size:
-            raise AdapterFormatError(f"{path.name}: not a safetensors file (declared header of {n:,} bytes)")
-        return first + f.read(n), size
-
-
-class IncompleteFile(AdapterFormatError):
-    """A file shorter than its header says: truncated, or still being copied in by hand."""
+def quarantinable(error: BaseException) -> bool:
+    """Whether a store file that failed with ``error`` is broken for good (moved aside), rather than still being
+    copied in (it may grow) or written by a newer server (which can read it)."""
+    return isinstance(error, AdapterFormatError) and not isinstance(error, (IncompleteFile, NewerFormatError))
 
 
 class Stamp(NamedTuple):
@@ -150,11 +102,13 @@ class AdapterStore:
 
     Args:
         root: The store directory (created when missing).
+        on_quarantine: Called with the task name whenever a file is moved to ``.quarantine/`` (a metric).
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, on_quarantine: Callable[[str], None] | None = None) -> None:
         self.root = Path(root).expanduser()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._on_quarantine = on_quarantine
 
     def path(self, task: str) -> Path:
         if not valid_task_name(task):
@@ -224,24 +178,14 @@ class AdapterStore:
 
         Raises:
             FileNotFoundError: no such file (any more).
-            AdapterFormatError: not a complete adapter file.
+            AdapterFormatError: not a complete adapter file (the checks of ``adaptformer.parse_header``).
         """
         path = self.path(task)
         with path.open("rb") as f:
             st = os.fstat(f.fileno())
             stamp = Stamp.of(st)
             size = st.st_size
-            first = f.read(8)
-            if len(first) < 8:
-                raise AdapterFormatError(f"{path.name}: not a safetensors file ({size} bytes)")
-            (n,) = struct.unpack("<Q", first)
-            if n > MAX_HEADER_BYTES or 8 + n > size:
-                raise AdapterFormatError(f"{path.name}: not a safetensors file (declared header of {n:,} bytes)")
-            header = parse_header(first + f.read(n), path.name)
-            if size != header.data_end:
-                raise IncompleteFile(
-                    f"{path.name}: {size:,} bytes but its header describes {header.data_end:,} (truncated?)"
-                )
+            header = parse_header(read_head(f, size, path.name), path.name, size=size)
             if (
                 cached
                 and Stamp(cached.get("size"), cached.get("mtime_ns"), cached.get("ino")) == stamp
@@ -254,11 +198,15 @@ class AdapterStore:
         return StoredFile(task=task, version=version, size=size, header=header, stamp=stamp)
 
     def scan(self) -> list[StoredFile]:
-        """Every readable, complete adapter file, sorted by task; unreadable ones are skipped with a warning."""
+        """Every readable, complete adapter file, sorted by task; broken ones are quarantined, others skipped."""
         return self.scan_stamped()[0]
 
     def scan_stamped(self) -> tuple[list[StoredFile], dict[str, Stamp]]:
-        """:meth:`scan`, and the stamp of every file it looked at, readable or not (a watcher's starting point)."""
+        """:meth:`scan`, and the stamp of every file it looked at, readable or not (a watcher's starting point).
+
+        A file that can never be read (:func:`quarantinable`) is moved to ``.quarantine/``; one that may still
+        be growing, or that a newer server wrote, is skipped with a warning and left where it is.
+        """
         cache = self._load_versions()
         fresh: dict[str, dict[str, Any]] = {}
         found: list[StoredFile] = []
@@ -273,8 +221,15 @@ class AdapterStore:
             try:
                 seen[task] = Stamp.of(path.stat())
                 f = self.examine(task, cache.get(path.name))
+            except FileNotFoundError:
+                seen.pop(task, None)
+                continue
             except (OSError, AdapterFormatError) as e:
-                log.warning("skipping %s: %s", path.name, e)
+                if self.refuse(task, seen.get(task), e):
+                    del seen[task]
+                continue
+            except Exception as e:  # a bug in the checks must not stop the server: report it, keep the file
+                log.error("skipping %s: cannot examine it (a bug): %r", path.name, e, exc_info=True)
                 continue
             assert f.stamp is not None
             seen[task] = f.stamp
@@ -286,6 +241,38 @@ class AdapterStore:
             except OSError as e:
                 log.warning("cannot write the version cache: %s", e)
         return found, seen
+
+    def refuse(self, task: str, stamp: Stamp | None, error: BaseException) -> bool:
+        """Reports a file that cannot be served; quarantines it when it is broken for good. True when moved."""
+        moved = quarantinable(error) and stamp is not None and self.quarantine(task, stamp, str(error))
+        log.warning("skipping %s%s: %s%s", task, SUFFIX, error, f" (moved to {QUARANTINE}/)" if moved else "")
+        return moved
+
+    def quarantine(self, task: str, stamp: Stamp, reason: str) -> bool:
+        """Moves ``<task>.safetensors`` to ``.quarantine/<task>.<time>.safetensors`` with a ``.reason`` note.
+
+        Only the file that was examined is moved: when the name holds another file by now (a replica replaced
+        it), nothing is. Returns whether the file was moved.
+        """
+        path = self.path(task)
+        folder = self.root / QUARANTINE
+        try:
+            if Stamp.of(path.stat()) != stamp:
+                return False
+            folder.mkdir(exist_ok=True)
+            moved = folder / f"{task}.{time.strftime('%Y%m%dT%H%M%S')}-{stamp.ino}{SUFFIX}"
+            os.replace(path, moved)
+            _fsync_dir(self.root)
+            moved.with_suffix(".reason").write_text(reason[:4000] + "\n")
+        except FileNotFoundError:
+            return False  # gone meanwhile (deleted, or quarantined by another server)
+        except OSError as e:
+            log.warning("cannot move %s%s to %s/: %s", task, SUFFIX, QUARANTINE, e)
+            return False
+        log.warning("quarantined %s%s as %s/%s: %s", task, SUFFIX, QUARANTINE, moved.name, reason)
+        if self._on_quarantine is not None:
+            self._on_quarantine(task)
+        return True
 
     def _load_versions(self) -> dict[str, dict[str, Any]]:
         try:
@@ -320,8 +307,8 @@ class AdapterStore:
         for src in sources:
             task = src.name[: -len(SUFFIX)]
             try:
-                head, _ = _read_head(src)
-                meta = parse_header(head, src.name).meta
+                with src.open("rb") as f:
+                    meta = parse_header(read_head(f, os.fstat(f.fileno()).st_size, src.name), src.name).meta
             except (OSError, AdapterFormatError) as e:
                 log.warning("demo adapter %s is unreadable: %s", src.name, e)
                 continue
@@ -387,14 +374,19 @@ class StoreWatcher:
                 changes[task] = None
                 continue
             except (OSError, ValueError) as e:  # AdapterFormatError, IncompatibleAdapterError are ValueErrors
-                incomplete = isinstance(e, IncompleteFile)
-                if self._warned.get(task) != stamp:
+                if self._warned.get(task) != stamp and not self.store.refuse(task, stamp, e):
                     self._warned[task] = stamp
-                    log.warning("store: %s%s: %s", task, SUFFIX, e)
-                if incomplete:
+                if isinstance(e, IncompleteFile):
                     self._seen.pop(task, None)  # look again next time: it may still be growing
                 else:
                     self._seen[task] = stamp
+                changes[task] = None
+                continue
+            except Exception as e:  # a bug in the checks must not stop the watching: report it, keep the file
+                if self._warned.get(task) != stamp:
+                    self._warned[task] = stamp
+                    log.error("store: cannot examine %s%s (a bug): %r", task, SUFFIX, e, exc_info=True)
+                self._seen[task] = stamp
                 changes[task] = None
                 continue
             assert f.stamp is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Annotated, Any
 
@@ -12,7 +13,14 @@ from fastapi import APIRouter, Query, Request
 from adaptformer.preprocess import InputSpec
 from adaptformer.task import TaskAdapter
 from adaptformer_server.deps import PredictAuth, ReadyRuntime
-from adaptformer_server.errors import InvalidInput, NotFound, PayloadTooLarge, status_of
+from adaptformer_server.errors import (
+    IncompatibleAdapter,
+    InvalidAdapter,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    status_of,
+)
 from adaptformer_server.inputs import IMAGE_TYPES, PredictBody, decode_inputs, read_predict_body
 from adaptformer_server.registry import AdapterEntry
 from adaptformer_server.runtime import Runtime
@@ -21,6 +29,7 @@ from adaptformer_server.settings import Settings
 from adaptformer_server.store import TASK_PATTERN, valid_task_name
 
 router = APIRouter(tags=["predict"])
+log = logging.getLogger("adaptformer_server")
 
 _FILES = {"type": "array", "items": {"type": "string", "format": "binary"}}
 _BODY: dict[str, Any] = {
@@ -64,6 +73,27 @@ def expand_tasks(runtime: Runtime, names: list[str]) -> list[str]:
             runtime.entry(name)  # 404 before reading the body
             tasks.append(name)
     return list(dict.fromkeys(tasks))
+
+
+async def resolve_tasks(
+    runtime: Runtime, tasks: list[str], optional: set[str]
+) -> list[tuple[AdapterEntry, TaskAdapter]]:
+    """Admission: the version and adapter of each task, which the request keeps until it is answered.
+
+    A task in ``optional`` (one that ``*`` stood for) that is deleted meanwhile, or whose stored file cannot be
+    served, is left out rather than failing the request for the other tasks; a task named outright is not.
+    """
+    resolved = []
+    for name in tasks:
+        try:
+            resolved.append(await runtime.resolve(name))
+        except (NotFound, InvalidAdapter, IncompatibleAdapter) as e:
+            if name not in optional:
+                raise
+            log.info("task=* leaves out %s: %s", name, e.message)
+    if not resolved:
+        raise NotFound("task=* asks for every image task, but none can be served now; GET /adapters lists them")
+    return resolved
 
 
 def decode_for(body: PredictBody, entries: list[AdapterEntry], settings: Settings) -> list[list[torch.Tensor]]:
@@ -138,7 +168,7 @@ async def predict(
         tasks = expand_tasks(runtime, task)
         labels_ = tasks
         body = await read_predict_body(request, runtime.settings)
-        resolved = [await runtime.resolve(t) for t in tasks]  # the versions this request runs on
+        resolved = await resolve_tasks(runtime, tasks, optional=set(tasks) - set(task))
         entries = [entry for entry, _ in resolved]
         inputs = await asyncio.to_thread(decode_for, body, entries, runtime.settings)
         jobs = [(entry, adapter, x) for (entry, adapter), x in zip(resolved, inputs, strict=True)]
