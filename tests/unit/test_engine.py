@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import copy
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from support import wait_until
 from torch import nn
 
 import adaptformer as af
@@ -173,7 +173,8 @@ def test_incompatible_task_refused(image_tasks: Fixture) -> None:
 
 
 def test_concurrent_add_remove_while_serving(image_tasks: Fixture, backbone: nn.Module) -> None:
-    """One thread adds/removes tasks in a loop while another runs mixed batches: no crash, results stay right."""
+    """One thread adds/removes tasks in a loop while another runs mixed batches: no crash, results stay right, and
+    batches do run with the churning task present (each is right) as well as absent (a KeyError naming it)."""
     engine = image_tasks.engine
     extra_model = _model(backbone, "b", seed=11)
     extra = af.extract_task(copy.deepcopy(extra_model), "extra")
@@ -197,27 +198,35 @@ def test_concurrent_add_remove_while_serving(image_tasks: Fixture, backbone: nn.
         except BaseException as e:  # reported by the main thread
             errors.append(e)
 
+    batches = with_extra = without_extra = 0
+
+    def serve_one() -> bool:
+        """Runs a mixed batch and a batch with the churning task; true once enough of each kind has run."""
+        nonlocal batches, with_extra, without_extra
+        assert not errors, errors
+        out = engine(x, MIXED)
+        assert all(max_diff(o, e) <= TOL for o, e in zip(out, expected, strict=True))
+        try:
+            out = engine(x[:3], ["extra", "a", "extra"])
+        except KeyError as e:
+            assert "extra" in str(e), e
+            without_extra += 1
+        else:
+            assert all(max_diff(o, e) <= TOL for o, e in zip(out, expected_small, strict=True))
+            with_extra += 1
+        batches += 1
+        return batches >= 20 and with_extra >= 3 and without_extra >= 3 and churns >= 3
+
     worker = threading.Thread(target=churn)
     worker.start()
-    batches = with_extra = 0
     try:
-        deadline = time.monotonic() + 1.5
-        while time.monotonic() < deadline or batches < 20:
-            out = engine(x, MIXED)
-            assert all(max_diff(o, e) <= TOL for o, e in zip(out, expected, strict=True))
-            try:
-                out = engine(x[:3], ["extra", "a", "extra"])
-                with_extra += 1
-                assert all(max_diff(o, e) <= TOL for o, e in zip(out, expected_small, strict=True))
-            except KeyError as e:
-                assert "extra" in str(e)
-            batches += 1
+        wait_until(serve_one, "20 batches, 3 with the churning task and 3 without it, during 3 churns", interval=0)
     finally:
         stop.set()
-        worker.join(timeout=10)
-    assert not errors, errors
-    assert churns > 0 and batches >= 20
-    print(f"\n{batches} mixed batches ({with_extra} with the churning task) during {churns} add/remove cycles")
+        worker.join(timeout=30)
+    assert not worker.is_alive() and not errors, errors
+    print(f"\n{batches} mixed batches ({with_extra} with the churning task, {without_extra} without) during {churns} "
+          "add/remove cycles")  # fmt: skip
     assert set(engine.tasks) == set(TASKS)
 
 
