@@ -16,6 +16,7 @@ from torch import nn
 from adaptformer_server import __version__
 from adaptformer_server.auth import Auth
 from adaptformer_server.errors import CatchAllMiddleware, install_error_handlers
+from adaptformer_server.hosts import HostOriginMiddleware
 from adaptformer_server.limits import BodyLimitMiddleware
 from adaptformer_server.metrics import Metrics, MetricsMiddleware
 from adaptformer_server.routes import adapters, health, oip, predict, ui
@@ -104,7 +105,8 @@ def create_app(settings: Settings | None = None, *, backbone: nn.Module | None =
         return settings.max_body_bytes
 
     # Added innermost first: metrics see every final status, including the catch-all's 500.
-    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit, body_timeout=settings.body_timeout)
+    app.add_middleware(HostOriginMiddleware, settings=settings)
     app.add_middleware(CatchAllMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(ReplicaHeaderMiddleware, replica_id=replica_id)

@@ -42,6 +42,8 @@ def _argument(name: str, field: Any, env_prefix: str = "ADAPTFORMER_") -> tuple[
         default: Any = default_store()
     elif name in ("api_keys", "admin_key"):
         default = "none"
+    elif name == "allowed_hosts":
+        default = "localhost, 127.0.0.1, ::1 and --host"
     else:
         default = field.default
     kwargs["help"] = f"{field.description} [env {env}; default: {default}]"
@@ -134,10 +136,16 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from adaptformer_server.app import create_app
+    from adaptformer_server.connections import http_protocol
 
     app = create_app(settings)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=10
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+        http=http_protocol(settings.header_timeout),
     )
     server = uvicorn.Server(config)
 

@@ -13,11 +13,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adaptformer.errors import AdapterFormatError, DataError, IncompatibleAdapterError, InputTooLargeError
 
 __all__ = [
+    "CLIENT_CLOSED",
     "ApiError",
     "CatchAllMiddleware",
     "Forbidden",
@@ -28,6 +30,7 @@ __all__ = [
     "NotReady",
     "Overloaded",
     "PayloadTooLarge",
+    "RequestTimeout",
     "Unauthorized",
     "UnsupportedMediaType",
     "ValidationFailed",
@@ -37,6 +40,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("adaptformer_server")
+
+# The client closed the connection before the server could answer (nginx's 499): counted, not a server error.
+CLIENT_CLOSED = 499
 
 
 def error_body(code: str, message: str, check: str | None = None) -> dict[str, Any]:
@@ -83,6 +89,15 @@ class NotFound(ApiError):
 
 class IncompatibleAdapter(ApiError):
     status, code = 409, "incompatible_adapter"
+
+
+class RequestTimeout(ApiError):
+    """The body stalled; the connection is closed after the answer (what is left of the body is never read)."""
+
+    status, code = 408, "request_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
 
 
 class PayloadTooLarge(ApiError):
@@ -136,6 +151,8 @@ def status_of(exc: BaseException) -> int:
         return 409
     if isinstance(exc, MultiPartException):
         return 413 if _multipart_too_large(exc) else 400
+    if isinstance(exc, ClientDisconnect):
+        return CLIENT_CLOSED
     return 500
 
 
@@ -210,7 +227,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class CatchAllMiddleware:
-    """Turns an unexpected exception (a bug) into a logged JSON 500, once, instead of a bare text error."""
+    """Turns an unexpected exception (a bug) into a logged JSON 500, once, instead of a bare text error.
+
+    A client that closed the connection mid-request is no bug: it is logged at debug level and answered 499 (a
+    status the metrics count; the client is gone and never sees it).
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -229,6 +250,11 @@ class CatchAllMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except ClientDisconnect:
+            log.debug("client closed the connection during %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                body = error_body("client_closed_request", "the client closed the connection before the answer")
+                await JSONResponse(body, CLIENT_CLOSED)(scope, receive, send_wrapper)
         except Exception:
             log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
             if started:

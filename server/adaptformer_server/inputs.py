@@ -16,13 +16,21 @@ from PIL import Image
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartParser
 
-from adaptformer.data.decode import open_clip, open_image
+from adaptformer.data.decode import IMAGE_FORMATS, open_clip, open_image
 from adaptformer.errors import DataError
 from adaptformer.preprocess import InputSpec, preprocess_clip, preprocess_image
-from adaptformer_server.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, data_error
+from adaptformer_server.errors import ApiError, InvalidInput, PayloadTooLarge, UnsupportedMediaType, data_error
 from adaptformer_server.settings import Settings
 
-__all__ = ["IMAGE_TYPES", "PredictBody", "decode_inputs", "media_type", "read_form", "read_predict_body"]
+__all__ = [
+    "IMAGE_TYPES",
+    "PixelBudget",
+    "PredictBody",
+    "decode_inputs",
+    "media_type",
+    "read_form",
+    "read_predict_body",
+]
 
 IMAGE_TYPES = frozenset(
     {
@@ -108,7 +116,9 @@ async def read_predict_body(request: Request, settings: Settings) -> PredictBody
     raise UnsupportedMediaType(f"Content-Type {mime!r} is not accepted by /predict; {_HOW}")
 
 
-class _PixelBudget:
+class PixelBudget:
+    """The pixels one request may decode (``max_request_pixels``), across all its images, frames and clips."""
+
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
@@ -126,14 +136,14 @@ def _declared_pixels(data: bytes) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as probe:
+            with Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS)) as probe:
                 w, h = probe.size
                 return w * h if w * h <= 1 << 62 else 1 << 62
     except Exception:
         return 0
 
 
-def _open(data: bytes, settings: Settings, budget: _PixelBudget, what: str) -> Image.Image:
+def _open(data: bytes, settings: Settings, budget: PixelBudget, what: str) -> Image.Image:
     declared = _declared_pixels(data)
     if declared <= settings.max_image_pixels:
         budget.take(declared)  # before decoding: a request over its pixel budget decodes nothing more
@@ -148,20 +158,19 @@ def _open(data: bytes, settings: Settings, budget: _PixelBudget, what: str) -> I
     return img
 
 
-def _open_clip(data: bytes, settings: Settings, budget: _PixelBudget) -> list[Image.Image]:
-    try:  # size up the whole clip before decoding any frame
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as probe:
-                w, h = probe.size
-                n = int(getattr(probe, "n_frames", 1))
-    except Exception:
-        n = w = h = 0  # unreadable: open_clip says why
-    if n > settings.max_frames:
-        raise PayloadTooLarge(f"the clip has {n} frames; the limit is {settings.max_frames}")
-    budget.take(w * h * n)
+def _open_clip(data: bytes, settings: Settings, budget: PixelBudget) -> list[Image.Image]:
+    # Every frame (GIF frames and TIFF pages have sizes of their own) is checked against max_image_pixels and
+    # taken from the request's budget before it is decoded.
     try:
-        return open_clip(data, max_frames=settings.max_frames, max_pixels=settings.max_image_pixels)
+        return open_clip(
+            data,
+            max_frames=settings.max_frames,
+            max_pixels=settings.max_image_pixels,
+            max_total_pixels=settings.max_request_pixels,
+            on_frame=lambda w, h: budget.take(w * h),
+        )
+    except ApiError:
+        raise
     except DataError as e:
         raise data_error(e, "clip: ") from None
     except Exception as e:
@@ -181,12 +190,18 @@ def _preprocess(img: Image.Image, spec: InputSpec, what: str) -> torch.Tensor:
         raise InvalidInput(f"{what}cannot convert the image (mode {img.mode}) to RGB: {e}") from None
 
 
-def decode_inputs(body: PredictBody, spec: InputSpec, task: str, settings: Settings) -> list[torch.Tensor]:
+def decode_inputs(
+    body: PredictBody, spec: InputSpec, task: str, settings: Settings, budget: PixelBudget | None = None
+) -> list[torch.Tensor]:
     """Decodes and preprocesses a request for a task: one tensor per image, or one clip tensor.
 
     Blocking (image decoding): call it in a worker thread.
+
+    Args:
+        budget: The request's pixel budget, when it decodes several bodies (an OIP tensor of several clips);
+            a new one of ``max_request_pixels`` by default.
     """
-    budget = _PixelBudget(settings.max_request_pixels)
+    budget = PixelBudget(settings.max_request_pixels) if budget is None else budget
     if spec.modality == "image":
         if body.frames:
             raise InvalidInput(

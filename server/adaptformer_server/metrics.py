@@ -11,6 +11,9 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# Label values come from closed sets: a client must not be able to add series (any token is a valid method).
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+OTHER = "other"
 
 
 class Metrics:
@@ -75,7 +78,10 @@ class Metrics:
 
 
 class MetricsMiddleware:
-    """Counts every HTTP request by route template (never the raw path) and status, and times it."""
+    """Counts every HTTP request by method, route template (never the raw path) and status, and times it.
+
+    Unknown methods and paths that match no route are counted as ``other``.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -97,6 +103,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.http_requests.labels(scope["method"], route, str(status)).inc()
+            route = getattr(scope.get("route"), "path", None) or OTHER
+            method = scope["method"] if scope["method"] in _METHODS else OTHER
+            self.metrics.http_requests.labels(method, route, str(status)).inc()
             self.metrics.http_latency.labels(route).observe(time.perf_counter() - start)

@@ -22,6 +22,11 @@ def default_store() -> Path:
     return Path(base) / "adaptformer" / "adapters"
 
 
+def _host_name(value: str) -> str:
+    """A host name as the Host check compares it: lower case, no trailing dot, IPv6 without brackets."""
+    return value.strip().lower().rstrip(".").removeprefix("[").removesuffix("]")
+
+
 class Settings(BaseSettings):
     """Everything the server can be told; each field is also a CLI flag (``max_batch_size`` -> ``--max-batch-size``)."""
 
@@ -58,6 +63,17 @@ class Settings(BaseSettings):
     max_frames: int = Field(64, ge=1, description="most frames in one clip")
     max_upload_bytes: int = Field(128 * MiB, ge=1, description="largest adapter file accepted by POST /adapters")
     max_parts: int = Field(128, ge=1, description="most multipart parts (files and fields) in one request")
+    header_timeout: float = Field(
+        15.0, gt=0, le=3600, description="seconds a connection has to send a request's headers; then it is closed"
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, le=3600, description="longest wait in seconds for the next piece of a request body (then 408)"
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated names the Host header may carry ('*': any, '*.example.com': subdomains); "
+        "default: localhost, 127.0.0.1, ::1 and --host (any when --host is 0.0.0.0 or ::)",
+    )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="comma-separated keys for /predict and GET /adapters (none: open)"
     )
@@ -75,6 +91,15 @@ class Settings(BaseSettings):
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list):
+            return [_host_name(h) if isinstance(h, str) else h for h in value if not isinstance(h, str) or h.strip()]
         return value
 
     @field_validator("admin_key", mode="before")

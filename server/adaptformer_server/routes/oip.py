@@ -28,10 +28,19 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from adaptformer.errors import DataError
+from adaptformer.preprocess import InputSpec
 from adaptformer_server import __version__
 from adaptformer_server.deps import PredictAuth, ReadyRuntime, RuntimeDep
-from adaptformer_server.errors import ApiError, InvalidInput, NotFound, PayloadTooLarge, data_error, status_of
-from adaptformer_server.inputs import PredictBody, decode_inputs
+from adaptformer_server.errors import (
+    ApiError,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    ValidationFailed,
+    data_error,
+    status_of,
+)
+from adaptformer_server.inputs import PixelBudget, PredictBody, decode_inputs
 from adaptformer_server.registry import AdapterEntry
 from adaptformer_server.routes.predict import check_task_name, run_tasks
 from adaptformer_server.runtime import Runtime
@@ -292,16 +301,39 @@ def _tensor_inputs(req: _Infer, entry: AdapterEntry, runtime: Runtime) -> list[t
             raise InvalidInput(f"input {req.name!r}: {len(values)} values for shape {req.shape} ({req.count})")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             raise InvalidInput(f"input {req.name!r}: FP32 data must be numbers")
-        x = torch.tensor(values, dtype=torch.float32)
+        try:
+            x = torch.tensor(values, dtype=torch.float32)
+        except (OverflowError, RuntimeError):  # an integer beyond any float (JSON allows 1000... digits)
+            raise InvalidInput(f"input {req.name!r}: FP32 data holds a number beyond the FP32 range") from None
     if not torch.isfinite(x).all():
-        raise InvalidInput(f"input {req.name!r}: FP32 data holds NaN or infinite values")
+        raise InvalidInput(
+            f"input {req.name!r}: FP32 data holds NaN or infinite values (or numbers beyond the FP32 range)"
+        )
+    _check_range(req.name, x, spec)
     return list(x.reshape(req.shape).unbind(0))
+
+
+def _check_range(name: str, x: torch.Tensor, spec: InputSpec) -> None:
+    """422 for values no preprocessed image can hold, before they reach the model (where they would overflow
+    and look like a broken adapter). Preprocessing scales pixels to [0, 1], subtracts the mean and divides by
+    the std; the range accepted has a margin of one pixel range on each side ([-1, 2] before normalising)."""
+    lo = min((-1.0 - m) / s for m, s in zip(spec.mean, spec.std, strict=True))
+    hi = max((2.0 - m) / s for m, s in zip(spec.mean, spec.std, strict=True))
+    low, high = float(x.min()), float(x.max())
+    if low < lo or high > hi:
+        bad = low if low < lo else high
+        raise ValidationFailed(
+            f"input {name!r}: FP32 value {bad:g} is out of the range a preprocessed image can hold for this task "
+            f"([{lo:.3g}, {hi:.3g}]: pixels in [0, 1] minus mean {list(spec.mean)}, divided by std "
+            f"{list(spec.std)}, with a margin); send preprocessed images, or the encoded images as BYTES"
+        )
 
 
 def _bytes_inputs(req: _Infer, entry: AdapterEntry, runtime: Runtime) -> list[torch.Tensor]:
     """Encoded images: one per element for an image task; for a clip task one animated image per element, or
     rows of frame images (shape [N, T])."""
     settings = runtime.settings
+    budget = PixelBudget(settings.max_request_pixels)  # one for the whole request, whatever its rows
     if req.blob is not None:
         elements = _deserialize_bytes(req.blob)
     else:
@@ -315,8 +347,8 @@ def _bytes_inputs(req: _Infer, entry: AdapterEntry, runtime: Runtime) -> list[to
                 f"more than {settings.max_images_per_request} images in one request; split it into several"
             )
         if spec.modality == "image":
-            return decode_inputs(PredictBody(images=elements), spec, entry.task, settings)
-        return [x for e in elements for x in decode_inputs(PredictBody(images=[e]), spec, entry.task, settings)]
+            return decode_inputs(PredictBody(images=elements), spec, entry.task, settings, budget)
+        return [x for e in elements for x in decode_inputs(PredictBody(images=[e]), spec, entry.task, settings, budget)]
     if len(req.shape) != 2:
         raise InvalidInput(f"input {req.name!r}: BYTES shape must be [N] or, for a clip task, [N, frames]")
     n, t = req.shape
@@ -325,7 +357,7 @@ def _bytes_inputs(req: _Infer, entry: AdapterEntry, runtime: Runtime) -> list[to
     if n > settings.max_images_per_request:
         raise PayloadTooLarge(f"more than {settings.max_images_per_request} clips in one request")
     rows = [elements[i * t : (i + 1) * t] for i in range(n)]
-    return [x for row in rows for x in decode_inputs(PredictBody(frames=row), spec, entry.task, settings)]
+    return [x for row in rows for x in decode_inputs(PredictBody(frames=row), spec, entry.task, settings, budget)]
 
 
 def _decode(req: _Infer, entry: AdapterEntry, runtime: Runtime) -> list[torch.Tensor]:
