@@ -18,6 +18,7 @@ from server_support import (
     tiny_vit,
     upload_files,
 )
+from support import async_wait_until
 
 from adaptformer.adapter_file import task_to_bytes
 from adaptformer_server import create_app
@@ -222,10 +223,14 @@ async def test_503_overloaded_with_retry_after(vit, tasks_store, make_settings):
         batcher = app.state.runtime.batcher
         started, gate = hold_forward_pass(batcher)
         first = asyncio.create_task(client.post("/predict?task=alpha", files=image_files(png(1))))
-        await asyncio.to_thread(started.wait, 30)  # the first request is in the (blocked) forward pass
+        # the first request is in the (blocked) forward pass
+        assert await asyncio.to_thread(started.wait, 60), "the request never reached the forward pass"
         second = asyncio.create_task(client.post("/predict?task=beta", files=image_files(png(2))))
-        while batcher.depth < 1:
-            await asyncio.sleep(0.01)
+
+        async def queued() -> bool:
+            return batcher.depth >= 1
+
+        await async_wait_until(queued, "the second request in the queue")
         r = await client.post("/predict?task=alpha", files=image_files(png(3)))
         check_error(r, 503, "overloaded", "Retry-After")
         assert int(r.headers["Retry-After"]) >= 1

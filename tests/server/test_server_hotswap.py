@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from server_support import adapter_bytes, hold_forward_pass, image_files, png, serving, upload_files
+from support import async_wait_until
 
 from adaptformer_server import create_app
 
@@ -31,13 +32,22 @@ async def test_replace_under_load(vit, store, make_settings):
                 answers.append((body["version"], body["predictions"][0][0]["label"]))
                 i += 1
 
+        def answered_by(i: int, n: int = 5):
+            async def enough() -> bool:  # the streams got answers from version i (they keep running meanwhile)
+                for worker in workers:
+                    if worker.done():
+                        worker.result()  # a failed stream fails the test now, with its own error
+                return sum(label == f"swap-{i}" for _, label in answers) >= n
+
+            return enough
+
         workers = [asyncio.create_task(stream(w)) for w in range(6)]
         for i in range(1, VERSIONS):
-            await asyncio.sleep(0.3)
+            await async_wait_until(answered_by(i - 1), f"answers from version {i - 1} under load")
             up = await client.post("/adapters", **upload_files(files[i]))
             assert up.status_code == 201 and up.json()["replaced"] is True
             version_of_class[f"swap-{i}"] = up.json()["adapter"]["version"]
-        await asyncio.sleep(0.3)
+        await async_wait_until(answered_by(VERSIONS - 1), f"answers from version {VERSIONS - 1} under load")
         stop.set()
         await asyncio.gather(*workers)
 
@@ -56,7 +66,7 @@ async def test_request_in_flight_finishes_on_its_version(vit, store, make_settin
         batcher = app.state.runtime.batcher
         started, gate = hold_forward_pass(batcher)
         pending = asyncio.create_task(client.post("/predict?task=swap", files=image_files(png(1))))
-        await asyncio.to_thread(started.wait, 30)
+        assert await asyncio.to_thread(started.wait, 60), "the request never reached the forward pass"
         # replaced, then deleted, while the request is in the forward pass
         v_new = (await client.post("/adapters", **upload_files(new))).json()["adapter"]["version"]
         assert (await client.delete("/adapters/swap")).status_code == 200

@@ -1,38 +1,60 @@
 """Several servers on one store (replicas behind a proxy, Ray Serve): each watches the store, so an upload,
-replace or delete through any of them is served by all of them within about a second."""
+replace or delete through any of them is served by all of them (within about a second: docs/SCALING.md gives the
+measured figures; here a wait fails only after a generous bound, and a negative check waits for watcher polls)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from contextlib import AsyncExitStack
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from server_support import adapter_bytes, image_files, png, serving, tiny_vit, upload_files
+from support import async_wait_until
 
 from adaptformer_server import create_app
 from adaptformer_server.app import REPLICA_HEADER
 from adaptformer_server.settings import Settings
 from adaptformer_server.store import AdapterStore, StoreWatcher, version_of
 
-PROPAGATION_S = 1.5  # the default poll is 0.5 s; the issue asks for "about a second"
-
 
 async def predict(client: httpx.AsyncClient, task: str) -> httpx.Response:
     return await client.post(f"/predict?task={task}", files=image_files(png(1)))
 
 
-async def until(check, timeout: float = PROPAGATION_S) -> float:
-    """Seconds until ``await check()`` is true; fails after ``timeout``."""
+async def until(check, what: str = "the change reaches the other server") -> float:
+    """Seconds until ``await check()`` is true (printed, not asserted: speed is the benchmark's); fails only after
+    the generous bound of :func:`support.async_wait_until`."""
     start = time.perf_counter()
-    while True:
-        if await check():
-            return time.perf_counter() - start
-        if time.perf_counter() - start > timeout:
-            raise AssertionError(f"not within {timeout} s")
-        await asyncio.sleep(0.02)
+    await async_wait_until(check, what)
+    return time.perf_counter() - start
+
+
+def count_polls(app: FastAPI) -> list[int]:
+    """Counts the store polls the app's watcher completes from now on (``[count]``)."""
+    runtime = app.state.runtime
+    sync, done = runtime.sync_store, [0]
+
+    async def counted() -> int:
+        changes = await sync()
+        done[0] += 1
+        return changes
+
+    runtime.sync_store = counted
+    return done
+
+
+async def polls_pass(done: list[int], n: int = 2) -> None:
+    """Waits until the watcher completed ``n`` more polls: at least one began after this call (a negative check
+    after it has seen what the watcher saw)."""
+    target = done[0] + n
+
+    async def reached() -> bool:
+        return done[0] >= target
+
+    await async_wait_until(reached, f"{n} store polls")
 
 
 async def two_servers(stack: AsyncExitStack, vit, make_settings, **overrides) -> tuple:
@@ -131,11 +153,13 @@ async def test_a_stale_page_in_reads_the_store_at_once(vit, tasks_store, make_se
 
 async def test_files_changed_by_hand_while_serving(vit, tasks_store, make_settings, caplog):
     caplog.set_level(logging.INFO)
-    async with serving(create_app(make_settings(store_poll_ms=50), backbone=vit)) as client:
+    app = create_app(make_settings(store_poll_ms=50), backbone=vit)
+    async with serving(app) as client:
+        polls = count_polls(app)
         data = adapter_bytes(vit, "cars", seed=4)
         path = tasks_store / "cars.safetensors"
         path.write_bytes(data[: len(data) // 2])  # a plain `cp` still running
-        await asyncio.sleep(0.3)
+        await polls_pass(polls)
         assert (await predict(client, "cars")).status_code == 404
         with path.open("ab") as f:
             f.write(data[len(data) // 2 :])  # the copy completes
@@ -159,7 +183,7 @@ async def test_files_changed_by_hand_while_serving(vit, tasks_store, make_settin
         assert tasks == ["cars", "clip"]
         assert "alpha.safetensors: not a safetensors file" in caplog.text and "fingerprint" in caplog.text
         warnings = caplog.text.count("store: alpha.safetensors")
-        await asyncio.sleep(0.3)
+        await polls_pass(polls, 3)
         assert caplog.text.count("store: alpha.safetensors") == warnings  # said once, not at every poll
 
 
