@@ -206,3 +206,35 @@ def test_temporal_config_parsing() -> None:
     with pytest.raises(ValueError, match="temporal"):
         TemporalConfig.parse("shift")
     assert IMG == 32  # the clip helpers' frame size the tests above rely on
+
+
+def test_training_recipe_gives_clip_tasks_their_part(backbone: nn.Module, tmp_path: Path) -> None:
+    """``temporal="auto"``: the default part for trained clip tasks, none for a linear probe (head only);
+    the part trains with the task and ends up in its adapter file, counted as the task's parameters."""
+    from adaptformer.backbone import Backbone
+    from adaptformer.data import LabeledData, Splits
+    from adaptformer.preprocess import InputSpec
+    from adaptformer.train import DEFAULT_TEMPORAL, TrainConfig, build_model, fit, save_result
+
+    def fresh() -> Backbone:  # build_model adapts the backbone it is given in place
+        return Backbone(copy.deepcopy(backbone), "tiny", InputSpec(size=IMG, mean=(0.5,) * 3, std=(0.5,) * 3))
+
+    linear = build_model(fresh(), TrainConfig(method="linear", device="cpu"), 3, frames=4)
+    assert str(linear.temporal.config) == "none" and not list(linear.temporal.parameters())
+    cfg = TrainConfig(epochs=1, batch_size=4, device="cpu", adapter=af.AdapterConfig(bottleneck=4))
+    bb = fresh()
+    model = build_model(bb, cfg, 3, frames=4)
+    assert str(model.temporal.config) == DEFAULT_TEMPORAL
+    before = {n: p.detach().clone() for n, p in model.temporal.named_parameters()}
+    data = LabeledData(clips(8, 4), torch.arange(8) % 3)
+    splits = Splits(data, data, ["a", "b", "c"], "clip", 4, "random clips")
+    result = fit(model, splits, cfg, progress=False)
+    assert all(not torch.equal(p, before[n]) for n, p in model.temporal.named_parameters())
+    frozen = sum(p.numel() for p in backbone.parameters()) - sum(p.numel() for p in backbone.head.parameters())
+    assert result.metrics["percent_of_backbone"] == pytest.approx(
+        100 * result.metrics["trainable_params"] / frozen, abs=1e-3
+    )
+    save_result(result, tmp_path / "t.safetensors", "t", splits, bb)
+    task = af.load_adapter(tmp_path / "t.safetensors", backbone)
+    assert str(task.temporal.config) == DEFAULT_TEMPORAL
+    assert (task.info.input.frames, task.info.input.tubelet) == (4, 2)
