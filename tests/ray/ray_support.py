@@ -190,6 +190,42 @@ async def observe(c: httpx.AsyncClient, task: str, seconds: float, clients: int 
     return records
 
 
+async def observe_until(
+    c: httpx.AsyncClient,
+    task: str,
+    fresh: Callable[[int, str | None], bool],
+    replicas: int = 2,
+    settle: float = 1.0,
+    timeout: float = 60.0,
+    clients: int = 6,
+) -> list[tuple]:
+    """:func:`observe` until ``replicas`` replicas have each answered ``fresh`` and the load went on ``settle``
+    seconds after the last of them did (long enough to see one go back); fails after ``timeout`` seconds."""
+    start = time.perf_counter()
+    records: list[tuple] = []
+    settled_at: list[float] = []
+
+    def done() -> bool:
+        if not settled_at:
+            fresh_replicas = {rep for _, _, rep, status, version in records if fresh(status, version)}
+            if len(fresh_replicas) >= replicas:
+                settled_at.append(time.perf_counter())
+        return bool(settled_at) and time.perf_counter() - settled_at[0] >= settle
+
+    async def loop(i: int) -> None:
+        while not done():
+            sent = time.perf_counter() - start
+            if sent > timeout:
+                seen = {rep for _, _, rep, status, version in records if fresh(status, version)}
+                raise AssertionError(f"not within {timeout} s: {replicas} replicas serving the change (got {seen})")
+            r = await predict(c, task, i)
+            version = r.json().get("version") if r.status_code == 200 else None
+            records.append((sent, time.perf_counter() - start, r.headers.get(REPLICA_HEADER), r.status_code, version))
+
+    await asyncio.gather(*(loop(i) for i in range(clients)))
+    return records
+
+
 def propagation(records: list[tuple], fresh: Callable[[int, str | None], bool]) -> dict[str, dict]:
     """Per replica, from :func:`observe`'s records (started right after a change returned to the client):
 
