@@ -1,4 +1,9 @@
-"""Fixtures of the client tests: an in-memory fake of the API contract behind ``httpx.MockTransport``."""
+"""Fixtures of the client tests: an in-memory fake of the API contract behind ``httpx.MockTransport``.
+
+Every body the fake answers is built with the server's own response models (``adaptformer_server.schemas``) and
+validated by them, so a field the server renames, adds or drops breaks these tests instead of leaving the fake
+behind; ``test_client_schemas.py`` checks the client's types against the same models.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import BaseModel
 
 from adaptformer_client import AsyncClient, Client
+from adaptformer_server import schemas
 
 URL = "http://adaptformer.test"
 Part = tuple[str, str | None, str, bytes]  # (field, filename, content type, data)
@@ -33,8 +40,13 @@ def parse_multipart(request: httpx.Request) -> list[Part]:
     return parts
 
 
+def answer(status: int, model: BaseModel, **headers: str) -> httpx.Response:
+    """A response whose body is ``model`` (a server schema instance) as the server serialises it."""
+    return httpx.Response(status, json=model.model_dump(mode="json", exclude_none=True), headers=headers)
+
+
 def adapter_info(task: str, labels: list[str], modality: str = "image", frames: int = 1, data: bytes = b"") -> dict:
-    return {
+    info = {
         "task": task,
         "version": hashlib.sha256(data or task.encode()).hexdigest()[:12],
         "method": "adaptformer",
@@ -52,13 +64,12 @@ def adapter_info(task: str, labels: list[str], modality: str = "image", frames: 
         "created": "2026-11-29T07:00:00+00:00",
         "resident": True,
     }
+    return schemas.AdapterInfo.model_validate(info).model_dump(mode="json")  # the server's fields, no others
 
 
 def error(status: int, code: str, message: str, check: str | None = None, **headers: str) -> httpx.Response:
-    body: dict[str, Any] = {"code": code, "message": message}
-    if check:
-        body["check"] = check
-    return httpx.Response(status, json={"error": body}, headers=headers)
+    return answer(status, schemas.ErrorResponse(error=schemas.ErrorDetail(code=code, message=message, check=check)),
+                  **headers)  # fmt: skip
 
 
 class FakeServer:
@@ -85,13 +96,12 @@ class FakeServer:
         self.requests.append(request)
         path, method = request.url.path, request.method
         if path == "/healthz":
-            return httpx.Response(200, json={"status": "ok"})
+            return answer(200, schemas.Health(status="ok"))
         if path == "/readyz":
             if not self.ready:
-                return httpx.Response(503, json={"status": "loading"})
-            return httpx.Response(
-                200, json={"status": "ready", "backbone": "embedded-vit", "fingerprint": "f1n9erpr1nt0", "adapters": 2}
-            )
+                return answer(503, schemas.Ready(status="loading"))
+            ready = schemas.Ready(status="ready", backbone="embedded-vit", fingerprint="f1n9erpr1nt0", adapters=2)
+            return answer(200, ready)
         if path == "/metrics":
             return httpx.Response(200, text="# TYPE requests_total counter\nrequests_total 3\n")
         if self.api_key is not None:
@@ -103,7 +113,7 @@ class FakeServer:
         if path == "/predict" and method == "POST":
             return self._predict(request)
         if path == "/adapters" and method == "GET":
-            return httpx.Response(200, json={"adapters": [self.adapters[t] for t in sorted(self.adapters)]})
+            return answer(200, schemas.AdapterList(adapters=[self.adapters[t] for t in sorted(self.adapters)]))
         if path == "/adapters" and method == "POST":
             return self._upload(request)
         if path.startswith("/adapters/"):
@@ -114,7 +124,7 @@ class FakeServer:
                 return httpx.Response(200, json=self.adapters[task])
             if method == "DELETE":
                 info = self.adapters.pop(task)
-                return httpx.Response(200, json={"task": task, "deleted": True, "version": info["version"]})
+                return answer(200, schemas.DeleteResponse(task=task, deleted=True, version=info["version"]))
         return error(404, "not_found", f"no route {method} {path}")
 
     def _predict(self, request: httpx.Request) -> httpx.Response:
@@ -144,15 +154,13 @@ class FakeServer:
         for data in inputs:
             first = len(data) % len(labels)
             ranked = [labels[(first + i) % len(labels)] for i in range(top_k)]
-            predictions.append([{"label": label, "score": round(0.9 / 2**i, 4)} for i, label in enumerate(ranked)])
-        body = {
-            "task": task,
-            "version": info["version"],
-            "modality": info["modality"],
-            "predictions": predictions,
-            "latency_ms": 12.5,
-        }
-        return httpx.Response(200, json=body)
+            predictions.append(
+                [schemas.Prediction(label=label, score=round(0.9 / 2**i, 4)) for i, label in enumerate(ranked)]
+            )
+        body = schemas.PredictResponse(
+            task=task, version=info["version"], modality=info["modality"], predictions=predictions, latency_ms=12.5
+        )
+        return answer(200, body)
 
     def _upload(self, request: httpx.Request) -> httpx.Response:
         self.parts = parse_multipart(request)
@@ -168,12 +176,12 @@ class FakeServer:
         task = form.get("task", "uploaded")
         previous = self.adapters.get(task)
         self.adapters[task] = adapter_info(task, ["a", "b"], data=data)
-        body = {
-            "adapter": self.adapters[task],
-            "replaced": previous is not None,
-            "previous_version": previous["version"] if previous else None,
-        }
-        return httpx.Response(201, json=body)
+        body = schemas.UploadResponse(
+            adapter=self.adapters[task],
+            replaced=previous is not None,
+            previous_version=previous["version"] if previous else None,
+        )
+        return httpx.Response(201, json=body.model_dump(mode="json"))  # previous_version: null when new
 
 
 @pytest.fixture

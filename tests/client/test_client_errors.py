@@ -25,6 +25,7 @@ from adaptformer_client import (
     UnsupportedMediaTypeError,
     parse_error,
 )
+from adaptformer_server import schemas
 
 CASES = [
     (400, "invalid_input", InvalidInputError),
@@ -80,8 +81,8 @@ async def test_clients_raise_the_typed_error(make_client, make_async_client, sta
     check = "fingerprint" if status == 409 else None
 
     def handler(request: httpx.Request) -> httpx.Response:
-        body = {"code": code, "message": f"server says {code}", **({"check": check} if check else {})}
-        return httpx.Response(status, json={"error": body})
+        body = schemas.ErrorResponse(error=schemas.ErrorDetail(code=code, message=f"server says {code}", check=check))
+        return httpx.Response(status, json=body.model_dump(exclude_none=True))
 
     with pytest.raises(cls) as sync_info, make_client(handler, max_retries=0) as client:
         client.get_adapter("digits")

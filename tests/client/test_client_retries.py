@@ -10,8 +10,9 @@ import httpx
 import pytest
 
 from adaptformer_client import APIConnectionError, OverloadedError, ServerError
+from adaptformer_server import schemas
 
-OK_HEALTH = httpx.Response(200, json={"status": "ok"})
+OK_HEALTH = httpx.Response(200, json=schemas.Health(status="ok").model_dump(mode="json"))
 UPLOADED = {
     "adapter": {
         "task": "cars",
@@ -34,11 +35,16 @@ UPLOADED = {
     "replaced": False,
     "previous_version": None,
 }
+schemas.UploadResponse.model_validate(UPLOADED)  # the server's shape, checked where it is written
+
+
+def error_body(code: str, message: str) -> dict:
+    return schemas.ErrorResponse(error=schemas.ErrorDetail(code=code, message=message)).model_dump(exclude_none=True)
 
 
 def busy(status: int = 503, retry_after: str | None = None) -> httpx.Response:
     headers = {"Retry-After": retry_after} if retry_after is not None else {}
-    return httpx.Response(status, json={"error": {"code": "overloaded", "message": "queue full"}}, headers=headers)
+    return httpx.Response(status, json=error_body("overloaded", "queue full"), headers=headers)
 
 
 def scripted(*steps: httpx.Response | type[httpx.TransportError]) -> tuple[Callable, list[httpx.Request]]:
@@ -118,7 +124,7 @@ async def test_max_retries_zero_and_other_errors_do_not_retry(run, sleeps) -> No
     handler, seen = scripted(busy())
     with pytest.raises(OverloadedError):
         await run(handler, "health", max_retries=0)
-    handler, seen = scripted(httpx.Response(500, json={"error": {"code": "internal_error", "message": "bug"}}))
+    handler, seen = scripted(httpx.Response(500, json=error_body("internal_error", "bug")))
     with pytest.raises(ServerError, match="bug"):
         await run(handler, "health")
     assert len(seen) == 1 and sleeps == []
@@ -167,8 +173,9 @@ async def test_unsupported_protocol_is_not_retried(run, sleeps) -> None:
 
 
 def test_wait_until_ready_polls_through_refusals_and_loading(make_client, sleeps) -> None:
-    ready = httpx.Response(200, json={"status": "ready", "backbone": "b", "fingerprint": "f", "adapters": 2})
-    handler, seen = scripted(httpx.ConnectError, httpx.Response(503, json={"status": "loading"}), ready)
+    body = schemas.Ready(status="ready", backbone="b", fingerprint="f", adapters=2).model_dump(mode="json")
+    loading = schemas.Ready(status="loading").model_dump(exclude_none=True)
+    handler, seen = scripted(httpx.ConnectError, httpx.Response(503, json=loading), httpx.Response(200, json=body))
     with make_client(handler, max_retries=0) as client:
         assert client.wait_until_ready(timeout=10, interval=0.2).adapters == 2
     assert len(seen) == 3 and sleeps == [0.2, 0.2]
