@@ -12,6 +12,7 @@ from torch import nn
 
 import adaptformer as af
 from adaptformer.adapter_file import FORMAT_VERSION
+from adaptformer.engine import PATHS
 from adaptformer.model import image_tokens
 from adaptformer.temporal import TemporalConfig, TemporalPart
 
@@ -144,11 +145,12 @@ def test_bad_temporal_tensors_refused(backbone: nn.Module, tmp_path: Path) -> No
         af.check_compatible(task, backbone)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @torch.no_grad()
-def test_mixed_image_and_clip_tasks_equal_each_task_alone(backbone: nn.Module, tmp_path: Path) -> None:
+def test_mixed_image_and_clip_tasks_equal_each_task_alone(backbone: nn.Module, tmp_path: Path, path: str) -> None:
     """One engine: image tasks, clip tasks with different temporal parts, a format-1 clip task, and clip tasks of
-    another frame count. Batches are grouped by input shape; every row equals its input run alone."""
-    engine = af.MultiTaskViT(copy.deepcopy(backbone))
+    another frame count. Batches are grouped by input shape; every row equals its input run alone, on every path."""
+    engine = af.MultiTaskViT(copy.deepcopy(backbone), path=path)
     models = {
         "img": adapted(backbone, af.AdapterConfig(bottleneck=4), num_classes=4, seed=1),
         "diff": _clip_model(backbone, 4, 2, TemporalConfig(diff=True), seed=2),
