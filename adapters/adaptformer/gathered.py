@@ -238,10 +238,13 @@ class BranchBank:
             index = to_device(slots + row_slots, self.device)
             task_index, row_index = index[: len(tasks)], index[len(tasks) :]
             branch_index = row_index if per_row else task_index[:n]
+            down, up = self.down.index_select(1, branch_index), self.up.index_select(1, branch_index)
+            if not per_row and grouped_layout(self.device, self.dtype) == "col":
+                down, up = _column_major(down), _column_major(up)
             return BankWeights(
-                down=self.down.index_select(1, branch_index),
+                down=down,
                 down_bias=self.down_bias.index_select(1, row_index),
-                up=self.up.index_select(1, branch_index),
+                up=up,
                 head_weight=self.head_weight.index_select(0, task_index),
                 head_bias=self.head_bias.index_select(0, task_index),
                 blocks=frozenset().union(*(self._layers[s] for s in slots[:n])),
@@ -303,29 +306,41 @@ def gathered_block(
     return out
 
 
-_GROUPED: dict[tuple[str, torch.dtype], bool] = {}
+_GROUPED: dict[tuple[str, torch.dtype], str | None] = {}
 
 
 def refuse_grouped(device: torch.device, dtype: torch.dtype) -> None:
     """Marks ``torch._grouped_mm`` unusable for this device and dtype (it failed on a real batch)."""
-    _GROUPED[(str(device), dtype)] = False
+    _GROUPED[(str(device), dtype)] = None
+
+
+def _column_major(b: torch.Tensor) -> torch.Tensor:
+    return b.transpose(-2, -1).contiguous().transpose(-2, -1)
+
+
+def grouped_layout(device: torch.device, dtype: torch.dtype) -> str | None:
+    """How ``torch._grouped_mm`` takes its per-group weights here: ``row`` (as stored) or ``col`` (column-major,
+    as some CUDA kernels want); ``None`` where it does not run or disagrees with a plain product (probed once)."""
+    key = (str(device), dtype)
+    if key not in _GROUPED:
+        _GROUPED[key] = None
+        if hasattr(torch, "_grouped_mm"):
+            gen = torch.Generator().manual_seed(0)
+            a = torch.randn(40, 64, generator=gen).to(device, dtype)
+            b = torch.randn(3, 64, 16, generator=gen).to(device, dtype)
+            offs = torch.tensor([8, 8, 40], dtype=torch.int32, device=device)  # an empty group too
+            want = torch.cat([a[:8].float() @ b[0].float(), a[8:].float() @ b[2].float()])
+            for layout, weights in (("row", b), ("col", _column_major(b))):
+                try:
+                    got = torch._grouped_mm(a, weights, offs=offs).float()
+                except (RuntimeError, NotImplementedError, TypeError):
+                    continue
+                if bool((got - want).abs().max() <= 0.05 * want.abs().max()):
+                    _GROUPED[key] = layout
+                    break
+    return _GROUPED[key]
 
 
 def grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether ``torch._grouped_mm`` runs here for ``dtype`` and agrees with ``bmm`` (probed once per pair)."""
-    key = (str(device), dtype)
-    if key not in _GROUPED:
-        ok = False
-        if hasattr(torch, "_grouped_mm"):
-            try:
-                gen = torch.Generator().manual_seed(0)
-                a = torch.randn(40, 64, generator=gen).to(device, dtype)
-                b = torch.randn(3, 64, 16, generator=gen).to(device, dtype)
-                offs = torch.tensor([8, 8, 40], dtype=torch.int32, device=device)  # an empty group too
-                got = torch._grouped_mm(a, b, offs=offs).float()
-                want = torch.cat([a[:8].float() @ b[0].float(), a[8:].float() @ b[2].float()])
-                ok = bool((got - want).abs().max() <= 0.05 * want.abs().max())
-            except (RuntimeError, NotImplementedError, TypeError):
-                ok = False
-        _GROUPED[key] = ok
-    return _GROUPED[key]
+    """Whether ``torch._grouped_mm`` runs here for ``dtype`` and agrees with a plain product."""
+    return grouped_layout(device, dtype) is not None

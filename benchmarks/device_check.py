@@ -1,0 +1,322 @@
+"""The GPU check of the engine: mixed-task ratios against plain timm, half precision, and a server saturation run.
+
+    python -m benchmarks.device_check [--quick] [--out docs/benchmarks] [--skip-server]
+
+1. Engine vs plain: ViT-B/16 (random weights, 224 px) in float16 and bfloat16, batches of 64 and 256, with 1,
+   16 and 64 tasks mixed (d^=64 in all 12 blocks, 10-class heads); each row alternates plain timm
+   ``forward_features`` and the engine (``reps`` repetitions of ``iters`` batches, CUDA-synchronised), ratio =
+   median of the paired ratios. At 64 tasks the forced paths (slices, gathered, grouped) are measured too, and
+   the CUDA kernels of one forward are counted with ``torch.profiler``.
+2. Server saturation (needs fastapi, uvicorn and pydantic-settings): ``python -m adaptformer_server`` with ViT-B/16
+   (the same random weights from a file), 16 adapters, max batch 64, closed-loop clients posting PNG images,
+   against the engine alone on batches of 64 mixed tasks. Skipped with a message when the server cannot import.
+
+Writes ``gpu.json`` and ``gpu.md`` to ``--out``. ``--quick`` runs a tiny ViT on whatever device there is (a smoke
+test of the script, not a result) and writes ``gpu_quick.*`` to a temporary folder unless ``--out`` says where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import functools
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import timm
+import torch
+
+import adaptformer as af
+from adaptformer.gathered import grouped_mm_works
+from benchmarks.engine_throughput import random_task
+from benchmarks.machine import cpu_model
+
+TARGET_ENGINE = 0.95  # at 64 tasks
+TARGET_SERVER = 0.9
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, iters: int, device: torch.device) -> float:  # type: ignore[no-untyped-def]
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / iters
+
+
+def cuda_kernels(fn, device: torch.device) -> int | None:  # type: ignore[no-untyped-def]
+    """CUDA kernels one call of ``fn`` launches (``None`` off CUDA or when the profiler is unavailable)."""
+    if device.type != "cuda":
+        return None
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            _sync(device)
+        return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    except Exception:  # the profiler is optional here: a count is a bonus, not the check
+        return None
+
+
+def engine_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    rows = []
+    for dtype_name in args.dtypes:
+        dtype = DTYPES[dtype_name]
+        torch.manual_seed(0)
+        vit = timm.create_model(args.model, pretrained=False, num_classes=0, **args.model_kwargs)
+        vit = vit.to(device, dtype).eval().requires_grad_(False)
+        engine = af.MultiTaskViT(vit)
+        config = af.AdapterConfig(bottleneck=args.bottleneck)
+        for k in range(max(args.tasks)):
+            name = f"t{k}"
+            engine.add_task(name, random_task(name, engine.vit, config, engine.fingerprint, seed=k))
+        size = vit.patch_embed.img_size[0]
+        for batch in args.batches:
+            x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch)).to(device, dtype)
+            for tasks in args.tasks:
+                names = [f"t{i % tasks}" for i in range(batch)]
+                for path in ["auto"] + (["slices", "gathered", "grouped"] if tasks == max(args.tasks) else []):
+                    engine.path = path
+                    chosen = engine.choose_path(af.engine._plan(names, engine.tasks), device, dtype)
+                    if path != "auto" and chosen != path:
+                        continue  # e.g. grouped where torch._grouped_mm does not run: auto's row says so
+
+                    plain = functools.partial(vit.forward_features, x)
+                    mixed = functools.partial(engine, x, names)
+                    with torch.inference_mode():
+                        for _ in range(args.warmup):
+                            plain()
+                            mixed()
+                        base, eng = [], []
+                        for _ in range(args.reps):
+                            base.append(_time(plain, args.iters, device))
+                            eng.append(_time(mixed, args.iters, device))
+                        kernels = (cuda_kernels(plain, device), cuda_kernels(mixed, device))
+                    row = {
+                        "dtype": dtype_name,
+                        "batch": batch,
+                        "tasks": tasks,
+                        "path": path,
+                        "ran": chosen,
+                        "plain_images_per_s": round(batch / statistics.median(base), 1),
+                        "engine_images_per_s": round(batch / statistics.median(eng), 1),
+                        "ratio": round(statistics.median(b / e for b, e in zip(base, eng, strict=True)), 4),
+                        "plain_kernels": kernels[0],
+                        "engine_kernels": kernels[1],
+                    }
+                    rows.append(row)
+                    print(
+                        f"{dtype_name} batch {batch:4d} tasks {tasks:3d} path {path:>8} ({chosen}): plain "
+                        f"{row['plain_images_per_s']:9.1f} img/s, engine {row['engine_images_per_s']:9.1f} img/s, "
+                        f"ratio {row['ratio']:.3f}, kernels {kernels[0]} / {kernels[1]}",
+                        flush=True,
+                    )
+        engine.path = "auto"
+        del engine, vit
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def server_available() -> str | None:
+    """Why the server part cannot run here (``None``: it can)."""
+    missing = [m for m in ("fastapi", "uvicorn", "pydantic_settings", "httpx") if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"missing Python packages: {', '.join(missing)}"
+    return None
+
+
+def server_part(args: argparse.Namespace, device: torch.device) -> dict:
+    """Server saturation against the engine alone, both on batches of ``args.server_batch`` mixed tasks."""
+    from safetensors.torch import save_file
+
+    from benchmarks import server_load as sl
+
+    dtype = args.server_dtype
+    with tempfile.TemporaryDirectory(prefix="adaptformer-gpu-") as tmp:
+        work = Path(tmp)
+        if args.quick:  # the server builds timm names with their default sizes: the embedded ViT is the tiny one
+            ns = argparse.Namespace(backbone="embedded", weights=None, device=str(device))
+        else:
+            torch.manual_seed(0)
+            vit = timm.create_model(args.model, pretrained=False, num_classes=0).eval()
+            weights = work / "backbone.safetensors"
+            save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(weights))
+            ns = argparse.Namespace(backbone=args.model, weights=weights, device=str(device))
+        vit, _ = sl.backbone_for(ns, work)
+        size = vit.patch_embed.img_size[0]
+        files = [sl.adapter_file(vit, f"task{i}", args.bottleneck, seed=i) for i in range(args.server_tasks)]
+        store = work / "store"
+        store.mkdir()
+        for i, data in enumerate(files):
+            (store / f"task{i}.safetensors").write_bytes(data)
+        tasks = [f"task{i}" for i in range(args.server_tasks)]
+        payloads = sl.images(64, size)
+        levels = []
+        settings = {
+            "max_batch_size": args.server_batch,
+            "max_wait_ms": 5,
+            "queue_size": 8192,
+            "slots": 64,
+            "dtype": dtype,
+        }
+        with sl.Server(ns, store, **settings) as server:
+            for c in args.concurrency:
+                row = asyncio.run(sl.load(server.url, c, args.server_seconds, payloads, tasks))
+                print(f"server: concurrency {c}: {row['rps']:.1f} img/s, p50 {row['p50_ms']:.1f} ms", flush=True)
+                levels.append(row)
+            mean_batch = sl.batch_sizes(server.url)
+        engine = sl.engine_alone(vit, files, str(device), args.server_seconds, batch=args.server_batch)
+        best = max(levels, key=lambda r: r["rps"])
+        return {
+            "model": ns.backbone,
+            "tasks": args.server_tasks,
+            "dtype": dtype,
+            "max_batch_size": args.server_batch,
+            "levels": levels,
+            "mean_batch_size": round(mean_batch, 2),
+            "engine": engine,
+            "server_best_images_per_s": round(best["rps"], 1),
+            "engine_images_per_s": round(engine["mixed_tasks_ips"], 1),
+            "ratio": round(best["rps"] / engine["mixed_tasks_ips"], 4),
+        }
+
+
+def render(r: dict) -> str:
+    a = r["settings"]
+    lines = [
+        "# Engine on a GPU",
+        "",
+        f"`{r['command']}` on {r['machine']['device_name']} ({r['date']}); torch {r['machine']['torch']}, timm "
+        f"{r['machine']['timm']}; {a['model']} (random weights), d^={a['bottleneck']} in all blocks, 10-class "
+        f"heads; {a['reps']} interleaved repetitions of {a['iters']} batches, ratio = median of paired ratios "
+        "(engine speed / plain timm `forward_features` speed). `path`: what was asked (`auto`: the engine's "
+        "choice), `ran`: what ran. Kernels: CUDA kernels of one forward (torch.profiler), plain / engine.",
+        "",
+        f"`torch._grouped_mm` usable: {r['grouped_mm']}.",
+        "",
+        "| dtype | batch | tasks | path | ran | plain img/s | engine img/s | ratio | kernels plain / engine |",
+        "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in r["engine"]:
+        lines.append(
+            f"| {row['dtype']} | {row['batch']} | {row['tasks']} | {row['path']} | {row['ran']} | "
+            f"{row['plain_images_per_s']:.1f} | {row['engine_images_per_s']:.1f} | {row['ratio']:.3f} | "
+            f"{row['plain_kernels']} / {row['engine_kernels']} |"
+        )
+    top = [row for row in r["engine"] if row["tasks"] == max(a["tasks"]) and row["path"] == "auto"]
+    if top:
+        worst = min(row["ratio"] for row in top)
+        verdict = "met" if worst >= TARGET_ENGINE else "missed"
+        lines += [
+            "",
+            f"Target (ratio >= {TARGET_ENGINE} at {max(a['tasks'])} tasks): **{verdict}** (lowest {worst:.3f}).",
+        ]
+    lines += ["", "## Server saturation", ""]
+    s = r.get("server")
+    if isinstance(s, dict):
+        lines += [
+            f"{s['model']}, {s['tasks']} tasks, {s['dtype']}, max batch {s['max_batch_size']}, closed-loop clients "
+            f"posting one PNG each (mean batch {s['mean_batch_size']}).",
+            "",
+            "| concurrency | img/s | p50 ms | p99 ms | errors |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+        ]
+        lines += [
+            f"| {lv['concurrency']} | {lv['rps']:.1f} | {lv['p50_ms']:.1f} | {lv['p99_ms']:.1f} | {lv['errors']} |"
+            for lv in s["levels"]
+        ]
+        verdict = "met" if s["ratio"] >= TARGET_SERVER else "missed"
+        lines += [
+            "",
+            f"Best server {s['server_best_images_per_s']:.1f} img/s against the engine alone "
+            f"{s['engine_images_per_s']:.1f} img/s (batches of {s['max_batch_size']}, {s['tasks']} tasks): ratio "
+            f"{s['ratio']:.3f}, target >= {TARGET_SERVER}: **{verdict}**.",
+        ]
+    else:
+        lines.append(f"Not run: {s}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a tiny ViT, few repetitions: a smoke test of the script")
+    p.add_argument(
+        "--out", type=Path, default=None, help="results folder (default docs/benchmarks; quick: a temporary folder)"
+    )
+    p.add_argument("--skip-server", action="store_true")
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = Path(tempfile.gettempdir()) / "adaptformer-device-check" if args.quick else Path("docs/benchmarks")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.quick:
+        args.model, args.model_kwargs = "vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "depth": 4}
+        args.batches, args.tasks, args.reps, args.iters, args.warmup = [8, 16], [1, 4, 8], 3, 2, 1
+        args.dtypes = ["bfloat16"] if device.type == "cpu" else ["float16", "bfloat16"]
+        args.server_tasks, args.server_batch, args.concurrency, args.server_seconds = 4, 8, [8], 2.0
+    else:
+        args.model, args.model_kwargs = "vit_base_patch16_224", {}
+        args.batches, args.tasks, args.reps, args.iters, args.warmup = [64, 256], [1, 16, 64], 9, 10, 3
+        args.dtypes = ["float16", "bfloat16"]
+        args.server_tasks, args.server_batch, args.concurrency, args.server_seconds = 16, 64, [64, 256], 15.0
+    args.bottleneck = 64 if not args.quick else 16
+    args.server_dtype = "float16" if device.type == "cuda" else "float32"
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    result: dict = {
+        "benchmark": "device_check",
+        "command": "python -m benchmarks.device_check " + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": started,
+        "machine": {
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+            "device": str(device),
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+            "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        },
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
+        "grouped_mm": {d: grouped_mm_works(device, DTYPES[d]) for d in args.dtypes},
+    }
+    result["engine"] = engine_rows(args, device)
+    if args.skip_server:
+        result["server"] = "skipped (--skip-server)"
+    elif (why := server_available()) is not None:
+        result["server"] = f"skipped: {why} (carry their wheels; see benchmarks/device_check.sh)"
+        print(result["server"], flush=True)
+    else:
+        try:
+            result["server"] = server_part(args, device)
+        except Exception as e:  # the engine rows are still worth writing
+            traceback.print_exc()
+            result["server"] = f"failed: {type(e).__name__}: {e}"
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "gpu" if not args.quick else "gpu_quick"
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (args.out / f"{name}.md").write_text(render(result))
+    print(f"wrote {args.out / (name + '.json')} and {args.out / (name + '.md')} in {result['seconds']} s", flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
