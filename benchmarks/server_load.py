@@ -1,15 +1,17 @@
 """Server load benchmark: throughput and latency vs concurrency, batching on and off, against the engine alone.
 
-    python benchmarks/server_load.py --quick                 # a smoke run (about a minute or two on a CPU)
-    python benchmarks/server_load.py --out docs/BENCHMARK_SERVER.md
-    python benchmarks/server_load.py --backbone vit_base_patch16_224.augreg2_in21k_ft_in1k --weights vit.pth --device cuda
+    python -m benchmarks.server_load --quick                 # a smoke run (about a minute or two on a CPU)
+    python -m benchmarks.server_load --out docs/benchmarks/server_load.md
+    python -m benchmarks.server_load --backbone vit_base_patch16_224.augreg2_in21k_ft_in1k --weights vit.pth --device cuda
 
 Measures, each against a real ``python -m adaptformer_server`` process on loopback:
 
 1. throughput (requests/s, one image each, tasks mixed over 16 adapters) and p50/p99 latency for concurrency
    1..64, with batching on (max batch 32, max wait 5 ms) and off (max batch 1);
-2. saturation: the best server throughput next to the engine alone (MultiTaskViT, batches of 32 mixed tasks,
-   and the plain backbone), i.e. what HTTP, decoding and batching cost;
+2. saturation: the best server throughput next to the engine alone (MultiTaskViT, batches of 32 mixing 16
+   tasks), measured as the engine benchmark does (benchmarks/engine_throughput.py: runs interleaved with the plain
+   backbone's ``forward_features`` on the same batch, medians over repetitions, the ratio the median of the paired
+   ratios), i.e. what HTTP, decoding and batching cost;
 3. upload-to-servable: POST /adapters until it returns, and until the first prediction with it returns;
 4. page-in: with 1,000 registered adapters and 32 slots, time to ready, and first-request (cold, paged in)
    against repeated (warm) latency.
@@ -17,6 +19,7 @@ Measures, each against a real ``python -m adaptformer_server`` process on loopba
 The load generator runs in this process (asyncio + httpx) on the same machine as the server, so on a small CPU
 both compete for cores: read the numbers as a lower bound of what the server does alone.
 Without --weights, the embedded architecture gets random weights (speed does not depend on their values).
+The report's header (command, date, machine, load average at the start, --note) is written from the run.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import datetime as dt
 import io
 import json
 import os
 import platform
 import random
+import shlex
 import signal
 import socket
 import statistics
@@ -43,12 +48,18 @@ import torch
 from PIL import Image
 
 import adaptformer as af
-from adaptformer.adapter_file import task_from_bytes, task_to_bytes
+from adaptformer.adapter_file import task_to_bytes
 from adaptformer.embedded import build_embedded
 from adaptformer.engine import MultiTaskViT
 from adaptformer.preprocess import spec_from_model
 from adaptformer_server.backbone import load_backbone, resolve_device
 from adaptformer_server.settings import Settings
+
+if __package__ in (None, ""):  # run as a script: `benchmarks` is a top-level package of the repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import engine_throughput as bench
+from benchmarks.machine import cpu_model
 
 TASKS = 16
 
@@ -200,31 +211,21 @@ def batch_sizes(url: str) -> float:
     return values.get("adaptformer_batch_size_sum", 0.0) / count if count else float("nan")
 
 
-def engine_alone(vit: torch.nn.Module, files: list[bytes], device: str, seconds: float, batch: int) -> dict:
-    """Images/s of MultiTaskViT on batches of ``batch`` mixed tasks, and of the plain backbone."""
+def engine_alone(vit: torch.nn.Module, device: str, bottleneck: int, batch: int, reps: int) -> dict:
+    """MultiTaskViT on batches of ``batch`` rows mixing ``TASKS`` tasks of width ``bottleneck``, timed interleaved
+    with the plain backbone on the same batch and weights (``benchmarks.engine_throughput.measure``)."""
     dev = resolve_device(device)
-    dtype = torch.float16 if dev.type == "cuda" else torch.float32
-    engine = MultiTaskViT(copy.deepcopy(vit).float()).to(dev, dtype)
-    for i, data in enumerate(files):
-        engine.add_task(f"t{i}", task_from_bytes(data))
-    size = engine.vit.patch_embed.img_size[0]
-    x = torch.randn(batch, 3, size, size, device=dev, dtype=dtype)
-    names = [f"t{i % len(files)}" for i in range(batch)]
-
-    def rate(fn: object) -> float:
-        fn()  # type: ignore[operator]
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            fn()  # type: ignore[operator]
-            n += 1
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        return n * batch / (time.perf_counter() - start)
-
-    with torch.inference_mode():
-        mixed = rate(lambda: engine(x, names))
-        plain = rate(lambda: engine.vit.forward_head(engine.vit.forward_features(x), pre_logits=True))
-    return {"batch": batch, "mixed_tasks_ips": mixed, "plain_backbone_ips": plain}
+    cuda = dev.type == "cuda"
+    dtype = "float16" if cuda else "float32"
+    backbone = copy.deepcopy(vit).to(dev, bench.DTYPES[dtype]).eval()
+    backbone.requires_grad_(False)
+    engine = MultiTaskViT(backbone)  # shares the backbone: baseline and engine run the very same weights
+    size = backbone.patch_embed.img_size[0]
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(dev, bench.DTYPES[dtype])
+    settings = bench.Settings(batch=batch, warmup=2, reps=reps, iters=20 if cuda else 1, clock="wall", dtype=dtype)
+    row = bench.Row(f"engine-{TASKS}x{bottleneck}", f"engine, {TASKS} tasks mixed", "engine", TASKS, bottleneck)
+    result = bench.measure(row, backbone, engine, x, settings, dev)
+    return result | {"batch": batch, "reps": reps, "iters": settings.iters, "dtype": dtype}
 
 
 async def upload_to_servable(url: str, files: list[bytes], payload: bytes) -> list[dict]:
@@ -278,7 +279,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=None, help="measured seconds per load level")
     p.add_argument("--registered", type=int, default=None, help="adapters registered for the page-in test")
     p.add_argument("--slots", type=int, default=32)
+    p.add_argument("--reps", type=int, default=None, help="engine-alone repetitions (default 7; 3 with --quick)")
     p.add_argument("--out", type=Path, default=None, help="also write the report (markdown) and its JSON here")
+    p.add_argument("--note", default="", help="free text for the report (e.g. other load on the machine)")
     args = p.parse_args(argv)
     quick = args.quick
     levels = [1, 8] if quick else [1, 2, 4, 8, 16, 32, 64]
@@ -286,7 +289,13 @@ def main(argv: list[str] | None = None) -> None:
     bottleneck = args.bottleneck or (8 if quick else 64)
     registered = args.registered or (200 if quick else 1000)
     results: dict = {
-        "machine": f"{platform.machine()} {platform.processor()}".strip() + f", {os.cpu_count()} CPUs",
+        "command": " ".join(
+            ["python -m benchmarks.server_load", shlex.join(sys.argv[1:] if argv is None else argv)]
+        ).strip(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        "note": args.note,
+        "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, {platform.machine()}",
         "torch": torch.__version__,
         "backbone": args.backbone,
         "device": str(resolve_device(args.device)),
@@ -324,8 +333,8 @@ def main(argv: list[str] | None = None) -> None:
                     ]
                     results["upload"] = asyncio.run(upload_to_servable(server.url, fresh, payloads[0]))
 
-        print("engine alone", flush=True)
-        results["engine"] = engine_alone(vit, files, args.device, seconds, batch=32)
+        print("engine alone, interleaved with the plain backbone", flush=True)
+        results["engine"] = engine_alone(vit, args.device, bottleneck, batch=32, reps=args.reps or (3 if quick else 7))
 
         print(f"page-in: {registered} registered adapters, {args.slots} slots", flush=True)
         big = work / "big"
@@ -350,14 +359,17 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def render(r: dict) -> str:
-    parts = [
-        "# Server load benchmark",
-        "",
-        f"`python benchmarks/server_load.py{' --quick' if r['quick'] else ''}` on {r['machine']}, torch {r['torch']}, "
-        f"backbone `{r['backbone']}` on {r['device']}. One image per request, tasks mixed over {TASKS} adapters; "
-        "client and server share the machine.",
-        "",
-    ]
+    header = (
+        f"`{r['command']}`, {r['date']}, on {r['machine']} (load average at the start "
+        f"{', '.join(str(v) for v in r['load_average_at_start'])}), torch {r['torch']}, backbone `{r['backbone']}` "
+        f"on {r['device']}. One image per request, tasks mixed over {TASKS} adapters; client and server share the "
+        "machine."
+    )
+    if r["quick"]:
+        header += " A `--quick` run: a smoke test, not a result."
+    parts = ["# Server load benchmark", "", header, ""]
+    if r.get("note"):
+        parts += [f"Note: {r['note']}", ""]
     for mode, data in r["load"].items():
         parts += [f"## Throughput and latency, {mode} (mean batch {data['mean_batch_size']:.1f})", ""]
         parts += [table(data["rows"], ["concurrency", "rps", "p50_ms", "p99_ms", "requests", "errors"]), ""]
@@ -367,10 +379,12 @@ def render(r: dict) -> str:
         "## Saturation",
         "",
         f"- server, batching on, best: {best:.1f} images/s",
-        f"- engine alone, batches of {e['batch']} mixed over {TASKS} tasks: {e['mixed_tasks_ips']:.1f} images/s",
-        f"- plain backbone, same batches: {e['plain_backbone_ips']:.1f} images/s",
-        f"- server / engine: {best / e['mixed_tasks_ips']:.0%}; mixed tasks / plain backbone: "
-        f"{e['mixed_tasks_ips'] / e['plain_backbone_ips']:.0%}",
+        f"- engine alone, batches of {e['batch']} mixing {TASKS} tasks (d^={e['bottleneck']}, {e['dtype']}): "
+        f"{e['engine_images_per_s']:.1f} images/s",
+        f"- plain backbone `forward_features`, same batches, interleaved with the engine ({e['reps']} repetitions of "
+        f"{e['iters']} batch(es)): {e['baseline_images_per_s']:.1f} images/s",
+        f"- server / engine: {best / e['engine_images_per_s']:.0%}; engine / plain backbone: {e['ratio']:.3f} "
+        "(median of the paired ratios, as in docs/benchmarks/engine_throughput.md)",
         "",
         "## Upload to servable",
         "",
