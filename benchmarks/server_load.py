@@ -216,16 +216,16 @@ def engine_alone(vit: torch.nn.Module, device: str, bottleneck: int, batch: int,
     with the plain backbone on the same batch and weights (``benchmarks.engine_throughput.measure``)."""
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
-    dtype = "float16" if cuda else "float32"
-    backbone = copy.deepcopy(vit).to(dev, bench.DTYPES[dtype]).eval()
+    dtype = torch.float16 if cuda else torch.float32
+    backbone = copy.deepcopy(vit).to(dev, dtype).eval()
     backbone.requires_grad_(False)
     engine = MultiTaskViT(backbone)  # shares the backbone: baseline and engine run the very same weights
     size = backbone.patch_embed.img_size[0]
-    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(dev, bench.DTYPES[dtype])
-    settings = bench.Settings(batch=batch, warmup=2, reps=reps, iters=20 if cuda else 1, clock="wall", dtype=dtype)
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(dev, dtype)
+    settings = bench.Settings(batch=batch, warmup=2, reps=reps, iters=20 if cuda else 1, clock="wall")
     row = bench.Row(f"engine-{TASKS}x{bottleneck}", f"engine, {TASKS} tasks mixed", "engine", TASKS, bottleneck)
     result = bench.measure(row, backbone, engine, x, settings, dev)
-    return result | {"batch": batch, "reps": reps, "iters": settings.iters, "dtype": dtype}
+    return result | {"batch": batch, "reps": reps, "iters": settings.iters, "dtype": str(dtype).removeprefix("torch.")}
 
 
 async def upload_to_servable(url: str, files: list[bytes], payload: bytes) -> list[dict]:
