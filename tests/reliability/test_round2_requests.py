@@ -189,6 +189,26 @@ def test_foreign_host_is_refused(method: str, server: Server, kit: Kit):
             assert r.status_code == 200, (value, r.text)
 
 
+def test_allowed_hosts_default_to_loopback_names_and_the_bound_host(monkeypatch: pytest.MonkeyPatch):
+    from adaptformer_server.hosts import _host_name, allowed_hosts
+    from adaptformer_server.settings import Settings
+
+    monkeypatch.delenv("ADAPTFORMER_ALLOWED_HOSTS", raising=False)
+    assert allowed_hosts(Settings(host="127.0.0.1")) == ("localhost", "127.0.0.1", "::1")
+    assert allowed_hosts(Settings(host="10.1.2.3")) == ("localhost", "127.0.0.1", "::1", "10.1.2.3")
+    assert allowed_hosts(Settings(host="serve.internal")) == ("localhost", "127.0.0.1", "::1", "serve.internal")
+    assert allowed_hosts(Settings(host="0.0.0.0")) == ("*",)  # every interface: names it cannot know
+    assert allowed_hosts(Settings(host="::")) == ("*",)
+    configured = Settings(host="0.0.0.0", allowed_hosts=" API.Example.com., *.corp.example ,[::1]")
+    assert allowed_hosts(configured) == ("api.example.com", "*.corp.example", "::1")
+    assert [_host_name(h) for h in ("[::1]:8000", "Example.COM.:80", "localhost", "[fe80::1]")] == [
+        "::1",
+        "example.com",
+        "localhost",
+        "fe80::1",
+    ]
+
+
 @pytest.mark.parametrize(
     "request_kind", ["upload", "delete", "predict", "oip-infer"], ids=lambda k: k.replace("_", "-")
 )
