@@ -46,6 +46,7 @@ __all__ = [
     "parse_header",
     "read_head",
     "read_metadata",
+    "safetensors_header",
     "save_adapter",
     "task_from_bytes",
     "task_to_bytes",
@@ -480,6 +481,16 @@ def _check_shapes(meta: dict[str, Any], shapes: dict[str, tuple[int, ...]], sour
                 )
 
 
+def safetensors_header(data: bytes, source: str = "file") -> dict[str, Any]:
+    """The JSON header of safetensors bytes (``data`` may stop where the header ends): bounded and strict JSON,
+    nothing more checked (training checkpoints are read with it too)."""
+    n = _declared_length(data[:8], len(data), source)
+    header = _loads(data[8 : 8 + n], "the safetensors header", source)
+    if not isinstance(header, dict):
+        raise AdapterFormatError(f"{source}: not a safetensors file: its header is not a JSON object")
+    return header
+
+
 def parse_header(data: bytes, source: str = "adapter", size: int | None = None) -> Header:
     """Reads and checks the header of adapter-file bytes (``data`` may stop where the header ends).
 
@@ -498,9 +509,7 @@ def parse_header(data: bytes, source: str = "adapter", size: int | None = None) 
         AdapterFormatError: anything else wrong.
     """
     n = _declared_length(data[:8], len(data), source)
-    header = _loads(data[8 : 8 + n], "the safetensors header", source)
-    if not isinstance(header, dict):
-        raise AdapterFormatError(f"{source}: not a safetensors file: its header is not a JSON object")
+    header = safetensors_header(data, source)
     shapes, end = _tensor_entries(header, source)
     meta = _check_metadata(header.get("__metadata__"), source)
     _check_shapes(meta, shapes, source)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import struct
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from adaptformer.adapter_file import load_adapter, read_metadata
+from adaptformer.adapter_file import load_adapter, read_head, read_metadata, safetensors_header
 from adaptformer.backbone import Backbone
 from adaptformer.config import AdapterConfig
 from adaptformer.data import Splits
@@ -26,16 +26,7 @@ DataLoader = Callable[[InputSpec, int | None], Splits]
 def read_header(path: Path) -> dict:
     """The safetensors header of a file (tensor shapes and ``__metadata__``), reading only the header."""
     with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise AdapterFormatError(f"{path}: not a safetensors file")
-        (n,) = struct.unpack("<Q", head)
-        if n > 64 * 1024 * 1024:
-            raise AdapterFormatError(f"{path}: not a safetensors file (declared header of {n:,} bytes)")
-        try:
-            return json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise AdapterFormatError(f"{path}: not a safetensors file (header is not JSON)") from None
+        return safetensors_header(read_head(f, os.fstat(f.fileno()).st_size, str(path)), str(path))
 
 
 def _is_checkpoint(header: dict) -> bool:
@@ -103,8 +94,7 @@ def describe_file(path: Path) -> dict:
         meta["servable"] = "no: a training checkpoint for evaluation (the server serves adaptformer and linear)"
     else:
         with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            meta = read_metadata(struct.pack("<Q", n) + f.read(n), str(path))
+            meta = read_metadata(read_head(f, os.fstat(f.fileno()).st_size, str(path)), str(path))
         meta["servable"] = "yes"
     info = {"file": str(path), "size_bytes": path.stat().st_size, "tensors": len(tensors), "parameters": params}
     backbone_params = int(meta.get("backbone_params") or 0)

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from adaptformer.adapter_file import Header
 from adaptformer.preprocess import InputSpec
-from adaptformer_server.store import Header
 
 __all__ = ["AdapterEntry", "Registry"]
 

@@ -173,6 +173,16 @@ def _set(key: str, value: str) -> Callable[[dict[str, str]], dict[str, str]]:
         pytest.param(_set("config", '{"bottleneck": 9999}'), ["config", "bottleneck"], id="config-invalid"),
         pytest.param(_set("layers", "[0, -1]"), ["layers"], id="layers-negative"),
         pytest.param(_set("input", '{"modality": "audio"}'), ["input", "modality"], id="input-invalid"),
+        pytest.param(_set("layers", "[true, 3]"), ["layers"], id="layers-bool"),
+        pytest.param(_set("layers", "[0, 0, 3]"), ["layers", "distinct"], id="layers-repeated"),
+        pytest.param(_set("labels", '["\\ud800", "b", "c"]'), ["labels", "surrogate"], id="labels-surrogate"),
+        pytest.param(_set("labels", json.dumps(["x" * 300, "b", "c"])), ["label", "256"], id="label-too-long"),
+        pytest.param(_set("metrics", "[" * 100 + "]" * 100), ["metrics", "nested"], id="metrics-nested"),
+        pytest.param(_set("metrics", '{"top1": NaN}'), ["metrics", "JSON"], id="metrics-nan"),
+        pytest.param(_set("metrics", json.dumps({"x": "y" * 70_000})), ["metrics", "too large"], id="metrics-large"),
+        pytest.param(_set("config", '{"bottleneck": 8, "scale": 1e999}'), ["config", "JSON"], id="config-inf"),
+        pytest.param(_set("backbone_params", "\u00b2"), ["backbone_params", "decimal"], id="params-not-decimal"),
+        pytest.param(_set("input", '{"size": 100000}'), ["input", "size"], id="input-huge"),
     ],
 )
 def test_bad_metadata_refused(good_file: Path, tmp_path: Path, edit: Callable, words: list[str]) -> None:
@@ -256,3 +266,40 @@ def test_missing_file() -> None:
     """A path that does not exist says so."""
     with pytest.raises(FileNotFoundError, match="nowhere"):
         af.load_adapter("/nowhere/task.safetensors")
+
+
+def test_error_kinds_tell_broken_from_incomplete_and_newer(good_file: Path) -> None:
+    """A store keeps files that may still grow or that a newer version wrote; only broken ones are moved aside."""
+    from adaptformer.adapter_file import IncompleteFile, NewerFormatError, parse_header
+
+    data = good_file.read_bytes()
+    parse_header(data, "ok", size=len(data))
+    with pytest.raises(IncompleteFile):
+        parse_header(data[:-10], "cut", size=len(data) - 10)
+    with pytest.raises(IncompleteFile):
+        parse_header(data[:20], "header cut")
+    newer = rewrite(good_file, good_file.with_name("newer.safetensors"), meta=_set("format_version", "7"))
+    with pytest.raises(NewerFormatError):
+        parse_header(newer.read_bytes(), "newer")
+    garbage = rewrite(good_file, good_file.with_name("garbage.safetensors"), meta=_set("format_version", "x"))
+    with pytest.raises(af.AdapterFormatError) as info:
+        parse_header(garbage.read_bytes(), "garbage")
+    assert not isinstance(info.value, (IncompleteFile, NewerFormatError))
+
+
+def test_the_library_never_writes_a_file_it_refuses(model: nn.Module, tmp_path: Path) -> None:
+    """Labels over the limit are refused when saving, not only when loading."""
+    with pytest.raises(af.AdapterFormatError, match="256"):
+        af.save_adapter(model, tmp_path / "x.safetensors", task="x", labels=["a" * 300, "b", "c"])
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_weights_beyond_float32_are_refused(good_file: Path, tmp_path: Path) -> None:
+    """1e300 is finite in a float64 file but infinite in the float32 task: refused, naming the tensor."""
+
+    def widen(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        w = t["head.weight"].double()
+        w[0, 0] = 1e300
+        return {**t, "head.weight": w}
+
+    _refused(rewrite(good_file, tmp_path / "big.safetensors", tensors=widen), af.AdapterFormatError, "head.weight")
