@@ -22,6 +22,7 @@ at most one product pair per kind present (at most five), however many tasks the
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -102,10 +103,10 @@ class BranchBank:
     """Slots of stacked branch and head weights on the backbone's device, one slot per task served.
 
     A task is written into a slot the first time a batch needs it; later batches only gather. Slots are keyed by
-    the TaskAdapter object (the engine and the server treat one as immutable: replacing a task makes a new one),
-    and the bank keeps a reference so the key stays valid. Beyond ``max_slots`` the least recently used task that
-    the current batch does not need gives its slot up. A wider d^ or class count than the bank holds reallocates
-    it (zero padding), once.
+    the TaskAdapter object (the engine and the server treat one as immutable: replacing a task makes a new one).
+    The bank holds it weakly: a task that nobody else holds (removed, paged out by the server) frees its slot.
+    Beyond ``max_slots`` the least recently used task that the current batch does not need gives its slot up. A
+    wider d^ or class count than the bank holds reallocates it (zero padding), once.
 
     Args:
         depth: Blocks of the backbone.
@@ -124,7 +125,8 @@ class BranchBank:
         self.max_slots = max_slots
         self._lock = threading.Lock()
         self._slot: dict[int, int] = {}  # id(task) -> slot
-        self._task: dict[int, TaskAdapter] = {}  # slot -> task (keeps the id valid)
+        self._task: dict[int, weakref.ref[TaskAdapter]] = {}  # slot -> task (checks the id still means it)
+        self._dead: list[weakref.ref[TaskAdapter]] = []  # tasks collected since the last batch
         self._layers: dict[int, frozenset[int]] = {}  # slot -> blocks with a branch
         self._used: dict[int, int] = {}  # slot -> batch counter when last used
         self._clock = 0
@@ -190,15 +192,20 @@ class BranchBank:
     def _admit(self, tasks: Sequence[TaskAdapter]) -> list[int]:
         """Slots of ``tasks``, writing the missing ones (under the lock)."""
         self._clock += 1
+        while self._dead:  # tasks nobody holds any more: their slots are free
+            ref = self._dead.pop()
+            slot = next((s for s, r in self._task.items() if r is ref), None)
+            if slot is not None:
+                self._drop(slot)
         wanted = {id(t) for t in tasks}
-        missing = list({id(t): t for t in tasks if id(t) not in self._slot}.values())
+        missing = list({id(t): t for t in tasks if not self._holds(t)}.values())
         if missing:
             rank = max([self._rank - 1, *(a.down.out_features for t in missing for a in t.adapters.values())])
             rank = -(-(rank + 1) // _RANK_ALIGN) * _RANK_ALIGN
             classes = max(self._classes, *(t.head.out_features for t in missing))
             free = [s for s in range(self._capacity) if s not in self._task]
             if len(free) < len(missing) and self._capacity >= self.max_slots:
-                idle = sorted((self._used[s], s) for s in self._task if id(self._task[s]) not in wanted)
+                idle = sorted((self._used[s], s) for s, r in self._task.items() if id(r()) not in wanted)
                 for _, s in idle[: len(missing) - len(free)]:
                     self._drop(s)
                     free.append(s)
@@ -211,16 +218,22 @@ class BranchBank:
             for task, slot in zip(missing, free, strict=False):
                 self._write(slot, task)
                 self._slot[id(task)] = slot
-                self._task[slot] = task
+                self._task[slot] = weakref.ref(task, self._dead.append)
                 self._layers[slot] = frozenset(int(k) for k in task.adapters)
         slots = [self._slot[id(t)] for t in tasks]
         for s in slots:
             self._used[s] = self._clock
         return slots
 
+    def _holds(self, task: TaskAdapter) -> bool:
+        slot = self._slot.get(id(task))
+        return slot is not None and slot in self._task and self._task[slot]() is task
+
     def _drop(self, slot: int) -> None:
-        task = self._task.pop(slot)
-        del self._slot[id(task)], self._layers[slot], self._used[slot]
+        self._task.pop(slot)
+        for key in [k for k, s in self._slot.items() if s == slot]:
+            del self._slot[key]
+        del self._layers[slot], self._used[slot]
 
     def gather(self, tasks: Sequence[TaskAdapter], rows_per_task: Sequence[int], per_row: bool = True) -> BankWeights:
         """The stacked weights one batch needs, copied out of the bank (one index transfer, a few gathers).

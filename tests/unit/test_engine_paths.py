@@ -4,6 +4,7 @@ the gathered paths' operator count does not grow with the number of tasks in a b
 from __future__ import annotations
 
 import copy
+import gc
 from collections import Counter
 
 import pytest
@@ -174,7 +175,8 @@ def test_op_count_does_not_grow_with_tasks(
 
 
 def test_bank_is_built_once_per_task_set(backbone: nn.Module, image_tasks: dict[str, af.TaskAdapter]) -> None:
-    """Batches over tasks already in the bank gather only; a replaced task gets a slot of its own."""
+    """Batches over tasks already in the bank gather only; a replaced task gets a slot of its own, and the old
+    one's slot is freed once nothing holds it."""
     engine = _engine(backbone, image_tasks, "gathered", torch.float32)
     x = images(16)
     names = _rows(16, 16)
@@ -191,6 +193,10 @@ def test_bank_is_built_once_per_task_set(backbone: nn.Module, image_tasks: dict[
         if name == "t1":
             assert max_diff(out[i], ref(x[i : i + 1], "t1")[0]) <= TOL[torch.float32]
     assert bank.slots_used == 17 and old is not engine.tasks["t1"]
+    del old  # nobody holds the replaced task any more: its slot is freed at the next batch
+    gc.collect()
+    engine(x, names)
+    assert bank.slots_used == 16
 
 
 def test_bank_evicts_least_recently_used(backbone: nn.Module, image_tasks: dict[str, af.TaskAdapter]) -> None:
