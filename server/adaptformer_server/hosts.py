@@ -102,7 +102,7 @@ class HostOriginMiddleware:
         if _matches(name, self.allowed):
             return True
         server = scope.get("server")
-        return bool(server) and name == str(server[0]).lower().strip("[]")
+        return server is not None and name == str(server[0]).lower().strip("[]")
 
 
 def _same_origin(origin: str, host: str | None) -> bool:

@@ -346,6 +346,20 @@ def test_oip_fp32_value_out_of_the_preprocessed_range_is_a_422_blaming_the_input
     _healthy(server)
 
 
+@pytest.mark.parametrize("where", ["body", "data"])
+def test_oip_deeply_nested_json_is_a_400(where: str, server: Server):
+    """Item 9, the OIP half: JSON nested deeper than the parser's recursion limit."""
+    deep = "[" * 100_000 + "]" * 100_000
+    if where == "body":
+        body = deep
+    else:
+        body = f'{{"inputs": [{{"name": "input", "datatype": "FP32", "shape": [1], "data": {deep}}}]}}'
+    r = _fp32(server, body)
+    assert r.status_code == 400, r.text
+    assert "nested" in r.json()["error"]
+    _healthy(server)
+
+
 # -- notes: stalled connections are closed ---------------------------------------------------------------------
 def _read_until_closed(s: socket.socket, limit_s: float) -> tuple[bytes, float]:
     """Everything the server sends until it closes the connection; fails if it is still open after limit_s."""

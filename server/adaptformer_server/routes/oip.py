@@ -274,6 +274,10 @@ async def _parse(request: Request) -> _Infer:
         doc = json.loads(header)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidInput(f"the inference request is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidInput(
+            "the inference request's JSON is nested too deeply (arrays or objects in arrays...)"
+        ) from None
     return _Infer(doc, binary)
 
 
