@@ -14,10 +14,10 @@ from adaptformer.errors import UnsupportedModelError
 from adaptformer.model import base_vit
 from adaptformer.temporal import TemporalConfig, TemporalPart
 
-__all__ = ["VideoViT", "video_vit"]
+__all__ = ["TemporalRows", "VideoViT", "video_vit"]
 
 # Rows of a batch and the temporal part they use (``None`` rows: all; ``None`` part: the format-1 embedding).
-TemporalRows = Sequence[tuple["slice | None", "TemporalPart | None"]]
+TemporalRows = Sequence[tuple[slice | None, TemporalPart | None]]
 
 
 def _sinusoid(positions: int, dim: int) -> torch.Tensor:
