@@ -340,10 +340,10 @@ class Runtime:
             self._check_stored(StoredFile(task=name, version=version, size=len(data), header=header))
             prepared = self._prepare(task_from_bytes(data, source="uploaded file"))
         except IncompatibleAdapterError as e:
-            raise IncompatibleAdapter(
-                f"{e}; train the adapter on the backbone this server runs (GET /readyz shows its fingerprint)",
-                check=e.check,
-            ) from None
+            hint = ""
+            if e.check in ("fingerprint", "shapes"):
+                hint = "; train the adapter on the backbone this server runs (GET /readyz shows its fingerprint)"
+            raise IncompatibleAdapter(f"{e}{hint}", check=e.check) from None
         return name, version, prepared, entry
 
     async def upload(self, data: bytes, name: str | None) -> Upload:

@@ -303,6 +303,18 @@ async def test_weights_that_overflow_the_serving_dtype_are_refused(tmp_path):
         assert not (store / "fashion.safetensors").exists()
 
 
+async def test_weights_that_overflow_float16_are_refused_by_a_float16_server(tmp_path):
+    def big(t: dict[str, torch.Tensor]) -> None:
+        t["head.weight"][0, 0] = 1e5  # finite in float32, not in float16
+
+    app = make_app(seed(tmp_path / "store"), dtype="float16", device="cpu")
+    async with serving(app) as client:
+        r = await client.post("/adapters", **files(with_tensors(demo("fashion"), big)))
+        assert r.status_code == 409 and r.json()["error"]["check"] == "dtype", r.text
+        assert "float16" in r.json()["error"]["message"]
+        assert (await client.post("/adapters", **files(demo("fashion")))).status_code == 201
+
+
 async def test_star_skips_a_stored_task_it_cannot_load(tmp_path):
     store = seed(tmp_path / "store", digits=demo("digits"), fashion=demo("fashion"), big=_overflowing(demo("fashion")))
     app = make_app(store)
