@@ -245,7 +245,8 @@ class AdapterStore:
     def refuse(self, task: str, stamp: Stamp | None, error: BaseException) -> bool:
         """Reports a file that cannot be served; quarantines it when it is broken for good. True when moved."""
         moved = quarantinable(error) and stamp is not None and self.quarantine(task, stamp, str(error))
-        log.warning("skipping %s%s: %s%s", task, SUFFIX, error, f" (moved to {QUARANTINE}/)" if moved else "")
+        if not moved:
+            log.warning("skipping %s%s: %s", task, SUFFIX, error)
         return moved
 
     def quarantine(self, task: str, stamp: Stamp, reason: str) -> bool:
@@ -269,7 +270,7 @@ class AdapterStore:
         except OSError as e:
             log.warning("cannot move %s%s to %s/: %s", task, SUFFIX, QUARANTINE, e)
             return False
-        log.warning("quarantined %s%s as %s/%s: %s", task, SUFFIX, QUARANTINE, moved.name, reason)
+        log.warning("skipping %s%s: %s (quarantined: moved to %s/%s)", task, SUFFIX, reason, QUARANTINE, moved.name)
         if self._on_quarantine is not None:
             self._on_quarantine(task)
         return True
