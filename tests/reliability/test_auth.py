@@ -24,14 +24,16 @@ OPEN = {
     "/docs",
     "/redoc",
     "/openapi.json",
-    "/docs/oauth2-redirect",
     "/",
     "/ui",
+    "/ui/examples",
+    "/ui/examples/{name}",
     "/v2",
     "/v2/health/live",
     "/v2/health/ready",
 }
-OPEN_MOUNTS = {"/ui/static": "/ui/static/app.js"}  # static files of the playground: a file to fetch from each
+# Static files of the playground and of /docs: a file to fetch from each.
+OPEN_MOUNTS = {"/ui/static": "/ui/static/app.js", "/docs/static": "/docs/static/swagger-ui.css"}
 ADMIN = {("POST", "/adapters"), ("DELETE", "/adapters/{task}")}
 
 
@@ -147,6 +149,7 @@ def test_every_route_is_open_or_refuses_missing_and_wrong_keys(keyed_server: Ser
     protected = []
     for method, path in sorted(routes):
         concrete = path.replace("{task}", "t00").replace("{version}", "0123456789ab")
+        concrete = concrete.replace("{name}", "digits-7.png")  # a playground sample
         if path in OPEN:
             r = httpx.request(method, f"{url}{concrete}", timeout=30, follow_redirects=True)  # / redirects to /ui
             assert r.status_code == 200, (method, path, r.status_code, r.text[:200])
