@@ -325,6 +325,32 @@ async def test_star_skips_a_stored_task_it_cannot_load(tmp_path):
         assert [x["task"] for x in r.json()["results"]] == ["digits", "fashion"]
 
 
+async def test_star_leaves_out_a_task_whose_scores_overflow(tmp_path):
+    def huge(t: dict[str, torch.Tensor]) -> None:
+        t["head.weight"] = torch.full_like(t["head.weight"], 3e38)  # finite, but the logits are not
+
+    app = make_app(seed(tmp_path / "store", digits=demo("digits"), fashion=demo("fashion")))
+    async with serving(app) as client:
+        assert (
+            await client.post("/adapters", **files(with_tensors(demo("fashion"), huge), task="huge"))
+        ).status_code == 201
+        assert (await client.post("/predict?task=huge", **IMAGE)).status_code == 422  # asked by name: its error
+        r = await client.post("/predict?task=*", **IMAGE)
+        assert r.status_code == 200, r.text
+        assert [x["task"] for x in r.json()["results"]] == ["digits", "fashion"]
+        r = await client.post("/predict?task=digits&task=huge", **IMAGE)  # named outright: the request fails
+        assert r.status_code == 422
+
+
+async def test_star_still_runs_its_tasks_in_one_forward_pass(tmp_path):
+    store = seed(tmp_path / "store", digits=demo("digits"), emoji=demo("emoji"), fashion=demo("fashion"))
+    app = make_app(store, max_batch_size=3, max_wait_ms=30_000)  # a batch short of 3 samples would wait 30 s
+    async with serving(app) as client:
+        r = await client.post("/predict?task=*", **IMAGE)
+        assert r.status_code == 200 and len(r.json()["results"]) == 3
+        assert list(app.state.runtime.batcher.recent_batch_sizes) == [3]
+
+
 async def test_star_keeps_its_tasks_when_one_is_deleted_meanwhile(tmp_path, monkeypatch):
     store = seed(tmp_path / "store", digits=demo("digits"), emoji=demo("emoji"), fashion=demo("fashion"))
     app = make_app(store)

@@ -46,6 +46,7 @@ _BODY: dict[str, Any] = {
 
 
 ALL_IMAGE_TASKS = "*"
+Job = tuple[AdapterEntry, TaskAdapter, list[torch.Tensor]]  # a task's version, its adapter, its inputs
 
 
 def top_k(logits: torch.Tensor, labels: list[str], k: int) -> list[Prediction]:
@@ -110,18 +111,59 @@ def decode_for(body: PredictBody, entries: list[AdapterEntry], settings: Setting
     return out
 
 
-async def run_tasks(
-    runtime: Runtime, jobs: list[tuple[AdapterEntry, TaskAdapter, list[torch.Tensor]]]
-) -> list[list[torch.Tensor]]:
-    """Runs the inputs of every job through the batcher at once (shared forward passes); logits per job."""
+def _check_queue_size(runtime: Runtime, jobs: list[Job]) -> None:
     total = sum(len(inputs) for _, _, inputs in jobs)
     if len(jobs) > 1 and total > runtime.settings.queue_size:  # one task keeps the contract's 503
         raise PayloadTooLarge(
             f"this request needs {total} samples ({len(jobs)} tasks); the queue holds at most "
             f"{runtime.settings.queue_size}: ask for fewer tasks or send fewer images"
         )
+
+
+async def run_tasks(
+    runtime: Runtime, jobs: list[tuple[AdapterEntry, TaskAdapter, list[torch.Tensor]]]
+) -> list[list[torch.Tensor]]:
+    """Runs the inputs of every job through the batcher at once (shared forward passes); logits per job."""
+    _check_queue_size(runtime, jobs)
     assert runtime.batcher is not None
     return await runtime.batcher.submit_many([(inputs, entry.key, adapter) for entry, adapter, inputs in jobs])
+
+
+async def run_leaving_out(
+    runtime: Runtime, jobs: list[Job], optional: set[str]
+) -> tuple[list[Job], list[list[torch.Tensor]]]:
+    """:func:`run_tasks`, but a job of a task in ``optional`` whose adapter fails (non-finite scores) is left out
+    instead of failing the others; returns the jobs kept and their logits.
+
+    Each task's samples are queued on their own, in the same turn of the event loop, so they still share forward
+    passes. Any other error (overload, shutdown) cancels the rest and fails the request.
+    """
+    if not optional.intersection(entry.task for entry, _, _ in jobs):
+        return jobs, await run_tasks(runtime, jobs)
+    _check_queue_size(runtime, jobs)
+    assert runtime.batcher is not None
+    batcher = runtime.batcher
+    runs = [asyncio.ensure_future(batcher.submit_many([(x, entry.key, adapter)])) for entry, adapter, x in jobs]
+    try:
+        pending = set(runs)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            for run, job in zip(runs, jobs, strict=True):
+                error = run.exception() if run in done else None
+                if error is not None and not (isinstance(error, InvalidAdapter) and job[0].task in optional):
+                    raise error
+    finally:
+        for run in runs:
+            run.cancel()  # nothing when done; otherwise its samples leave the queue
+    kept = [(job, run.result()[0]) for job, run in zip(jobs, runs, strict=True) if run.exception() is None]
+    for job, run in zip(jobs, runs, strict=True):
+        if run.exception() is not None:
+            log.info("task=* leaves out %s: %s", job[0].task, run.exception())
+    if not kept:  # every task failed: the first one's error
+        error = runs[0].exception()
+        assert error is not None
+        raise error
+    return [job for job, _ in kept], [logits for _, logits in kept]
 
 
 def answer(entry: AdapterEntry, logits: list[torch.Tensor], k: int, latency_ms: float) -> PredictResponse:
@@ -168,11 +210,12 @@ async def predict(
         tasks = expand_tasks(runtime, task)
         labels_ = tasks
         body = await read_predict_body(request, runtime.settings)
-        resolved = await resolve_tasks(runtime, tasks, optional=set(tasks) - set(task))
-        entries = [entry for entry, _ in resolved]
-        inputs = await asyncio.to_thread(decode_for, body, entries, runtime.settings)
+        optional = set(tasks) - set(task)  # the tasks only `*` stands for
+        resolved = await resolve_tasks(runtime, tasks, optional)
+        inputs = await asyncio.to_thread(decode_for, body, [entry for entry, _ in resolved], runtime.settings)
         jobs = [(entry, adapter, x) for (entry, adapter), x in zip(resolved, inputs, strict=True)]
-        logits = await run_tasks(runtime, jobs)
+        jobs, logits = await run_leaving_out(runtime, jobs, optional)
+        entries = [entry for entry, _, _ in jobs]
         latency_ms = round((time.perf_counter() - start) * 1000, 3)
         results = [answer(entry, out, top_k, latency_ms) for entry, out in zip(entries, logits, strict=True)]
         status = "200"
