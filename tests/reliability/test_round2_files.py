@@ -260,6 +260,31 @@ def test_the_store_refuses_what_upload_refuses(tmp_path, hostile_files):
             parse_header(data, case)
 
 
+def test_only_files_broken_for_good_are_quarantined(tmp_path):
+    """A file still being copied in, one a newer server wrote, and one replaced since it was examined stay put."""
+    from adaptformer_server.store import AdapterStore, Stamp
+
+    moved: list[str] = []
+    store = AdapterStore(tmp_path / "store", on_quarantine=moved.append)
+    root = store.root
+    (root / "cut.safetensors").write_bytes(demo("digits")[:5000])
+    (root / "newer.safetensors").write_bytes(with_meta(demo("fashion"), format_version="9"))
+    (root / "bad.safetensors").write_bytes(HOSTILE["1-linear-layers-number"]())
+    (root / "good.safetensors").write_bytes(demo("fashion"))
+    assert [f.task for f in store.scan()] == ["good"]
+    assert moved == ["bad"]
+    assert sorted(p.name for p in root.glob("*.safetensors")) == [
+        "cut.safetensors",
+        "good.safetensors",
+        "newer.safetensors",
+    ]
+    assert len(list((root / QUARANTINE).glob("bad.*.reason"))) == 1
+    stamp = Stamp.of((root / "good.safetensors").stat())
+    store.write("good", demo("digits"))  # replaced (a new inode) after it was looked at
+    assert not store.quarantine("good", stamp, "examined before the replace")
+    assert (root / "good.safetensors").exists() and moved == ["bad"]
+
+
 # -- item 2: bounds ------------------------------------------------------------------------------------------
 def test_a_100000_class_head_is_refused_from_its_header():
     header, _ = split(demo("fashion"))
