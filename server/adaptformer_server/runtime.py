@@ -146,7 +146,7 @@ class Runtime:
         for f in found:
             try:
                 self._check_stored(f)
-            except IncompatibleAdapterError as e:  # fits another backbone or server: left in the store
+            except (IncompatibleAdapterError, AdapterFormatError) as e:  # e.g. another backbone's: left in place
                 log.warning("skipping %s.safetensors: %s", f.task, e)
                 continue
             files.append(f)
