@@ -3,8 +3,8 @@ by another way (a hand copy, another replica, an older server) never stops the s
 watcher move it to ``.quarantine/``, log it and count it.
 
 The files are the shipped demo adapters with their ``__metadata__`` edited, served in-process by the embedded
-backbone, as the probe that found these cases did. The last two tests fuzz the adapter-file reader and the upload
-route with Hypothesis.
+backbone, as the probe that found these cases did. The last three tests fuzz the adapter-file reader and the upload
+route with Hypothesis, then restart a server on what the uploads left in the store.
 """
 
 from __future__ import annotations
@@ -130,7 +130,8 @@ async def tasks_of(client: httpx.AsyncClient) -> list[str]:
     return [a["task"] for a in r.json()["adapters"]]
 
 
-# Each hostile file, by the item of issue 23 it comes from.
+# Each hostile file, by the item of issue 23 it comes from. Before the fixes, all but two were accepted (201) or
+# answered 500; "2-surrogate-bytes-in-header" and "11-bool-bottleneck" were refused already (kept as guards).
 HOSTILE: dict[str, Callable[[], bytes]] = {
     "1-linear-layers-string": lambda: with_meta(demo("fashion"), layers='"5"'),
     "1-linear-layers-number": lambda: with_meta(demo("fashion"), layers="5"),
@@ -193,7 +194,7 @@ def test_a_hostile_file_answers_4xx_at_upload_and_is_never_stored(case, hostile_
     r = client.post("/adapters", **files(hostile_files[case], task="hostile"))
     assert r.status_code in (409, 413, 422), (r.status_code, r.text[:300])
     assert not (store / "hostile.safetensors").exists()
-    # the server is unharmed: listing, a prediction, an upload, an unknown delete and a store poll all work
+    # the server is unharmed: listing, a prediction, an upload (which polls the store first), an unknown delete
     assert [a["task"] for a in client.get("/adapters").json()["adapters"]] == ["digits"]
     assert client.post("/predict?task=digits", **IMAGE).status_code == 200
     assert client.post("/adapters", **files(demo("fashion"), task="ok")).status_code == 201
