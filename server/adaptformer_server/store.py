@@ -8,6 +8,7 @@ one store: each watches it (:class:`StoreWatcher`) and picks up the others' uplo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -263,13 +264,14 @@ class AdapterStore:
             folder.mkdir(exist_ok=True)
             moved = folder / f"{task}.{time.strftime('%Y%m%dT%H%M%S')}-{stamp.ino}{SUFFIX}"
             os.replace(path, moved)
-            _fsync_dir(self.root)
-            moved.with_suffix(".reason").write_text(reason[:4000] + "\n")
         except FileNotFoundError:
             return False  # gone meanwhile (deleted, or quarantined by another server)
         except OSError as e:
             log.warning("cannot move %s%s to %s/: %s", task, SUFFIX, QUARANTINE, e)
             return False
+        with contextlib.suppress(OSError):  # the move is what matters; the note and the fsync are a courtesy
+            moved.with_suffix(".reason").write_text(reason[:4000] + "\n")
+            _fsync_dir(self.root)
         log.warning("skipping %s%s: %s (quarantined: moved to %s/%s)", task, SUFFIX, reason, QUARANTINE, moved.name)
         if self._on_quarantine is not None:
             self._on_quarantine(task)
