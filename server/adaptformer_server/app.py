@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -19,14 +20,17 @@ from adaptformer_server.errors import CatchAllMiddleware, install_error_handlers
 from adaptformer_server.hosts import HostOriginMiddleware
 from adaptformer_server.limits import BodyLimitMiddleware
 from adaptformer_server.metrics import Metrics, MetricsMiddleware
+from adaptformer_server.observability import install_observability
 from adaptformer_server.routes import adapters, health, oip, predict, ui
 from adaptformer_server.routes.docs import install_docs
 from adaptformer_server.runtime import Runtime
-from adaptformer_server.settings import Settings
+from adaptformer_server.settings import MAKE_KEY, Settings
 
 __all__ = ["REPLICA_HEADER", "create_app", "default_replica_id"]
 
 REPLICA_HEADER = "X-AdaptFormer-Replica"
+
+log = logging.getLogger("adaptformer_server")
 
 _MULTIPART_SLACK = 1024 * 1024  # form framing and the `task` field around an uploaded file
 
@@ -72,8 +76,11 @@ def create_app(settings: Settings | None = None, *, backbone: nn.Module | None =
         backbone: A prebuilt timm ViT to serve instead of the one the settings name (tests, embedding apps).
     """
     settings = settings or Settings()
+    for problem in settings.check_keys():  # off loopback a weak key raises InsecureKeyError
+        log.warning("%s: allowed on loopback only; make a real key with %s", problem, MAKE_KEY)
     metrics = Metrics()
     runtime = Runtime(settings, metrics, backbone=backbone)
+    metrics.is_task = lambda name: runtime.registry.get(name) is not None
     replica_id = settings.replica_id or default_replica_id()
 
     @asynccontextmanager
@@ -110,6 +117,7 @@ def create_app(settings: Settings | None = None, *, backbone: nn.Module | None =
     app.add_middleware(CatchAllMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(ReplicaHeaderMiddleware, replica_id=replica_id)
+    install_observability(app, settings, expose_headers=[REPLICA_HEADER])  # CORS, then X-Request-ID outermost
     app.include_router(predict.router)
     app.include_router(adapters.router)
     app.include_router(health.router)

@@ -13,19 +13,20 @@ from typing import Any
 from pydantic import ValidationError
 
 from adaptformer_server.ray_serve import RayOptions, RayUnavailable
-from adaptformer_server.settings import Settings, default_store
+from adaptformer_server.settings import InsecureKeyError, Settings, default_store
 
 __all__ = ["build_parser", "main", "parse_args", "parse_settings"]
 
 _EXAMPLES = """examples:
   adaptformer serve                                    # embedded backbone + demo adapters on 127.0.0.1:8000
   adaptformer serve --backbone vit_base_patch16_224.augreg2_in21k_ft_in1k --store /data/adapters --port 8000
-  ADAPTFORMER_ADMIN_KEY=secret adaptformer serve --host 0.0.0.0
+  ADAPTFORMER_ADMIN_KEY="$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')" adaptformer serve --host 0.0.0.0
   adaptformer serve --ray --replicas 3 --store /shared/adapters   # Ray Serve: 3 replicas, one shared store
   adaptformer serve --ray --min-replicas 1 --max-replicas 8 --ray-address auto --host 0.0.0.0
 
 Every flag can also be set as an environment variable ADAPTFORMER_<FLAG> (e.g. ADAPTFORMER_MAX_BATCH_SIZE=64);
 a flag wins over the variable. Prefer the variables for keys: flags show up in process listings.
+Off loopback the server refuses keys shorter than 16 characters or copied from an example (docs/API.md).
 The Ray flags are ADAPTFORMER_RAY_<FIELD> variables (ADAPTFORMER_RAY_REPLICAS, ADAPTFORMER_RAY_ADDRESS...).
 """
 
@@ -40,7 +41,7 @@ def _argument(name: str, field: Any, env_prefix: str = "ADAPTFORMER_") -> tuple[
     env = f"{env_prefix}{name.upper()}"
     if name == "store":
         default: Any = default_store()
-    elif name in ("api_keys", "admin_key"):
+    elif name in ("api_keys", "admin_key", "cors_origins"):
         default = "none"
     elif name == "allowed_hosts":
         default = "localhost, 127.0.0.1, ::1 and --host"
@@ -123,9 +124,13 @@ def parse_settings(argv: list[str]) -> Settings:
 def main(argv: list[str] | None = None) -> None:
     """Parses flags, builds the settings and runs uvicorn until interrupted (exit 1 if loading fails)."""
     settings, ray_options = parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
+    try:
+        settings.check_keys()
+    except InsecureKeyError as e:
+        sys.exit(f"adaptformer serve: error: {e}")
+    from adaptformer_server.observability import configure_logging
+
+    configure_logging(settings)
     log = logging.getLogger("adaptformer_server")
     if not settings.loopback and settings.admin_key is None:
         log.warning("binding to %s without ADAPTFORMER_ADMIN_KEY: POST/DELETE /adapters answer 403", settings.host)
@@ -144,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's lines go through configure_logging's handler (format, request ids)
         timeout_graceful_shutdown=10,
         http=http_protocol(settings.header_timeout),
     )

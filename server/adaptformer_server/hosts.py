@@ -64,7 +64,8 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
 
 class HostOriginMiddleware:
     """400 ``invalid_host`` for a Host the server does not answer to; 403 ``forbidden`` for a POST, PUT, DELETE or
-    PATCH whose Origin is not the server's own (scheme-less comparison of ``host[:port]`` with the Host header).
+    PATCH whose Origin is not the server's own (scheme-less comparison of ``host[:port]`` with the Host header) nor
+    one of the settings' ``cors_origins``.
 
     The address a connection arrived at is always an allowed Host (a client that connects to an IP literal
     names it), so is a request without a Host header (HTTP/1.0: not a browser).
@@ -73,6 +74,7 @@ class HostOriginMiddleware:
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.allowed = allowed_hosts(settings)
+        self.cors_origins = frozenset(settings.cors_origins)  # pages the operator lets call the server (CORS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,7 +90,7 @@ class HostOriginMiddleware:
             await JSONResponse(error_body("invalid_host", message), 400)(scope, receive, send)
             return
         origin = headers.get("origin")
-        if origin is not None and scope["method"] in STATE_CHANGING and not _same_origin(origin, host):
+        if origin is not None and scope["method"] in STATE_CHANGING and not self._origin_ok(origin, host):
             message = (
                 f"cross-site request refused: {scope['method']} from the web page at Origin {origin!r}, which is "
                 "not this server; only the server's own pages (the playground) and clients that send no Origin "
@@ -97,6 +99,9 @@ class HostOriginMiddleware:
             await JSONResponse(error_body("forbidden", message), 403)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    def _origin_ok(self, origin: str, host: str | None) -> bool:
+        return _same_origin(origin, host) or origin.strip().lower() in self.cors_origins
 
     def _host_ok(self, name: str, scope: Scope) -> bool:
         if _matches(name, self.allowed):

@@ -3,17 +3,38 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from urllib.parse import parse_qsl
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
+__all__ = ["ALL_TASKS", "CONTENT_TYPE_LATEST", "OTHER", "PREDICT_ROUTES", "Metrics", "MetricsMiddleware"]
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # Label values come from closed sets: a client must not be able to add series (any token is a valid method).
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 OTHER = "other"
+# Per-task latency: a task label is a task of the registry, `*` (every image task), or OTHER; never a name a
+# client made up. Routes whose requests are timed per task, and where they name the task.
+ALL_TASKS = "*"
+PREDICT_ROUTES = {
+    "/predict": "query",
+    "/v2/models/{task}/infer": "path",
+    "/v2/models/{task}/versions/{version}/infer": "path",
+}
+_MAX_TASKS = 64  # /predict's own limit on `task` values
 
 
 class Metrics:
@@ -21,6 +42,11 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        # The process (CPU, memory, open files: Linux only), Python and GC series of prometheus_client's default
+        # registry, in this one.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
+        self.is_task: Callable[[str], bool] = lambda name: False  # the app points it at its registry
         self.http_requests = Counter(
             "adaptformer_http_requests",
             "HTTP requests by method, route and status",
@@ -36,6 +62,14 @@ class Metrics:
         self.predict_latency = Histogram(
             "adaptformer_predict_seconds",
             "Prediction latency, request received to answer",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.task_latency = Histogram(
+            "adaptformer_task_request_seconds",
+            "Prediction latency by task (/predict and /v2 infer), request received to answer sent; "
+            "outcome ok (2xx) or error",
+            ["task", "outcome"],
             buckets=_LATENCY,
             registry=r,
         )
@@ -76,11 +110,16 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    def task_label(self, name: str) -> str:
+        """``name`` if the registry holds that task (or it is ``*``), else ``other``."""
+        return name if name == ALL_TASKS or self.is_task(name) else OTHER
+
 
 class MetricsMiddleware:
-    """Counts every HTTP request by method, route template (never the raw path) and status, and times it.
+    """Counts every HTTP request by method, route template (never the raw path) and status, and times it; times
+    prediction requests by task too (a request naming several tasks counts under each).
 
-    Unknown methods and paths that match no route are counted as ``other``.
+    Unknown methods and paths that match no route are counted as ``other``, so are unknown tasks.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
@@ -106,4 +145,20 @@ class MetricsMiddleware:
             route = getattr(scope.get("route"), "path", None) or OTHER
             method = scope["method"] if scope["method"] in _METHODS else OTHER
             self.metrics.http_requests.labels(method, route, str(status)).inc()
-            self.metrics.http_latency.labels(route).observe(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            self.metrics.http_latency.labels(route).observe(elapsed)
+            where = PREDICT_ROUTES.get(route)
+            if where is not None:
+                outcome = "ok" if 200 <= status < 300 else "error"
+                for task in self._labels(_task_names(scope, where)):
+                    self.metrics.task_latency.labels(task, outcome).observe(elapsed)
+
+    def _labels(self, names: list[str]) -> set[str]:
+        return {self.metrics.task_label(name) for name in names}
+
+
+def _task_names(scope: Scope, where: str) -> list[str]:
+    if where == "path":
+        return [str(scope.get("path_params", {}).get("task", ""))]
+    query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
+    return list(dict.fromkeys(value for key, value in query if key == "task"))[:_MAX_TASKS]

@@ -7,13 +7,43 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings", "default_store"]
+__all__ = ["MAKE_KEY", "MIN_KEY_LENGTH", "PLACEHOLDER_KEYS", "InsecureKeyError", "Settings", "default_store"]
 
 MiB = 1024 * 1024
+
+MIN_KEY_LENGTH = 16
+MAKE_KEY = 'python3 -c "import secrets; print(secrets.token_urlsafe(24))"'
+# Key values seen in documents and examples, this project's and common ones (docs/API.md, "Key rules"). Compared
+# after _normalized_key, so `Change_Me`, `change-me` and `<change me>` are all `changeme`.
+PLACEHOLDER_KEYS = frozenset(
+    {
+        "changeme",
+        "changemeadminkey",
+        "changemeapikey",
+        "changemepredictkey",
+        "changethis",
+        "replaceme",
+        "secret",
+        "s3cr3t",
+        "secretkey",
+        "mysecretkey",
+        "yoursecretkey",
+        "password",
+        "adminkey",
+        "adminsecret",
+        "apikey",
+        "predictkey",
+        "yourkey",
+        "youradminkey",
+        "yourapikey",
+        "16+randomcharacters",
+    }
+)
 
 
 def default_store() -> Path:
@@ -27,6 +57,35 @@ def _host_name(value: str) -> str:
     return value.strip().lower().rstrip(".").removeprefix("[").removesuffix("]")
 
 
+def _origin(value: str) -> str:
+    """A CORS origin as browsers send it: ``scheme://host[:port]``, lower case, without a path or final slash."""
+    value = value.strip().rstrip("/").lower()
+    if value == "*":
+        raise ValueError(
+            "cors_origins: '*' would let every web page call this server (and manage the adapters of a keyless "
+            "loopback server); list the origins, e.g. https://app.example.com"
+        )
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc or parts.path or parts.query:
+        raise ValueError(
+            f"cors_origins: {value!r} is not an origin scheme://host[:port] (e.g. https://app.example.com)"
+        )
+    return value
+
+
+def _normalized_key(key: str) -> str:
+    return re.sub(r"[\s\-_.<>'\"]", "", key.lower())
+
+
+def _is_placeholder(key: str) -> bool:
+    normalized = _normalized_key(key)
+    return normalized in PLACEHOLDER_KEYS or len(set(key)) == 1  # "xxxxxxxxxxxxxxxx", "0000000000000000"
+
+
+class InsecureKeyError(ValueError):
+    """A key too weak for a server that other machines can reach (see :meth:`Settings.check_keys`)."""
+
+
 class Settings(BaseSettings):
     """Everything the server can be told; each field is also a CLI flag (``max_batch_size`` -> ``--max-batch-size``)."""
 
@@ -34,7 +93,7 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="interface to bind; admin routes need an admin key off loopback")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
-    backbone: str = Field("embedded", description="'embedded' (shipped 32x32 ViT) or any timm ViT name")
+    backbone: str = Field("embedded", description="'embedded' (shipped 28x28 ViT) or any timm ViT name")
     weights: Path | None = Field(
         None, description="backbone weights file (safetensors or torch state dict); timm name: none = download"
     )
@@ -85,6 +144,14 @@ class Settings(BaseSettings):
         description="name of this server in the X-AdaptFormer-Replica response header (default: host name:pid)",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines as text or as JSON objects (one per line); both carry the request id"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated web origins (https://app.example.com) whose pages may call this server from "
+        "a browser (CORS)",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -100,6 +167,15 @@ class Settings(BaseSettings):
             value = value.split(",")
         if isinstance(value, list):
             return [_host_name(h) if isinstance(h, str) else h for h in value if not isinstance(h, str) or h.strip()]
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list):
+            return [_origin(o) if isinstance(o, str) else o for o in value if not isinstance(o, str) or o.strip()]
         return value
 
     @field_validator("admin_key", mode="before")
@@ -119,10 +195,36 @@ class Settings(BaseSettings):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
         return value
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    def key_problems(self) -> list[str]:
+        """What is wrong with each configured key: shorter than 16 characters or a placeholder (never the key)."""
+        named = [("ADAPTFORMER_ADMIN_KEY", self.admin_key)] if self.admin_key is not None else []
+        named += [(f"ADAPTFORMER_API_KEYS key {i} of {len(self.api_keys)}", k) for i, k in enumerate(self.api_keys, 1)]
+        problems = []
+        for name, secret in named:
+            key = secret.get_secret_value()
+            if len(key) < MIN_KEY_LENGTH:
+                problems.append(f"{name} has {len(key)} characters, fewer than {MIN_KEY_LENGTH}")
+            elif _is_placeholder(key):
+                problems.append(f"{name} is a placeholder from an example")
+        return problems
+
+    def check_keys(self) -> list[str]:
+        """Raises :class:`InsecureKeyError` for weak keys on a server bound off loopback; on loopback, where only
+        this machine connects, returns the problems for a warning.
+        """
+        problems = self.key_problems()
+        if problems and not self.loopback:
+            raise InsecureKeyError(
+                f"refusing to serve on {self.host}, an address other machines can reach, with a weak key: "
+                f"{'; '.join(problems)}. Make a random key of at least {MIN_KEY_LENGTH} characters with "
+                f"`{MAKE_KEY}` and set it in the environment"
+            )
+        return problems
 
     @property
     def loopback(self) -> bool:
