@@ -1,14 +1,19 @@
 """Reading a /predict request body (multipart fields or a raw image) and decoding it into model inputs.
 
 Decoding goes through ``adaptformer.data.decode`` (pixel and frame limits) and ``adaptformer.preprocess``
-(the same resize and normalisation as training), so the served tensors are the trained ones.
+(the same resize and normalisation as training), so the served tensors are the trained ones; JPEG and PNG stills
+take the tensor path of ``fast_decode`` (torchvision, on the GPU where there is one), equal to those within a
+stated tolerance. A request's image headers are read and its pixels counted before anything is decoded.
 """
 
 from __future__ import annotations
 
-import io
-import warnings
+import asyncio
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from fastapi import Request
@@ -16,16 +21,19 @@ from PIL import Image
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartParser
 
-from adaptformer.data.decode import IMAGE_FORMATS, open_clip, open_image
+from adaptformer.data.decode import open_clip, open_image
 from adaptformer.errors import DataError
-from adaptformer.preprocess import InputSpec, preprocess_clip, preprocess_image
+from adaptformer.preprocess import InputSpec, preprocess_image
+from adaptformer_server import fast_decode
 from adaptformer_server.errors import ApiError, InvalidInput, PayloadTooLarge, UnsupportedMediaType, data_error
 from adaptformer_server.settings import Settings
 
 __all__ = [
     "IMAGE_TYPES",
+    "Decoder",
     "PixelBudget",
     "PredictBody",
+    "decode_device",
     "decode_inputs",
     "media_type",
     "read_form",
@@ -46,6 +54,7 @@ IMAGE_TYPES = frozenset(
         "image/tiff",
     }
 )
+T = TypeVar("T")
 _HOW = (
     "send multipart/form-data with `image` file fields (curl -F image=@photo.png), repeated `frame` fields for "
     "a clip, or a raw body with Content-Type image/png, image/jpeg, image/webp, image/gif, image/bmp or image/tiff"
@@ -131,31 +140,121 @@ class PixelBudget:
             )
 
 
-def _declared_pixels(data: bytes) -> int:
-    """Width x height from the image header, without decoding (0 when unreadable: decoding then says why)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS)) as probe:
-                w, h = probe.size
-                return w * h if w * h <= 1 << 62 else 1 << 62
-    except Exception:
-        return 0
+class Decoder:
+    """Decodes the images of one request, each once whatever the number of specs it is preprocessed for.
+
+    Every image's header is read first and its pixels taken from the request's budget before any image is
+    decoded. JPEG and PNG stills the tensor path takes (``fast_decode``) are decoded together by torchvision, on
+    ``device`` when it is a CUDA device; everything else, and anything the tensor path fails on, by PIL.
+
+    Args:
+        settings: The limits (``max_image_pixels``, ``max_request_pixels``) and ``fast_decode`` (``auto``: the
+            tensor path only with a ``device``).
+        budget: The request's pixel budget (a new one of ``max_request_pixels`` by default).
+        device: Where the tensor path decodes and preprocesses (``None``: the CPU).
+    """
+
+    def __init__(self, settings: Settings, budget: PixelBudget | None = None, device: torch.device | None = None):
+        self.settings = settings
+        self.budget = PixelBudget(settings.max_request_pixels) if budget is None else budget
+        self.device = device
+        on = settings.fast_decode == "on" or (settings.fast_decode == "auto" and device is not None)
+        self.fast = on and fast_decode.available()
+        self._probes: dict[int, fast_decode.Probe] = {}
+        self._stills: dict[int, Image.Image | torch.Tensor] = {}
+        self._keep: list[bytes] = []  # the cache is keyed by id(): hold the bytes
+
+    def probe(self, data: bytes) -> fast_decode.Probe:
+        key = id(data)
+        if key not in self._probes:
+            self._probes[key] = fast_decode.probe(data)
+            self._keep.append(data)
+        return self._probes[key]
+
+    def declared_pixels(self, body: PredictBody) -> int:
+        """Pixels the headers of the body's images declare (what decoding it will cost, roughly)."""
+        return sum(self.probe(d).pixels for d in (*body.images, *body.frames))
+
+    async def run(self, fn: Callable[..., T], *args: object, pixels: int) -> T:
+        """``fn(*args)`` on the event loop when the request is small (``inline_decode_pixels``: a hand-off to a
+        thread costs more than decoding a thumbnail), otherwise on the decode threads."""
+        if pixels <= self.settings.inline_decode_pixels:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(_executor(self.settings), fn, *args)
+
+    def stills(self, datas: Sequence[bytes], whats: Sequence[str]) -> list[Image.Image | torch.Tensor]:
+        """The decoded images (a PIL image or a uint8 RGB tensor [3, H, W] each), from the cache when decoded."""
+        todo = [i for i, d in enumerate(datas) if id(d) not in self._stills]
+        limit = self.settings.max_image_pixels
+        for i in todo:  # the whole request's pixels are taken before anything is decoded
+            declared = self.probe(datas[i]).pixels
+            if declared <= limit:
+                self.budget.take(declared)
+        fast = [i for i in todo if self.fast and self._probes[id(datas[i])].fast]
+        fast = [i for i in fast if 0 < self._probes[id(datas[i])].pixels <= limit]
+        if fast:
+            try:
+                decoded = fast_decode.decode_uint8([(datas[i], self._probes[id(datas[i])]) for i in fast], self.device)
+            except Exception:  # one of them failed: decode them one by one, PIL says why for the bad one
+                decoded = [self._fast_one(datas[i]) for i in fast]
+            for i, x in zip(fast, decoded, strict=True):
+                if x is not None:
+                    self._stills[id(datas[i])] = x
+        for i in todo:
+            if id(datas[i]) not in self._stills:
+                self._stills[id(datas[i])] = self._pil(datas[i], whats[i])
+        return [self._stills[id(d)] for d in datas]
+
+    def _fast_one(self, data: bytes) -> torch.Tensor | None:
+        try:
+            return fast_decode.decode_uint8([(data, self._probes[id(data)])], self.device)[0]
+        except Exception:
+            return None
+
+    def _pil(self, data: bytes, what: str) -> Image.Image:
+        declared = self.probe(data).pixels
+        try:
+            img = open_image(data, max_pixels=self.settings.max_image_pixels)
+        except DataError as e:
+            raise data_error(e, what) from None
+        except Exception as e:  # a decoder failing on crafted bytes (struct.error, IndexError...): the input's fault
+            raise _undecodable(what, e) from None
+        if declared != img.size[0] * img.size[1]:
+            self.budget.take(img.size[0] * img.size[1] - declared)
+        return img
+
+    def preprocess(
+        self, stills: Sequence[Image.Image | torch.Tensor], spec: InputSpec, whats: Sequence[str]
+    ) -> list[torch.Tensor]:
+        """Normalised float32 tensors [3, S, S] for ``spec``; tensor-path images are preprocessed together."""
+        out: list[torch.Tensor | None] = [None] * len(stills)
+        tensors = [i for i, x in enumerate(stills) if isinstance(x, torch.Tensor)]
+        if tensors:
+            for i, x in zip(tensors, fast_decode.preprocess_batch([stills[i] for i in tensors], spec), strict=True):
+                out[i] = x
+        for i, x in enumerate(stills):
+            if not isinstance(x, torch.Tensor):
+                out[i] = _preprocess(x, spec, whats[i])
+        return out  # type: ignore[return-value]
 
 
-def _open(data: bytes, settings: Settings, budget: PixelBudget, what: str) -> Image.Image:
-    declared = _declared_pixels(data)
-    if declared <= settings.max_image_pixels:
-        budget.take(declared)  # before decoding: a request over its pixel budget decodes nothing more
-    try:
-        img = open_image(data, max_pixels=settings.max_image_pixels)
-    except DataError as e:
-        raise data_error(e, what) from None
-    except Exception as e:  # a decoder failing on crafted bytes (struct.error, IndexError...): the input's fault
-        raise _undecodable(what, e) from None
-    if declared != img.size[0] * img.size[1]:
-        budget.take(img.size[0] * img.size[1] - declared)
-    return img
+def decode_device(settings: Settings, model_device: torch.device | None) -> torch.device | None:
+    """Where the tensor path works for a server whose model runs on ``model_device``: that GPU when it is a CUDA
+    device and ``device_decode`` is on, else the CPU (``None``)."""
+    if settings.device_decode and model_device is not None and model_device.type == "cuda":
+        return model_device
+    return None
+
+
+_executors: dict[int, ThreadPoolExecutor] = {}
+
+
+def _executor(settings: Settings) -> ThreadPoolExecutor:
+    """The decode threads (one pool per thread count, shared by the apps of a process)."""
+    n = settings.decode_threads or min(8, os.cpu_count() or 1)
+    if n not in _executors:
+        _executors[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="adaptformer-decode")
+    return _executors[n]
 
 
 def _open_clip(data: bytes, settings: Settings, budget: PixelBudget) -> list[Image.Image]:
@@ -191,17 +290,24 @@ def _preprocess(img: Image.Image, spec: InputSpec, what: str) -> torch.Tensor:
 
 
 def decode_inputs(
-    body: PredictBody, spec: InputSpec, task: str, settings: Settings, budget: PixelBudget | None = None
+    body: PredictBody,
+    spec: InputSpec,
+    task: str,
+    settings: Settings,
+    budget: PixelBudget | None = None,
+    *,
+    decoder: Decoder | None = None,
 ) -> list[torch.Tensor]:
     """Decodes and preprocesses a request for a task: one tensor per image, or one clip tensor.
 
-    Blocking (image decoding): call it in a worker thread.
+    Blocking (image decoding): run it with :meth:`Decoder.run` (a worker thread unless the request is tiny).
 
     Args:
         budget: The request's pixel budget, when it decodes several bodies (an OIP tensor of several clips);
-            a new one of ``max_request_pixels`` by default.
+            a new one of ``max_request_pixels`` by default. Ignored when ``decoder`` is given (it has its own).
+        decoder: The request's decoder, when the body is decoded for several specs (each image decoded once).
     """
-    budget = PixelBudget(settings.max_request_pixels) if budget is None else budget
+    decoder = Decoder(settings, budget) if decoder is None else decoder
     if spec.modality == "image":
         if body.frames:
             raise InvalidInput(
@@ -209,15 +315,13 @@ def decode_inputs(
                 "for clip tasks)"
             )
         many = len(body.images) > 1
-        out = []
-        for i, data in enumerate(body.images):
-            what = f"image {i + 1}: " if many else ""
-            out.append(_preprocess(_open(data, settings, budget, what), spec, what))
-        return out
+        whats = [f"image {i + 1}: " if many else "" for i in range(len(body.images))]
+        return decoder.preprocess(decoder.stills(body.images, whats), spec, whats)
     if body.frames:
-        frames = [_open(d, settings, budget, f"frame {i + 1}: ") for i, d in enumerate(body.frames)]
+        whats = [f"frame {i + 1}: " for i in range(len(body.frames))]
+        frames: list[Image.Image | torch.Tensor] = decoder.stills(body.frames, whats)
     elif len(body.images) == 1:
-        frames = _open_clip(body.images[0], settings, budget)
+        frames = list(_open_clip(body.images[0], settings, decoder.budget))
     else:
         raise InvalidInput(
             f"task {task!r} is a clip task and takes one clip per request: {spec.frames} `frame` fields in order, "
@@ -229,6 +333,6 @@ def decode_inputs(
             f"{spec.frames} `frame` fields or an animated GIF/WebP of {spec.frames} frames"
         )
     try:
-        return [preprocess_clip(frames, spec)]
+        return [torch.stack(decoder.preprocess(frames, spec, [""] * len(frames)))]
     except Exception as e:
         raise InvalidInput(f"cannot convert the clip frames to RGB: {e}") from None

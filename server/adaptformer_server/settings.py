@@ -122,6 +122,23 @@ class Settings(BaseSettings):
     max_frames: int = Field(64, ge=1, description="most frames in one clip")
     max_upload_bytes: int = Field(128 * MiB, ge=1, description="largest adapter file accepted by POST /adapters")
     max_parts: int = Field(128, ge=1, description="most multipart parts (files and fields) in one request")
+    fast_decode: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="decode JPEG and PNG stills with torchvision and resize them as tensor ops (within 4/255 of "
+        "PIL); auto: where they decode on a GPU (on a CPU, PIL is as fast and equals training exactly)",
+    )
+    device_decode: bool = Field(
+        True, description="on a CUDA server, decode JPEGs on the GPU (nvJPEG) and resize them there"
+    )
+    decode_threads: int | None = Field(
+        None, ge=1, le=256, description="threads that decode request images (default: CPUs, at most 8)"
+    )
+    inline_decode_pixels: int = Field(
+        16384,
+        ge=0,
+        description="requests with at most this many image pixels in all decode on the event loop (a hand-off to "
+        "a thread costs more than decoding a thumbnail)",
+    )
     header_timeout: float = Field(
         15.0, gt=0, le=3600, description="seconds a connection has to send a request's headers; then it is closed"
     )

@@ -40,7 +40,7 @@ from adaptformer_server.errors import (
     data_error,
     status_of,
 )
-from adaptformer_server.inputs import PixelBudget, PredictBody, decode_inputs
+from adaptformer_server.inputs import Decoder, PredictBody, decode_device, decode_inputs
 from adaptformer_server.registry import AdapterEntry
 from adaptformer_server.routes.predict import check_task_name, run_tasks
 from adaptformer_server.runtime import Runtime
@@ -337,7 +337,8 @@ def _bytes_inputs(req: _Infer, entry: AdapterEntry, runtime: Runtime) -> list[to
     """Encoded images: one per element for an image task; for a clip task one animated image per element, or
     rows of frame images (shape [N, T])."""
     settings = runtime.settings
-    budget = PixelBudget(settings.max_request_pixels)  # one for the whole request, whatever its rows
+    # One decoder, so one pixel budget, for the whole request, whatever its rows.
+    decoder = Decoder(settings, device=decode_device(settings, runtime.backbone.device if runtime.backbone else None))
     if req.blob is not None:
         elements = _deserialize_bytes(req.blob)
     else:
@@ -351,8 +352,12 @@ def _bytes_inputs(req: _Infer, entry: AdapterEntry, runtime: Runtime) -> list[to
                 f"more than {settings.max_images_per_request} images in one request; split it into several"
             )
         if spec.modality == "image":
-            return decode_inputs(PredictBody(images=elements), spec, entry.task, settings, budget)
-        return [x for e in elements for x in decode_inputs(PredictBody(images=[e]), spec, entry.task, settings, budget)]
+            return decode_inputs(PredictBody(images=elements), spec, entry.task, settings, decoder=decoder)
+        return [
+            x
+            for e in elements
+            for x in decode_inputs(PredictBody(images=[e]), spec, entry.task, settings, decoder=decoder)
+        ]
     if len(req.shape) != 2:
         raise InvalidInput(f"input {req.name!r}: BYTES shape must be [N] or, for a clip task, [N, frames]")
     n, t = req.shape
@@ -361,7 +366,9 @@ def _bytes_inputs(req: _Infer, entry: AdapterEntry, runtime: Runtime) -> list[to
     if n > settings.max_images_per_request:
         raise PayloadTooLarge(f"more than {settings.max_images_per_request} clips in one request")
     rows = [elements[i * t : (i + 1) * t] for i in range(n)]
-    return [x for row in rows for x in decode_inputs(PredictBody(frames=row), spec, entry.task, settings, budget)]
+    return [
+        x for row in rows for x in decode_inputs(PredictBody(frames=row), spec, entry.task, settings, decoder=decoder)
+    ]
 
 
 def _decode(req: _Infer, entry: AdapterEntry, runtime: Runtime) -> list[torch.Tensor]:

@@ -21,7 +21,14 @@ from adaptformer_server.errors import (
     PayloadTooLarge,
     status_of,
 )
-from adaptformer_server.inputs import IMAGE_TYPES, PredictBody, decode_inputs, read_predict_body
+from adaptformer_server.inputs import (
+    IMAGE_TYPES,
+    Decoder,
+    PredictBody,
+    decode_device,
+    decode_inputs,
+    read_predict_body,
+)
 from adaptformer_server.registry import AdapterEntry
 from adaptformer_server.runtime import Runtime
 from adaptformer_server.schemas import MultiPredictResponse, Prediction, PredictResponse, error_responses
@@ -97,15 +104,19 @@ async def resolve_tasks(
     return resolved
 
 
-def decode_for(body: PredictBody, entries: list[AdapterEntry], settings: Settings) -> list[list[torch.Tensor]]:
-    """Decodes the body once per distinct input spec and gives each entry its inputs (blocking: worker thread)."""
+def decode_for(
+    body: PredictBody, entries: list[AdapterEntry], settings: Settings, decoder: Decoder | None = None
+) -> list[list[torch.Tensor]]:
+    """Decodes the body's images once, preprocesses them once per distinct input spec and gives each entry its
+    inputs; one pixel budget for the whole request (blocking: see :meth:`Decoder.run`)."""
+    decoder = Decoder(settings) if decoder is None else decoder
     done: list[tuple[InputSpec, list[torch.Tensor]]] = []
     out = []
     for entry in entries:
         spec = entry.spec
         inputs = next((x for s, x in done if s == spec), None)
         if inputs is None:
-            inputs = decode_inputs(body, spec, entry.task, settings)
+            inputs = decode_inputs(body, spec, entry.task, settings, decoder=decoder)
             done.append((spec, inputs))
         out.append(inputs)
     return out
@@ -212,7 +223,12 @@ async def predict(
         body = await read_predict_body(request, runtime.settings)
         optional = set(tasks) - set(task)  # the tasks only `*` stands for
         resolved = await resolve_tasks(runtime, tasks, optional)
-        inputs = await asyncio.to_thread(decode_for, body, [entry for entry, _ in resolved], runtime.settings)
+        settings = runtime.settings
+        decoder = Decoder(
+            settings, device=decode_device(settings, runtime.backbone.device if runtime.backbone else None)
+        )
+        entries = [entry for entry, _ in resolved]
+        inputs = await decoder.run(decode_for, body, entries, settings, decoder, pixels=decoder.declared_pixels(body))
         jobs = [(entry, adapter, x) for (entry, adapter), x in zip(resolved, inputs, strict=True)]
         jobs, logits = await run_leaving_out(runtime, jobs, optional)
         entries = [entry for entry, _, _ in jobs]
