@@ -33,7 +33,7 @@ from ray_support import (
     ray_server,
     replica_pid,
 )
-from support import async_wait_until
+from support import async_wait_until, wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")]
 
@@ -52,6 +52,15 @@ def cluster() -> Iterator[Cluster]:
 def server(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     store = tmp_path_factory.mktemp("shared") / "adapters"
     with ray_server(cluster, store, "--replicas", "2", "--max-wait-ms", "2") as server:
+        # /readyz answers once one replica serves; Ray's proxy learns of the other a moment later. The tests are
+        # about two replicas: wait (bounded) until both have answered.
+        seen: set[str] = set()
+
+        def both_answered() -> bool:
+            seen.add(httpx.get(f"{server.url}/readyz", timeout=30).headers[REPLICA_HEADER])
+            return len(seen) == 2
+
+        wait_until(both_answered, "answers from both replicas through Ray's proxy", timeout=180, interval=0.1)
         yield server
 
 
