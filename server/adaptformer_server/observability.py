@@ -3,7 +3,7 @@
 - ``X-Request-ID``: taken from the request when sane (1 to 128 visible ASCII characters, no spaces or control
   characters, so it cannot forge or split a log line), otherwise made (32 hex digits); echoed in every response
   and carried by every log line written while the request is handled (a context variable, copied into worker
-  threads by ``asyncio.to_thread``).
+  threads by ``asyncio.to_thread``). In a Ray Serve replica, Ray's proxy makes the id and sets the header.
 - Log lines: text (``time LEVEL logger [request id]: message``) or JSON objects, one per line.
 - CORS: Starlette's ``CORSMiddleware`` for the origins the settings list; none by default.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import uuid
 from collections.abc import Sequence
 from contextvars import ContextVar
@@ -58,12 +59,31 @@ def request_id_from(value: str | None) -> str:
     return uuid.uuid4().hex
 
 
+def _in_ray_replica() -> bool:
+    """Whether this app runs in a Ray Serve replica, whose proxy makes the id (passing it in the request header,
+    where this app takes it) and appends ``X-Request-ID`` to every response itself."""
+    serve = sys.modules.get("ray.serve")
+    if serve is None:
+        return False
+    try:
+        serve.get_replica_context()
+    except Exception:
+        return False
+    return True
+
+
 class RequestIdMiddleware:
     """Gives every HTTP request an id (see the module docstring) and names it in the ``X-Request-ID`` response
-    header. Installed outermost, so even the answers of the other middleware carry it."""
+    header. Installed outermost, so even the answers of the other middleware carry it.
 
-    def __init__(self, app: ASGIApp) -> None:
+    Args:
+        app: The app.
+        echo: Whether to set the response header (not in a Ray Serve replica: a second header would follow).
+    """
+
+    def __init__(self, app: ASGIApp, echo: bool = True) -> None:
         self.app = app
+        self.echo = echo
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,7 +92,7 @@ class RequestIdMiddleware:
         request_id = request_id_from(Headers(scope=scope).get(REQUEST_ID_HEADER))
 
         async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start" and self.echo:
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
@@ -156,4 +176,4 @@ def install_observability(app: FastAPI, settings: Settings, expose_headers: Sequ
             expose_headers=[REQUEST_ID_HEADER, "Retry-After", HEADER_LENGTH, *expose_headers],
             max_age=600,
         )
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestIdMiddleware, echo=not _in_ray_replica())

@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,6 +94,23 @@ async def test_log_lines_of_a_request_carry_its_id(vit, tasks_store, make_settin
     outside = logging.LogRecord("adaptformer_server", logging.INFO, __file__, 1, "outside", None, None)
     assert "request_id" not in json.loads(JsonFormatter().format(outside))
     assert "[-]: outside" in TextFormatter().format(outside)
+
+
+async def test_in_a_ray_replica_the_proxy_sets_the_header(vit, tasks_store, make_settings, monkeypatch):
+    """Ray Serve's proxy passes its id in the request and appends X-Request-ID to the answer: the app takes the id
+    for its log lines but adds no second header."""
+    fake_serve = types.ModuleType("ray.serve")
+    fake_serve.get_replica_context = lambda: object()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ray.serve", fake_serve)
+    app = create_app(make_settings(), backbone=vit)
+    async with serving(app) as client:
+        with captured(JsonFormatter()) as json_lines:
+            up = await client.post(
+                "/adapters", headers={"X-Request-ID": "ray-1"}, **upload_files(adapter_bytes(vit, "cars"))
+            )
+    assert up.status_code == 201 and "x-request-id" not in up.headers
+    stored = [json.loads(line) for line in json_lines.getvalue().splitlines() if "stored" in line]
+    assert [line["request_id"] for line in stored] == ["ray-1"]
 
 
 @pytest.mark.e2e
