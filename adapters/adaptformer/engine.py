@@ -38,8 +38,9 @@ log = logging.getLogger("adaptformer.engine")
 # from the branch bank; ``grouped``, the same with ``torch._grouped_mm`` over each task's segment of rows;
 # ``auto``, the engine's choice.
 PATHS = ("auto", "slices", "gathered", "grouped")
-# On a CPU, slices cost less up to this many tasks with branches in a batch (measured: docs/ARCHITECTURE.md).
-SLICES_UP_TO = 1
+# On a CPU, where a kernel costs no launch, slices cost least up to this many tasks with branches in a batch
+# (measured on ViT-S/16: docs/ARCHITECTURE.md, "Engine paths").
+CPU_SLICES_UP_TO = 16
 
 
 class MultiTaskViT(nn.Module):
@@ -149,9 +150,14 @@ class MultiTaskViT(nn.Module):
         """The branch path for one batch: ``self.path`` unless ``auto`` (docs/ARCHITECTURE.md, "Engine paths")."""
         path = self.path
         if path == "auto":
-            if plan.branch_tasks <= (1 if device.type == "cuda" else SLICES_UP_TO):
+            if device.type == "cuda":
+                if plan.branch_tasks <= 1:
+                    return "slices"
+                path = "grouped" if _native_grouped_mm(device, dtype) else "gathered"
+            elif plan.branch_tasks <= CPU_SLICES_UP_TO:
                 return "slices"
-            path = "grouped" if device.type == "cuda" else "gathered"
+            else:
+                path = "grouped"
         if path == "grouped" and not grouped_mm_works(device, dtype):
             return "gathered"
         return path
@@ -295,6 +301,12 @@ class _Plan:
     @property
     def branch_tasks(self) -> int:
         return len(self.counts)
+
+
+def _native_grouped_mm(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``torch._grouped_mm`` has a native kernel here (bfloat16 on compute capability 9.0 and up); elsewhere
+    it falls back to one product per group, which reads the offsets on the host."""
+    return dtype == torch.bfloat16 and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def _plan(tasks: Sequence[str], table: Mapping[str, TaskAdapter]) -> _Plan:

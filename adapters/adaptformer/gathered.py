@@ -46,7 +46,7 @@ __all__ = [
 # (source of the branch input: "x" (x'), "normed" (LN2(x')) or "mlp" (the MLP output); own LayerNorm eps or None)
 Kind = tuple[str, float | None]
 
-_RANK_ALIGN = 8  # d^ + 1 rounded up: 16-byte rows in half precision, as grouped GEMM kernels want
+_ROW_BYTES = 16  # d^ + 1 rounded up to 16-byte rows, as grouped GEMM kernels want
 
 
 def branch_kind(task: TaskAdapter) -> Kind | None:
@@ -131,7 +131,8 @@ class BranchBank:
         self._used: dict[int, int] = {}  # slot -> batch counter when last used
         self._clock = 0
         self._capacity = self._rank = self._classes = 0
-        self._alloc(0, _RANK_ALIGN, 1)
+        self._align = max(1, _ROW_BYTES // torch.empty(0, dtype=dtype).element_size())
+        self._alloc(0, self._align, 1)
 
     @property
     def slots_used(self) -> int:
@@ -201,7 +202,7 @@ class BranchBank:
         missing = list({id(t): t for t in tasks if not self._holds(t)}.values())
         if missing:
             rank = max([self._rank - 1, *(a.down.out_features for t in missing for a in t.adapters.values())])
-            rank = -(-(rank + 1) // _RANK_ALIGN) * _RANK_ALIGN
+            rank = -(-(rank + 1) // self._align) * self._align
             classes = max(self._classes, *(t.head.out_features for t in missing))
             free = [s for s in range(self._capacity) if s not in self._task]
             if len(free) < len(missing) and self._capacity >= self.max_slots:
