@@ -132,8 +132,9 @@ def main(argv: list[str] | None = None) -> None:
 
     configure_logging(settings)
     log = logging.getLogger("adaptformer_server")
-    if not settings.loopback and settings.admin_key is None:
-        log.warning("binding to %s without ADAPTFORMER_ADMIN_KEY: POST/DELETE /adapters answer 403", settings.host)
+    if settings.admin_key is None and (settings.api_keys or not settings.loopback):
+        why = "predict keys are set" if settings.api_keys else f"the server binds to {settings.host}"
+        log.warning("no ADAPTFORMER_ADMIN_KEY and %s: POST/DELETE /adapters answer 403", why)
     if ray_options is not None:
         _serve_on_ray(settings, ray_options, log)
         return
