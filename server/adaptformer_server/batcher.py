@@ -1,7 +1,8 @@
 """The batcher: an asyncio queue of samples, run as batches (any mix of tasks) on one inference thread.
 
 A batch is at most ``max_batch_size`` samples of one input shape (images, or clips of one frame count and
-tubelet), taken once it is full or once its oldest sample has waited ``max_wait_ms``. Each sample carries the
+tubelet), taken once it is full or once its oldest sample has waited ``max_wait_ms`` and the inference thread is
+free (while one batch runs the next fills; a full one is stacked and waits behind it). Each sample carries the
 TaskAdapter its request was admitted with; the batch's task table is built from those, so a replaced adapter
 never changes a request in flight.
 """
@@ -28,6 +29,8 @@ __all__ = ["Batcher", "RunBatch"]
 log = logging.getLogger("adaptformer_server.batcher")
 
 # (inputs [batch, ...], table key per sample, task table) -> one logits tensor per sample
+_STACK_INLINE = 1 << 20  # values: a batch smaller than this is stacked faster than it is handed to a thread
+
 RunBatch = Callable[[torch.Tensor, Sequence[str], Mapping[str, TaskAdapter]], list[torch.Tensor]]
 
 
@@ -71,14 +74,17 @@ class Batcher:
         self.metrics = metrics
         self.recent_batch_sizes: collections.deque[int] = collections.deque(maxlen=1000)
         self._pending: collections.deque[_Sample] = collections.deque()
+        self._handed: collections.deque[int] = collections.deque()  # sizes of the batches handed over, running first
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptformer-infer")
+        self._prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptformer-stack")
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
     @property
     def depth(self) -> int:
-        return len(self._pending)
+        """Samples waiting: queued, or in a batch handed over that waits behind the running one."""
+        return len(self._pending) + sum(self._handed) - (self._handed[0] if self._handed else 0)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="adaptformer-batcher")
@@ -96,6 +102,7 @@ class Batcher:
                 s.future.set_exception(NotReady("the server is shutting down; retry on another instance"))
         self.metrics.queue_depth.set(0)
         await asyncio.to_thread(self._executor.shutdown, True)  # lets a running batch finish
+        self._prep.shutdown(wait=False)
 
     async def submit(self, inputs: Sequence[torch.Tensor], key: str, adapter: TaskAdapter) -> list[torch.Tensor]:
         """Queues the samples of one request and waits for their logits (in order).
@@ -119,9 +126,9 @@ class Batcher:
         if self._closed:
             raise NotReady("the server is shutting down")
         count = sum(len(inputs) for inputs, _, _ in jobs)
-        if len(self._pending) + count > self.queue_size:
+        if self.depth + count > self.queue_size:
             raise Overloaded(
-                f"the server is overloaded ({len(self._pending)} samples waiting, queue size {self.queue_size}); "
+                f"the server is overloaded ({self.depth} samples waiting, queue size {self.queue_size}); "
                 "retry after the number of seconds in Retry-After"
             )
         loop = asyncio.get_running_loop()
@@ -135,7 +142,7 @@ class Batcher:
             per_job.append(samples)
         every = [s for samples in per_job for s in samples]
         self._pending.extend(every)
-        self.metrics.queue_depth.set(len(self._pending))
+        self.metrics.queue_depth.set(self.depth)
         self._wakeup.set()
         try:
             await asyncio.gather(*(s.future for s in every))
@@ -160,11 +167,28 @@ class Batcher:
             else:
                 rest.append(s)
         self._pending = rest
-        self.metrics.queue_depth.set(len(rest))
+        if batch:
+            self._handed.append(len(batch))
+        self.metrics.queue_depth.set(self.depth)
         return batch
+
+    def _ready(self, group: tuple, deadline: float, busy: int) -> bool:
+        """Whether to hand a batch of ``group`` over now, with ``busy`` batches already on the inference thread.
+
+        A full batch goes at once, even while another runs (at most one waits behind it, already stacked): the
+        inference thread takes it the moment it is free. A partial batch goes once its oldest sample has waited
+        ``max_wait`` and the inference thread is idle: while a batch runs, samples keep arriving, so waiting for
+        the thread fills the next batch at no cost in latency (the samples could not start any earlier).
+        """
+        if busy >= 2:
+            return False
+        if self._count(group) >= self.max_batch_size:
+            return True
+        return busy == 0 and time.monotonic() >= deadline
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        running: set[asyncio.Future[None]] = set()
         while True:
             while self._pending and self._pending[0].future.done():
                 self._pending.popleft()
@@ -174,19 +198,22 @@ class Batcher:
                 continue
             head = self._pending[0]
             deadline = head.enqueued + self.max_wait
-            while self._count(head.group) < self.max_batch_size:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
+            if not self._ready(head.group, deadline, len(running)):
+                # wait for a new sample, a batch to finish or the deadline, whichever comes first
                 self._wakeup.clear()
+                waits: list[asyncio.Future] = [asyncio.ensure_future(self._wakeup.wait()), *running]
+                timeout = None if running else max(0.0, deadline - time.monotonic())
                 try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except asyncio.TimeoutError:
-                    break
+                    await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waits[0].cancel()
+                continue
             batch = self._take(head.group)
             if not batch:
                 continue
-            await self._run_batch(loop, batch)
+            run = asyncio.ensure_future(self._run_batch(loop, batch))
+            running.add(run)
+            run.add_done_callback(running.discard)
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Sample]) -> None:
         now = time.monotonic()
@@ -194,12 +221,16 @@ class Batcher:
             self.metrics.queue_wait.observe(now - s.enqueued)
         table = {s.key: s.adapter for s in batch}
         keys = [s.key for s in batch]
-        x = _stack([s.x for s in batch], self.pin_memory)
+        xs = [s.x for s in batch]
         self.recent_batch_sizes.append(len(batch))
         self.metrics.batch_size.observe(len(batch))
         self.metrics.batch_tasks.observe(len(table))
         start = time.perf_counter()
         try:
+            if sum(x.numel() for x in xs) < _STACK_INLINE:
+                x = _stack(xs, self.pin_memory)
+            else:  # a large batch is stacked off the event loop, while the batch before it runs
+                x = await loop.run_in_executor(self._prep, _stack, xs, self.pin_memory)
             outputs = await loop.run_in_executor(self._executor, self.run, x, keys, table)
             if len(outputs) != len(batch) or any(o is None for o in outputs):
                 raise RuntimeError(f"the engine returned {len(outputs)} outputs for a batch of {len(batch)}")
@@ -211,6 +242,8 @@ class Batcher:
             return
         finally:
             self.metrics.batch_latency.observe(time.perf_counter() - start)
+            self._handed.popleft()
+            self.metrics.queue_depth.set(self.depth)
         for s, out in zip(batch, outputs, strict=True):
             if s.future.done():
                 continue
@@ -227,8 +260,9 @@ class Batcher:
 
 
 def _stack(xs: list[torch.Tensor], pin: bool) -> torch.Tensor:
-    """The batch tensor; in page-locked memory when ``pin`` (torch's host allocator caches those blocks)."""
-    if not pin:
+    """The batch tensor; in page-locked memory when ``pin`` (torch's host allocator caches those blocks), on the
+    samples' device when they were decoded on a GPU."""
+    if not pin or xs[0].device.type != "cpu":
         return torch.stack(xs)
     out = torch.empty((len(xs), *xs[0].shape), dtype=xs[0].dtype, pin_memory=True)
     return torch.stack(xs, out=out)
