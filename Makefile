@@ -5,12 +5,25 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install system-deps serve test test-slow test-ray ci lint format bench clean
+.PHONY: install install-server system-deps serve test test-slow test-ray ci lint format bench clean
 
-$(VENV)/.installed: pyproject.toml client/pyproject.toml
+# Three layers, each installed once: torch (the big one), the server, then the dev tools and the client.
+# `make serve` stops after the server; `make test` adds the rest. TORCH_INDEX_URL picks where torch comes from,
+# e.g. TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu for the CPU-only build (README, "Set-up").
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+TORCH_INDEX_URL ?=
+
+$(VENV)/.torch:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) $(TORCH_SPEC)
+	touch $@
+
+$(VENV)/.installed-server: $(VENV)/.torch pyproject.toml
+	$(PY) -m pip install -q -e ".[server]"
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.installed-server client/pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]" -e ./client
 	touch $@
 
@@ -43,7 +56,9 @@ system-deps:
 
 install: $(VENV)/.installed
 
-serve: install
+install-server: $(VENV)/.installed-server
+
+serve: install-server
 	$(VENV)/bin/adaptformer serve --host $(HOST) --port $(PORT)
 
 lint: install
