@@ -69,6 +69,9 @@ REQUIRED_KEYS = (
     "backbone_fingerprint",
 )
 JSON_KEYS = ("labels", "input", "config", "metrics", "layers", "temporal")
+# Optional one-line texts for callers (what the task answers, what input it expects).
+TEXT_KEYS = ("description", "input_note")
+MAX_TEXT_CHARS = 300
 
 
 def _metadata(task: TaskAdapter) -> dict[str, str]:
@@ -88,6 +91,9 @@ def _metadata(task: TaskAdapter) -> dict[str, str]:
         "backbone_params": str(info.backbone_params),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    for key in TEXT_KEYS:
+        if getattr(info, key):
+            meta[key] = getattr(info, key)
     if task.config is not None:
         meta["config"] = task.config.to_json()
     if task.temporal is not None:
@@ -136,6 +142,8 @@ def save_adapter(
     input_spec: InputSpec | None = None,
     metrics: dict | None = None,
     backbone_name: str | None = None,
+    description: str | None = None,
+    input_note: str | None = None,
 ) -> Path:
     """Writes an adapter file (atomically) from an adapted model or a TaskAdapter.
 
@@ -147,6 +155,9 @@ def save_adapter(
         input_spec: Input specification; read from the model's data config by default.
         metrics: Validation metrics to record.
         backbone_name: Backbone name to record (the timm architecture by default).
+        description: One line saying what the task answers.
+        input_note: What a caller must send beyond size and normalisation (e.g. "a light digit on a dark
+            background"); shown with the adapter by the server, ``adaptformer inspect`` and the client.
     """
     if isinstance(model, TaskAdapter):
         ta = model
@@ -160,6 +171,10 @@ def save_adapter(
         if not task:
             raise ValueError("save_adapter needs a task name")
         ta = extract_task(model, task, labels, input_spec, metrics, backbone_name)
+    if description is not None:
+        ta.info.description = description
+    if input_note is not None:
+        ta.info.input_note = input_note
     path = Path(path)
     atomic_write(path, task_to_bytes(ta))
     return path
@@ -353,6 +368,11 @@ def _check_metadata(raw: object, source: str) -> dict[str, Any]:
         raise AdapterFormatError(f"{source}: {len(labels):,} classes; an adapter has at most {MAX_CLASSES:,}")
     if any(len(s) > MAX_LABEL_CHARS for s in labels):
         raise AdapterFormatError(f"{source}: a label is longer than {MAX_LABEL_CHARS} characters")
+    for key in TEXT_KEYS:
+        if key in meta and (len(meta[key]) > MAX_TEXT_CHARS or not meta[key].isprintable()):
+            raise AdapterFormatError(
+                f"{source}: metadata {key!r} must be one line of printable text of at most {MAX_TEXT_CHARS} characters"
+            )
     for key in ("num_classes", "backbone_params"):
         if key in meta and not _DIGITS.fullmatch(meta[key]):
             raise AdapterFormatError(f"{source}: metadata {key!r} must be a decimal number, got {meta[key][:40]!r}")
@@ -598,6 +618,8 @@ def task_from_bytes(data: bytes, source: str = "adapter") -> TaskAdapter:
         fingerprint=str(meta["backbone_fingerprint"]),
         metrics=meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {},
         backbone_params=int(meta.get("backbone_params", 0)),
+        description=meta.get("description", ""),
+        input_note=meta.get("input_note", ""),
     )
     return TaskAdapter(info, head, config, adapters, temporal).eval()
 

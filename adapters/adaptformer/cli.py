@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(t)
     t.add_argument("--method", default="adaptformer", choices=["adaptformer", "linear", "vpt", "full"])
     t.add_argument("--out", type=Path, help="output file (default adapters/<task>.safetensors)")
+    t.add_argument("--description", help="one line: what the task answers (default: the built-in source's)")
+    t.add_argument(
+        "--input-note",
+        help="what callers must send beyond size and normalisation, e.g. 'a light digit on a dark background' "
+        "(default: the built-in source's)",
+    )
     g = t.add_argument_group("adaptformer")
     g.add_argument("--bottleneck", type=int, default=64, help="hidden width d^ of each branch (1..512)")
     g.add_argument("--scale", type=float, default=0.1, help="scale s of the branch output")
@@ -121,7 +127,8 @@ def _train(args: argparse.Namespace) -> None:
     data_args = {"source": args.data, "frames": splits.frames, "val_fraction": args.val_fraction,
                  "data_seed": args.data_seed, "limit": args.limit}  # fmt: skip
     command = "adaptformer " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("adaptformer") else None
-    summary = save_result(result, out, args.task, splits, backbone, extra={"data_args": data_args, "command": command})
+    summary = save_result(result, out, args.task, splits, backbone, extra={"data_args": data_args, "command": command},
+                          description=args.description, input_note=args.input_note)  # fmt: skip
     ckpt.unlink(missing_ok=True)
     m = summary["metrics"]
     kind = (

@@ -89,14 +89,17 @@ def load_embedded(path: Path | None = None, with_head: bool = True) -> VisionTra
 def export_fashion_task(out: Path, weights: Path | None = None) -> Path:
     """Writes the backbone's own Fashion-MNIST head as the head-only (linear) task ``fashion``."""
     from adaptformer.adapter_file import save_adapter
+    from adaptformer.data.sources import BUILTIN_NOTES
     from adaptformer.model import freeze_backbone
 
     meta = embedded_metadata(weights)
     model = load_embedded(weights, with_head=True)
     freeze_backbone(model)
     metrics = {"val_top1": float(meta["test_top1"]), "data": "fashion-mnist test set (10,000 images)"}
+    description, input_note = BUILTIN_NOTES["fashion-mnist"]
     return save_adapter(model, out, task="fashion", labels=list(meta["labels"]), input_spec=EMBEDDED_SPEC,
-                        metrics=metrics, backbone_name=EMBEDDED_NAME)  # fmt: skip
+                        metrics=metrics, backbone_name=EMBEDDED_NAME, description=description,
+                        input_note=input_note)  # fmt: skip
 
 
 if __name__ == "__main__":

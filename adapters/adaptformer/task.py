@@ -28,6 +28,9 @@ class TaskInfo:
         fingerprint: Hash of the frozen backbone weights the task was trained on.
         metrics: Validation metrics and anything else worth keeping.
         backbone_params: Parameter count of the frozen backbone (for the share a task adds).
+        description: One line saying what the task answers (shown by the server, ``inspect`` and the client).
+        input_note: What a caller must send beyond size and normalisation, e.g. "a light digit on a dark
+            background" (the colour convention, framing, channels).
     """
 
     task: str
@@ -38,6 +41,8 @@ class TaskInfo:
     fingerprint: str = ""
     metrics: dict = field(default_factory=dict)
     backbone_params: int = 0
+    description: str = ""
+    input_note: str = ""
 
 
 class TaskAdapter(nn.Module):
@@ -94,6 +99,8 @@ def extract_task(
     input_spec: InputSpec | None = None,
     metrics: dict | None = None,
     backbone_name: str | None = None,
+    description: str = "",
+    input_note: str = "",
 ) -> TaskAdapter:
     """Takes the adapters, head and temporal part out of an adapted model (sharing their tensors) as a TaskAdapter."""
     from adaptformer.fingerprint import backbone_fingerprint  # local: fingerprint imports model too
@@ -119,6 +126,8 @@ def extract_task(
         fingerprint=backbone_fingerprint(model),
         metrics=dict(metrics or {}),
         backbone_params=sum(p.numel() for n, p in vit.named_parameters() if not is_task_parameter(n)),
+        description=description,
+        input_note=input_note,
     )
     temporal = getattr(model, "temporal", None)
     return TaskAdapter(info, vit.head, config, adapters, temporal if isinstance(temporal, TemporalPart) else None)

@@ -284,15 +284,28 @@ def fit(
 
 
 def save_result(
-    result: TrainResult, out: Path, task: str, splits: Splits, backbone: Backbone, extra: dict | None = None
+    result: TrainResult,
+    out: Path,
+    task: str,
+    splits: Splits,
+    backbone: Backbone,
+    extra: dict | None = None,
+    description: str | None = None,
+    input_note: str | None = None,
 ) -> dict:
-    """Writes the adapter file (servable methods) or an evaluation checkpoint, and ``<out>.metrics.json``."""
+    """Writes the adapter file (servable methods) or an evaluation checkpoint, and ``<out>.metrics.json``.
+
+    ``description`` and ``input_note`` (what the task answers, what its callers must send) default to the data
+    source's own (set for the built-in sources, empty for folders).
+    """
     cfg = result.config
     spec = backbone.spec.as_clip(splits.frames, cfg.tubelet) if splits.modality == "clip" else backbone.spec
     metrics = {**result.metrics, "data": splits.source, **(extra or {})}
     if cfg.method in SERVABLE:
         save_adapter(result.model, out, task=task, labels=splits.labels, input_spec=spec, metrics=metrics,
-                     backbone_name=backbone.name)  # fmt: skip
+                     backbone_name=backbone.name,
+                     description=splits.description if description is None else description,
+                     input_note=splits.input_note if input_note is None else input_note)  # fmt: skip
     else:
         trainable = {k: v.detach().cpu().contiguous() for k, v in result.model.named_parameters() if v.requires_grad}
         meta = {

@@ -10,6 +10,7 @@ __all__ = [
     "AdapterInfo",
     "DeleteResult",
     "Health",
+    "InputInfo",
     "MultiPredictResponse",
     "PredictResponse",
     "Prediction",
@@ -69,8 +70,21 @@ class MultiPredictResponse(BaseModel):
         return [r.task for r in self.results]
 
 
+class InputInfo(BaseModel):
+    """What to send: pictures are resized to ``size`` x ``size`` RGB, scaled to [0, 1] and normalised."""
+
+    size: int
+    mean: list[float]
+    std: list[float]
+    interpolation: str
+    frames: int = 1
+    note: str = ""  # what else the task expects, e.g. "a light digit on a dark background"
+
+
 class AdapterInfo(BaseModel):
     task: str
+    description: str = ""  # one line: what the task answers
+    input: InputInfo | None = None  # None from servers before this field existed
     version: str  # first 12 hex digits of the sha256 of the adapter file
     method: str  # "adaptformer" | "linear"
     modality: str  # "image" | "clip"

@@ -46,6 +46,15 @@ class AdapterEntry:
         metrics = meta.get("metrics")
         return {
             "task": self.task,
+            "description": str(meta.get("description", "")),
+            "input": {
+                "size": spec.size,
+                "mean": list(spec.mean),
+                "std": list(spec.std),
+                "interpolation": spec.interpolation,
+                "frames": spec.frames,
+                "note": str(meta.get("input_note", "")),
+            },
             "version": self.version,
             "method": meta["method"],
             "modality": spec.modality,

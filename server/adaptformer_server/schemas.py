@@ -13,6 +13,7 @@ __all__ = [
     "ErrorDetail",
     "ErrorResponse",
     "Health",
+    "InputInfo",
     "MultiPredictResponse",
     "PredictResponse",
     "Prediction",
@@ -39,8 +40,21 @@ class MultiPredictResponse(BaseModel):
     latency_ms: float = Field(description="the whole request, from request to answer")
 
 
+class InputInfo(BaseModel):
+    """What a caller sends: pictures are resized to ``size`` x ``size`` RGB, scaled to [0, 1], then normalised."""
+
+    size: int
+    mean: list[float]
+    std: list[float]
+    interpolation: str
+    frames: int = Field(description="frames per clip (1 for an image task)")
+    note: str = Field("", description="what else the task expects, e.g. 'a light digit on a dark background'")
+
+
 class AdapterInfo(BaseModel):
     task: str
+    description: str = Field("", description="one line: what the task answers")
+    input: InputInfo
     version: str
     method: Literal["adaptformer", "linear"]
     modality: Literal["image", "clip"]

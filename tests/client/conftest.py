@@ -48,6 +48,8 @@ def answer(status: int, model: BaseModel, **headers: str) -> httpx.Response:
 def adapter_info(task: str, labels: list[str], modality: str = "image", frames: int = 1, data: bytes = b"") -> dict:
     info = {
         "task": task,
+        "description": f"what {task} answers",
+        "input": {"size": 28, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic", "frames": frames},
         "version": hashlib.sha256(data or task.encode()).hexdigest()[:12],
         "method": "adaptformer",
         "modality": modality,

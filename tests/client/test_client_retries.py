@@ -16,6 +16,7 @@ OK_HEALTH = httpx.Response(200, json=schemas.Health(status="ok").model_dump(mode
 UPLOADED = {
     "adapter": {
         "task": "cars",
+        "input": {"size": 28, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic", "frames": 1},
         "version": "0123456789ab",
         "method": "linear",
         "modality": "image",

@@ -16,8 +16,13 @@ PREDICTION = schemas.PredictResponse(
     predictions=[[schemas.Prediction(label="7", score=0.9)], [schemas.Prediction(label="1", score=0.5)]],
     latency_ms=3.5,
 )
+INPUT = schemas.InputInfo(
+    size=28, mean=[0.5] * 3, std=[0.5] * 3, interpolation="bicubic", frames=4, note="a light digit on dark"
+)
 INFO = schemas.AdapterInfo(
     task="digits",
+    description="handwritten digit 0-9",
+    input=INPUT,
     version="0123456789ab",
     method="adaptformer",
     modality="clip",
@@ -36,6 +41,7 @@ INFO = schemas.AdapterInfo(
 )
 EXAMPLES: dict[str, tuple[type[BaseModel], BaseModel]] = {
     "Prediction": (client_types.Prediction, schemas.Prediction(label="7", score=0.25)),
+    "InputInfo": (client_types.InputInfo, INPUT),
     "PredictResponse": (client_types.PredictResponse, PREDICTION),
     "MultiPredictResponse": (
         client_types.MultiPredictResponse,

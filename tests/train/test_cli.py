@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from adaptformer.adapter_file import load_adapter
 from adaptformer.cli import main
+from adaptformer.data.sources import BUILTIN_NOTES
 from adaptformer.embedded import build_embedded
 
 
@@ -54,11 +56,22 @@ def test_train_inspect_eval_round_trip(tmp_path: Path, weights: Path, capsys: py
     info = json.loads(capsys.readouterr().out)
     assert info["task"] == "digits" and info["method"] == "adaptformer" and info["config"]["bottleneck"] == 8
     assert 0 < info["percent_of_backbone"] < 10
+    # a built-in source says what the task answers and what its callers must send
+    assert (info["description"], info["input_note"]) == BUILTIN_NOTES["digits"]
 
     main(["eval", "--adapter", str(out), "--data", "digits", "--limit", "64", "--weights", str(weights)])
     result = json.loads(capsys.readouterr().out)
     # The serving engine reproduces the accuracy measured at the end of training on the same split.
     assert result["top1"] == pytest.approx(summary["metrics"]["val_top1"], abs=1e-4)
+
+
+def test_description_and_input_note_flags_reach_the_file(tmp_path: Path, weights: Path) -> None:
+    out = tmp_path / "ink.safetensors"
+    main(["train", "--task", "ink", "--data", "digits", "--limit", "32", "--epochs", "1", "--method", "linear",
+          "--description", "digit written in ink", "--input-note", "black ink on white paper",
+          "--weights", str(weights), "--out", str(out), "--quiet"])  # fmt: skip
+    info = load_adapter(out).info
+    assert (info.description, info.input_note) == ("digit written in ink", "black ink on white paper")
 
 
 def test_vpt_gives_a_checkpoint_that_inspect_marks_not_servable(tmp_path: Path, weights: Path, capsys) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,30 @@ BUILTIN_SOURCES: dict[str, str] = {
     "emoji": "Noto Color Emoji by Unicode group, 9 classes, augmented; val emoji unseen (fonts-noto-color-emoji)",
     "motion": "clips: a picture moving in one of 8 directions, readable only across frames; 2,000 / 500 clips",
     "zoom-rotate": "clips: a picture zooming in or out or turning left or right, readable only across frames; 2,000 / 500",
+}
+
+# What a task trained on each built-in source answers, and what its callers must send (adapter metadata).
+BUILTIN_NOTES: dict[str, tuple[str, str]] = {
+    "fashion-mnist": (
+        "kind of garment or shoe in a Fashion-MNIST-style photo (10 classes)",
+        "one item, light grey on a black background, centred and filling the square (28x28 grey)",
+    ),
+    "digits": (
+        "handwritten digit 0-9",
+        "a light digit on a dark background, filling the square (8x8 scans upscaled); invert dark-on-white photos",
+    ),
+    "emoji": (
+        "Unicode group of an emoji (9 groups)",
+        "one colour emoji on a plain background, filling half to all of the square",
+    ),
+    "motion": (
+        "direction a picture moves in a clip (8 directions)",
+        "a clip whose content slides a few pixels per frame in one direction",
+    ),
+    "zoom-rotate": (
+        "whether a picture zooms in or out or turns left or right in a clip",
+        "a clip whose content zooms or turns a little per frame",
+    ),
 }
 
 _LOADERS: dict[str, Callable[..., Splits]] = {
@@ -83,7 +108,8 @@ def load_data(
         frames=frames, val_fraction=float(val_fraction), seed=int(seed), limit=limit, progress=progress
     )
     if source in _LOADERS:
-        return _LOADERS[source](spec, **kwargs)
+        description, input_note = BUILTIN_NOTES.get(source, ("", ""))
+        return replace(_LOADERS[source](spec, **kwargs), description=description, input_note=input_note)
     path = Path(os.path.expanduser(str(source)))
     if path.exists():
         return load_folder_splits(path, spec, **kwargs)

@@ -37,6 +37,8 @@ class Splits:
         modality: ``image`` or ``clip``.
         frames: Frames per clip (1 for images).
         source: Human-readable description of where the data came from (goes into adapter metadata).
+        description: One line saying what a task trained on this data answers (adapter metadata).
+        input_note: What a caller of such a task must send (adapter metadata), e.g. the colour convention.
     """
 
     train: LabeledData
@@ -45,6 +47,8 @@ class Splits:
     modality: str
     frames: int
     source: str
+    description: str = ""
+    input_note: str = ""
 
     @property
     def num_classes(self) -> int:

@@ -51,7 +51,9 @@ function describeTask() {
     info.textContent = "every image task on the same input, in one request";
   } else if (a) {
     const what = a.modality === "clip" ? `clip task: ${a.frames} frames (one GIF/WebP or ${a.frames} images)` : "image task";
-    info.textContent = `${what} · ${a.num_classes} classes · version ${a.version}`;
+    const parts = [a.description, what, `${a.num_classes} classes`, `version ${a.version}`].filter(Boolean);
+    const note = a.input && a.input.note ? ` — expects ${a.input.note}` : "";
+    info.textContent = parts.join(" · ") + note;
   } else {
     info.textContent = "";
   }
