@@ -34,6 +34,7 @@ import os
 import platform
 import random
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -120,7 +121,8 @@ class Server:
         if args.weights is not None:
             cmd += ["--weights", str(args.weights)]
         for key, value in settings.items():
-            cmd += [f"--{key.replace('_', '-')}", str(value)]
+            flag = key.replace("_", "-")
+            cmd += [f"--{'' if value else 'no-'}{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTFORMER_")}
         start = time.perf_counter()
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -172,11 +174,14 @@ async def load(url: str, concurrency: int, seconds: float, payloads: list[bytes]
             i = w
             while time.perf_counter() < until:
                 t0 = time.perf_counter()
-                r = await client.post(
-                    f"/predict?task={tasks[i % len(tasks)]}&top_k=1",
-                    content=payloads[i % len(payloads)],
-                    headers={"Content-Type": "image/png"},
-                )
+                if not tasks:  # the generator's own ceiling: a route that does nothing
+                    r = await client.get("/healthz")
+                else:
+                    r = await client.post(
+                        f"/predict?task={tasks[i % len(tasks)]}&top_k=1",
+                        content=payloads[i % len(payloads)],
+                        headers={"Content-Type": "image/png"},
+                    )
                 if record:
                     if r.status_code == 200:
                         latencies.append(time.perf_counter() - t0)
@@ -209,6 +214,124 @@ def batch_sizes(url: str) -> float:
             values[name] = float(value)
     count = values.get("adaptformer_batch_size_count", 0.0)
     return values.get("adaptformer_batch_size_sum", 0.0) / count if count else float("nan")
+
+
+def batch_totals(url: str) -> tuple[float, float]:
+    """(sum, count) of the batch-size histogram so far: the mean batch of one load level is the difference."""
+    values = {}
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(("adaptformer_batch_size_sum", "adaptformer_batch_size_count")):
+            name, value = line.split()
+            values[name] = float(value)
+    return values.get("adaptformer_batch_size_sum", 0.0), values.get("adaptformer_batch_size_count", 0.0)
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+_WRK_SCRIPT = """
+local bodies, tasks, i = {}, {}, 0
+function init(args)
+  local dir, n, t = args[1], tonumber(args[2]), tonumber(args[3])
+  for k = 0, n - 1 do
+    local f = assert(io.open(dir .. "/payload" .. k, "rb"))
+    bodies[k + 1] = f:read("*a")
+    f:close()
+  end
+  for k = 0, t - 1 do tasks[k + 1] = "task" .. k end
+  i = math.random(0, 1000)
+end
+function request()
+  i = i + 1
+  if #tasks == 0 then return wrk.format("GET", "/healthz") end
+  return wrk.format("POST", "/predict?task=" .. tasks[(i % #tasks) + 1] .. "&top_k=1",
+    {["Content-Type"] = "image/png"}, bodies[(i % #bodies) + 1])
+end
+"""
+
+
+def _wrk_ms(text: str, label: str) -> float:
+    for line in text.splitlines():
+        parts = line.split()
+        if parts[:1] == [label] and len(parts) >= 2:
+            value = parts[1]
+            for unit, scale in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+                if value.endswith(unit):
+                    return float(value[: -len(unit)]) * scale
+    return float("nan")
+
+
+def wrk_load(url: str, concurrency: int, seconds: float, payloads: list[bytes], tasks: list[str]) -> dict:
+    """Closed-loop load from wrk (one thread, ``concurrency`` connections); ``tasks`` empty: GET /healthz.
+
+    Its CPU use is that of the child process (``generator_cpu``: cores used on average while it ran).
+    """
+    with tempfile.TemporaryDirectory(prefix="adaptformer-wrk-") as tmp:
+        for k, data in enumerate(payloads):
+            (Path(tmp) / f"payload{k}").write_bytes(data)
+        script = Path(tmp) / "load.lua"
+        script.write_text(_WRK_SCRIPT)
+        cmd = [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "--timeout",
+            "120s",
+            "-s",
+            str(script),
+        ]
+        cmd += [url, "--", tmp, str(len(payloads)), str(len(tasks))]
+        warm = [*cmd[:3], f"-d{max(1, int(seconds // 3))}s", *cmd[4:]]
+        subprocess.run(warm, check=True, capture_output=True)
+        before = os.times()
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        after = os.times()
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    wall = after.elapsed - before.elapsed
+    rps = next(float(line.split()[1]) for line in out.splitlines() if line.startswith("Requests/sec:"))
+    errors = 0
+    for line in out.splitlines():
+        if "Non-2xx" in line:
+            errors += int(line.split()[-1])
+        if line.strip().startswith("Socket errors:"):
+            errors += sum(int(part.split()[-1]) for part in line.split(":", 1)[1].split(","))
+    return {
+        "concurrency": concurrency,
+        "requests": round(rps * seconds),
+        "errors": errors,
+        "rps": rps,
+        "p50_ms": _wrk_ms(out, "50%"),
+        "p99_ms": _wrk_ms(out, "99%"),
+        "generator_cpu": round(cpu / wall, 3),
+    }
+
+
+def httpx_load(url: str, concurrency: int, seconds: float, payloads: list[bytes], tasks: list[str]) -> dict:
+    """:func:`load` run in this process; ``generator_cpu``: this process's cores used while it ran."""
+    before = time.process_time(), time.perf_counter()
+    row = asyncio.run(load(url, concurrency, seconds, payloads, tasks))
+    row["generator_cpu"] = round((time.process_time() - before[0]) / (time.perf_counter() - before[1]), 3)
+    return row
+
+
+def measured(
+    tool: str, server: Server, concurrency: int, seconds: float, payloads: list[bytes], tasks: list[str]
+) -> dict:
+    """One load level with ``tool``, with the server's CPU use and mean batch size over the level."""
+    run = wrk_load if tool == "wrk" else httpx_load
+    batches, cpu, t0 = batch_totals(server.url), process_cpu_s(server.proc.pid), time.perf_counter()
+    row = run(server.url, concurrency, seconds, payloads, tasks)
+    server_cpu = (process_cpu_s(server.proc.pid) - cpu) / (time.perf_counter() - t0)
+    after = batch_totals(server.url)
+    count = after[1] - batches[1]
+    row["server_cpu"] = round(server_cpu, 3)
+    row["mean_batch"] = round((after[0] - batches[0]) / count, 2) if count else float("nan")
+    return row
 
 
 def engine_alone(vit: torch.nn.Module, device: str, bottleneck: int, batch: int, reps: int) -> dict:
@@ -282,7 +405,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reps", type=int, default=None, help="engine-alone repetitions (default 7; 3 with --quick)")
     p.add_argument("--out", type=Path, default=None, help="also write the report (markdown) and its JSON here")
     p.add_argument("--note", default="", help="free text for the report (e.g. other load on the machine)")
+    p.add_argument(
+        "--saturation",
+        action="store_true",
+        help="only the saturation rounds (server on/off at --clients, engine alone), written as server_saturation",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="saturation rounds (medians over them)")
+    p.add_argument("--clients", type=int, default=32, help="clients of the saturation rounds")
+    p.add_argument(
+        "--tool", choices=["httpx", "wrk"], default=None, help="load generator (default: wrk when installed)"
+    )
     args = p.parse_args(argv)
+    args.tool = args.tool or ("wrk" if shutil.which("wrk") else "httpx")
     quick = args.quick
     levels = [1, 8] if quick else [1, 2, 4, 8, 16, 32, 64]
     seconds = args.seconds or (2.0 if quick else 10.0)
@@ -313,6 +447,17 @@ def main(argv: list[str] | None = None) -> None:
         for i, data in enumerate(files):
             (store / f"task{i}.safetensors").write_bytes(data)
         tasks = [f"task{i}" for i in range(TASKS)]
+        if args.saturation:
+            args.seconds, args.bottleneck, args.reps = seconds, bottleneck, args.reps or (3 if quick else 7)
+            results["saturation"] = saturation(args, vit, store, payloads, tasks)
+            results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+            report = render_saturation(results)
+            print("\n" + report)
+            if args.out is not None:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(report + "\n")
+                args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+            return
 
         results["load"] = {}
         for mode, settings in (
@@ -356,6 +501,84 @@ def main(argv: list[str] | None = None) -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(report + "\n")
         args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+def saturation(
+    args: argparse.Namespace, vit: torch.nn.Module, store: Path, payloads: list[bytes], tasks: list[str]
+) -> dict:
+    """Rounds of: the server with batching on, with batching off (both at ``--clients``), the engine alone;
+    then the generator's ceiling against /healthz. Ratios per round, medians over rounds."""
+    rounds = []
+    on_settings = {"max_batch_size": 32, "max_wait_ms": 5}
+    off_settings = {"max_batch_size": 1, "max_wait_ms": 0}
+    common = {"slots": args.slots, "queue_size": 4096}
+    with Server(args, store, **common, **on_settings) as on, Server(args, store, **common, **off_settings) as off:
+        for r in range(args.rounds):
+            row: dict = {"load_average": [round(v, 2) for v in os.getloadavg()]}
+            row["on"] = measured(args.tool, on, args.clients, args.seconds, payloads, tasks)
+            row["off"] = measured(args.tool, off, args.clients, args.seconds, payloads, tasks)
+            row["engine"] = engine_alone(vit, args.device, args.bottleneck, batch=32, reps=args.reps)
+            row["server_over_engine"] = round(row["on"]["rps"] / row["engine"]["engine_images_per_s"], 4)
+            row["on_over_off"] = round(row["on"]["rps"] / row["off"]["rps"], 3)
+            print(
+                f"round {r + 1}: server {row['on']['rps']:.1f} img/s (mean batch {row['on']['mean_batch']}, server "
+                f"CPU {row['on']['server_cpu']}, generator CPU {row['on']['generator_cpu']}), batching off "
+                f"{row['off']['rps']:.1f}, engine {row['engine']['engine_images_per_s']:.1f}: "
+                f"server/engine {row['server_over_engine']:.3f}, on/off {row['on_over_off']:.2f}",
+                flush=True,
+            )
+            rounds.append(row)
+        ceiling = measured(args.tool, on, args.clients, args.seconds, payloads, [])
+    print(f"generator ceiling (GET /healthz): {ceiling['rps']:.1f} req/s", flush=True)
+    return {
+        "tool": args.tool,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "rounds": rounds,
+        "ceiling": ceiling,
+        "median_server_over_engine": round(statistics.median(r["server_over_engine"] for r in rounds), 4),
+        "median_on_over_off": round(statistics.median(r["on_over_off"] for r in rounds), 3),
+        "median_mean_batch": statistics.median(r["on"]["mean_batch"] for r in rounds),
+    }
+
+
+def render_saturation(r: dict) -> str:
+    s = r["saturation"]
+    header = (
+        f"`{r['command']}`, {r['date']}, on {r['machine']} (load average at the start "
+        f"{', '.join(str(v) for v in r['load_average_at_start'])}), torch {r['torch']}, backbone `{r['backbone']}` "
+        f"on {r['device']}. {s['clients']} closed-loop clients ({s['tool']}, one connection each, one PNG per "
+        f"request, tasks mixed over {TASKS} adapters) for {s['seconds']:g} s per measurement; client and server "
+        "share the machine. Each round measures the server with batching on (max batch 32, max wait 5 ms), with "
+        "batching off (max batch 1), then the engine alone on batches of 32 mixed tasks."
+    )
+    if r["quick"]:
+        header += " A `--quick` run: a smoke test, not a result."
+    parts = ["# Server saturation", "", header, ""]
+    if r.get("note"):
+        parts += [f"Note: {r['note']}", ""]
+    parts += [
+        "| round | load avg | server img/s | mean batch | p50 ms | p99 ms | server CPU | generator CPU | batching off "
+        "img/s | engine img/s | server / engine | on / off |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, row in enumerate(s["rounds"]):
+        on, off = row["on"], row["off"]
+        parts.append(
+            f"| {i + 1} | {row['load_average'][0]} | {on['rps']:.1f} | {on['mean_batch']} | {on['p50_ms']:.1f} | "
+            f"{on['p99_ms']:.1f} | {on['server_cpu']:.2f} | {on['generator_cpu']:.2f} | {off['rps']:.1f} | "
+            f"{row['engine']['engine_images_per_s']:.1f} | {row['server_over_engine']:.3f} | {row['on_over_off']:.2f} |"
+        )
+    c = s["ceiling"]
+    parts += [
+        "",
+        f"- median server / engine: **{s['median_server_over_engine']:.3f}**; median batching on / off: "
+        f"**{s['median_on_over_off']:.2f}x**; median mean batch {s['median_mean_batch']}",
+        f"- the generator's ceiling (same clients, GET /healthz on the batching-on server): {c['rps']:.0f} req/s, "
+        f"generator CPU {c['generator_cpu']:.2f} cores, server CPU {c['server_cpu']:.2f} cores",
+        "- CPU columns: cores used on average over the measurement (2.0 = both cores of this machine)",
+    ]
+    return "\n".join(parts)
 
 
 def render(r: dict) -> str:
