@@ -84,7 +84,7 @@ DEFAULT_ROWS = [
     "engine-1x64",
     "engine-16x64",
     "engine-64x64",
-    "gathered-16x64",
+    "slices-16x64",
     "peft-16",
     "adapterhub-16",
 ]
@@ -487,7 +487,8 @@ def main(argv: list[str] | None = None) -> dict:
             flush=True,
         )
         results.append(r)
-    operators = operator_counts(engine, x, ["slices", "gathered", "grouped"], [1, 16, 64]) if args.count_ops else []
+    paths = ["slices", "segments", "gathered", "grouped"]
+    operators = operator_counts(engine, x, paths, [1, 16, 64]) if args.count_ops else []
     for o in operators:
         print(f"operators: {o['path']:>8}, {o['tasks']:2d} tasks: {o['operators']}", flush=True)
 

@@ -33,14 +33,11 @@ __all__ = ["PATHS", "MultiTaskViT"]
 
 log = logging.getLogger("adaptformer.engine")
 
-# How a mixed batch runs its branches (docs/ARCHITECTURE.md, "Engine paths"): ``slices``, one branch per task
-# on its run of rows; ``gathered``, one ``baddbmm`` per projection and kind of branch input with per-row weights
-# from the branch bank; ``grouped``, the same with ``torch._grouped_mm`` over each task's segment of rows;
-# ``auto``, the engine's choice.
-PATHS = ("auto", "slices", "gathered", "grouped")
-# On a CPU, where a kernel costs no launch, slices cost least up to this many tasks with branches in a batch
-# (measured on ViT-S/16: docs/ARCHITECTURE.md, "Engine paths").
-CPU_SLICES_UP_TO = 16
+# How a mixed batch runs its branches (docs/ARCHITECTURE.md, "Engine paths"): ``slices``, each task's AdaptMLP
+# on its run of rows; ``segments``, one fused ``addmm`` pair per task on the branch bank's folded weights;
+# ``gathered``, one ``baddbmm`` per projection and kind of branch input with per-row weights from the bank;
+# ``grouped``, the same with ``torch._grouped_mm`` over each task's segment of rows; ``auto``, the engine's choice.
+PATHS = ("auto", "slices", "segments", "gathered", "grouped")
 
 
 class MultiTaskViT(nn.Module):
@@ -154,10 +151,8 @@ class MultiTaskViT(nn.Module):
                 if plan.branch_tasks <= 1:
                     return "slices"
                 path = "grouped" if _native_grouped_mm(device, dtype) else "gathered"
-            elif plan.branch_tasks <= CPU_SLICES_UP_TO:
-                return "slices"
-            else:
-                path = "grouped"
+            else:  # no launch cost: fewest passes over memory (measured: docs/ARCHITECTURE.md)
+                return "segments" if plan.branch_tasks else "slices"
         if path == "grouped" and not grouped_mm_works(device, dtype):
             return "gathered"
         return path
@@ -204,23 +199,24 @@ class MultiTaskViT(nn.Module):
         else:
             embedded = tokens
             try:
-                weights, tokens = self._gathered_blocks(embedded, plan, table, grouped=path == "grouped")
+                weights, tokens = self._gathered_blocks(embedded, plan, table, path)
             except RuntimeError:
                 if path != "grouped":
                     raise
                 # A grouped-GEMM kernel that passed the probe may still refuse a shape: never again on this pair.
                 refuse_grouped(x.device, x.dtype)
                 log.warning("torch._grouped_mm failed on %s/%s; using per-row batched products", x.device, x.dtype)
-                weights, tokens = self._gathered_blocks(embedded, plan, table, grouped=False)
+                weights, tokens = self._gathered_blocks(embedded, plan, table, "gathered")
         tokens = self.vit.norm(tokens)
         return self.vit.forward_head(tokens, pre_logits=True), plan, weights
 
     def _gathered_blocks(
-        self, tokens: torch.Tensor, plan: _Plan, table: Mapping[str, TaskAdapter], grouped: bool
+        self, tokens: torch.Tensor, plan: _Plan, table: Mapping[str, TaskAdapter], path: str
     ) -> tuple[BankWeights, torch.Tensor]:
-        weights = self._bank().gather([table[t] for t in plan.tasks], plan.counts, per_row=not grouped)
+        layout = {"gathered": "rows", "grouped": "grouped", "segments": "segments"}[path]
+        weights = self._bank().gather([table[t] for t in plan.tasks], plan.counts, layout=layout)
         offsets = None
-        if grouped:
+        if path == "grouped":
             n = tokens.shape[1]
             flat = [n * c for g in plan.groups for c in g.offsets]
             offs = to_device(flat, tokens.device, torch.int32)
@@ -229,7 +225,7 @@ class MultiTaskViT(nn.Module):
                 offsets.append(offs[start : start + len(g.offsets)])
                 start += len(g.offsets)
         for i, block in enumerate(self.vit.blocks):
-            tokens = gathered_block(block, tokens, i, weights, plan.groups, offsets)
+            tokens = gathered_block(block, tokens, i, weights, plan.groups, offsets, segments=path == "segments")
         return weights, tokens
 
     @torch.inference_mode()
@@ -245,8 +241,8 @@ class MultiTaskViT(nn.Module):
                 each request started with); its TaskAdapters must be on the backbone's device and dtype.
 
         Returns:
-            A list of ``batch`` tensors (views of one tensor, in the backbone's dtype); entry ``i`` has the class
-            count of ``tasks[i]``.
+            A list of ``batch`` tensors (views of the batch's logits, in the backbone's dtype); entry ``i`` has
+            the class count of ``tasks[i]``.
         """
         if isinstance(tasks, str):
             tasks = [tasks] * x.shape[0]

@@ -21,6 +21,7 @@ at most one product pair per kind present (at most five), however many tasks the
 
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
 from collections.abc import Sequence
@@ -236,14 +237,15 @@ class BranchBank:
             del self._slot[key]
         del self._layers[slot], self._used[slot]
 
-    def gather(self, tasks: Sequence[TaskAdapter], rows_per_task: Sequence[int], per_row: bool = True) -> BankWeights:
+    def gather(self, tasks: Sequence[TaskAdapter], rows_per_task: Sequence[int], layout: str = "rows") -> BankWeights:
         """The stacked weights one batch needs, copied out of the bank (one index transfer, a few gathers).
 
         Args:
             tasks: The batch's tasks in row order: those with branches first (one per entry of
                 ``rows_per_task``), then the linear probes.
             rows_per_task: Rows of each task with branches, in the same order.
-            per_row: Branch weights per row (for ``baddbmm``); else per task (for segmented products).
+            layout: ``rows``: branch weights per row (for ``baddbmm``); ``grouped``: per task, the down bias per
+                row (for ``torch._grouped_mm``); ``segments``: all per task (one product per task segment).
         """
         with self._lock:
             slots = self._admit(tasks)
@@ -251,13 +253,13 @@ class BranchBank:
             row_slots = [s for s, count in zip(slots[:n], rows_per_task, strict=True) for _ in range(count)]
             index = to_device(slots + row_slots, self.device)
             task_index, row_index = index[: len(tasks)], index[len(tasks) :]
-            branch_index = row_index if per_row else task_index[:n]
+            branch_index = row_index if layout == "rows" else task_index[:n]
             down, up = self.down.index_select(1, branch_index), self.up.index_select(1, branch_index)
-            if not per_row and grouped_layout(self.device, self.dtype) == "col":
+            if layout == "grouped" and grouped_layout(self.device, self.dtype) == "col":
                 down, up = _column_major(down), _column_major(up)
             return BankWeights(
                 down=down,
-                down_bias=self.down_bias.index_select(1, row_index),
+                down_bias=self.down_bias.index_select(1, task_index[:n] if layout == "segments" else row_index),
                 up=up,
                 head_weight=self.head_weight.index_select(0, task_index),
                 head_bias=self.head_bias.index_select(0, task_index),
@@ -286,6 +288,7 @@ def gathered_block(
     weights: BankWeights,
     groups: Sequence[KindGroup],
     offsets: Sequence[torch.Tensor] | None = None,
+    segments: bool = False,
 ) -> torch.Tensor:
     """A timm ``Block`` forward with every task's branch of block ``i``: one product pair per kind of input.
 
@@ -297,6 +300,8 @@ def gathered_block(
         groups: Runs of rows sharing a branch input.
         offsets: Per group, cumulative token counts of its tasks (int32, on the device): the segmented
             ``torch._grouped_mm`` path, weights per task. ``None``: per-row weights and ``baddbmm``.
+        segments: One ``addmm`` pair per task segment on per-task weights (the CPU form: no launch cost, and the
+            up product accumulates straight into the output, scale and bias folded in).
     """
     x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x))))
     normed = block.norm2(x)
@@ -307,7 +312,15 @@ def gathered_block(
     for g, group in enumerate(groups):
         rows = slice(*group.rows)
         h = _source(group.kind, x, normed, mlp_out, rows)
-        if offsets is None:
+        if segments:
+            n, t, d = h.shape
+            start, first = group.rows[0], group.tasks[0]
+            for k, (a, b) in enumerate(itertools.pairwise((0, *group.offsets))):
+                if a == b:
+                    continue
+                z = torch.addmm(weights.down_bias[i, first + k, 0], h[a:b].reshape(-1, d), weights.down[i, first + k])
+                out[start + a : start + b].view(-1, d).addmm_(z.relu_(), weights.up[i, first + k])
+        elif offsets is None:
             z = torch.baddbmm(weights.down_bias[i, rows], h, weights.down[i, rows]).relu_()
             out[rows].baddbmm_(z, weights.up[i, rows])
         else:
