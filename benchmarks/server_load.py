@@ -411,12 +411,21 @@ def main(argv: list[str] | None = None) -> None:
         help="only the saturation rounds (server on/off at --clients, engine alone), written as server_saturation",
     )
     p.add_argument("--rounds", type=int, default=3, help="saturation rounds (medians over them)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads of the server and of the engine alone (default: torch's choice); on a loaded "
+        "machine OpenMP threads that wait for a descheduled sibling make 1 the fastest",
+    )
     p.add_argument("--clients", type=int, default=32, help="clients of the saturation rounds")
     p.add_argument(
         "--tool", choices=["httpx", "wrk"], default=None, help="load generator (default: wrk when installed)"
     )
     args = p.parse_args(argv)
     args.tool = args.tool or ("wrk" if shutil.which("wrk") else "httpx")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     quick = args.quick
     levels = [1, 8] if quick else [1, 2, 4, 8, 16, 32, 64]
     seconds = args.seconds or (2.0 if quick else 10.0)
@@ -434,6 +443,7 @@ def main(argv: list[str] | None = None) -> None:
         "backbone": args.backbone,
         "device": str(resolve_device(args.device)),
         "quick": quick,
+        "threads": args.threads,
     }
     with tempfile.TemporaryDirectory(prefix="adaptformer-bench-") as tmp:
         work = Path(tmp)
@@ -511,7 +521,7 @@ def saturation(
     rounds = []
     on_settings = {"max_batch_size": 32, "max_wait_ms": 5}
     off_settings = {"max_batch_size": 1, "max_wait_ms": 0}
-    common = {"slots": args.slots, "queue_size": 4096}
+    common = {"slots": args.slots, "queue_size": 4096, **({"threads": args.threads} if args.threads else {})}
     with Server(args, store, **common, **on_settings) as on, Server(args, store, **common, **off_settings) as off:
         for r in range(args.rounds):
             row: dict = {"load_average": [round(v, 2) for v in os.getloadavg()]}
@@ -547,7 +557,7 @@ def render_saturation(r: dict) -> str:
     header = (
         f"`{r['command']}`, {r['date']}, on {r['machine']} (load average at the start "
         f"{', '.join(str(v) for v in r['load_average_at_start'])}), torch {r['torch']}, backbone `{r['backbone']}` "
-        f"on {r['device']}. {s['clients']} closed-loop clients ({s['tool']}, one connection each, one PNG per "
+        f"on {r['device']}, torch threads {r.get('threads') or 'default'}. {s['clients']} closed-loop clients ({s['tool']}, one connection each, one PNG per "
         f"request, tasks mixed over {TASKS} adapters) for {s['seconds']:g} s per measurement; client and server "
         "share the machine. Each round measures the server with batching on (max batch 32, max wait 5 ms), with "
         "batching off (max batch 1), then the engine alone on batches of 32 mixed tasks."
