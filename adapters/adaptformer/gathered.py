@@ -306,7 +306,9 @@ def gathered_block(
     x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x))))
     normed = block.norm2(x)
     mlp_out = block.drop_path2(block.ls2(block.mlp(normed)))
-    out = x + mlp_out
+    # Contiguous, so a run of rows is a 2-D view to accumulate into (an add keeps its inputs' strides, and the
+    # tokens of a ViT without prefix tokens are a transposed view of the patch embedding).
+    out = (x + mlp_out).contiguous()
     if i not in weights.blocks:
         return out
     for g, group in enumerate(groups):

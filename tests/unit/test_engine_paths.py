@@ -114,6 +114,21 @@ def test_mixed_batch_equals_each_task_alone(
         assert max_diff(out[i].float(), ref.float()) <= TOL[dtype], (i, name)
 
 
+@pytest.mark.parametrize("kind", ["no-class-token", "registers", "layer-scale"])
+def test_other_backbones_every_path(kind: str) -> None:
+    """Backbones without a class token (transposed token layout), with registers or layer scale: every path
+    gives each row of a 16-task mix its task's logits alone."""
+    backbone = make_vit(kind)
+    tasks = _tasks(backbone, 16)
+    names = _rows(16, 20)
+    x = images(20)
+    alone = _engine(backbone, tasks, "slices", torch.float32)
+    want = [alone(x[i : i + 1], name)[0] for i, name in enumerate(names)]
+    for path in PATH_NAMES:
+        out = _engine(backbone, tasks, path, torch.float32)(x, names)
+        assert max(max_diff(o, w) for o, w in zip(out, want, strict=True)) <= TOL[torch.float32], path
+
+
 @pytest.mark.parametrize("path", PATH_NAMES)
 def test_bfloat16_logits_equal_float32(backbone: nn.Module, image_tasks: dict[str, af.TaskAdapter], path: str) -> None:
     """The bfloat16 engine's logits equal the float32 engine's within the stated tolerance."""
