@@ -6,7 +6,8 @@
    16 and 64 tasks mixed (d^=64 in all 12 blocks, 10-class heads); each row alternates plain timm
    ``forward_features`` and the engine (``reps`` repetitions of ``iters`` batches, CUDA-synchronised), ratio =
    median of the paired ratios. At 64 tasks the forced paths (slices, gathered, grouped) are measured too, and
-   the CUDA kernels of one forward are counted with ``torch.profiler``.
+   the CUDA kernels of one forward are counted with ``torch.profiler``. Every path's logits are compared with the
+   slice path's in the same dtype and with float32 on one mixed batch.
 2. Server saturation (needs fastapi, uvicorn and pydantic-settings): ``python -m adaptformer_server`` with ViT-B/16
    (the same random weights from a file) in float16, 16 adapters, max batch 64, 128 closed-loop clients (wrk where
    installed, else httpx) posting PNGs at 224, JPEGs at 224 and JPEGs at 1024x768, with device decoding (nvJPEG,
@@ -20,6 +21,7 @@ test of the script, not a result) and writes ``gpu_quick.*`` to a temporary fold
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import functools
 import importlib.util
@@ -132,6 +134,46 @@ def engine_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
         del engine, vit
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    return rows
+
+
+def agreement_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Each path's logits against the slice path in the same dtype, and against float32, on a mixed batch."""
+    torch.manual_seed(0)
+    base = timm.create_model(args.model, pretrained=False, num_classes=0, **args.model_kwargs).eval()
+    base.requires_grad_(False)
+    config = af.AdapterConfig(bottleneck=args.bottleneck)
+    tasks = max(args.tasks)
+    batch = min(args.batches)
+    size = base.patch_embed.img_size[0]
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(7)).to(device)
+    names = [f"t{i % tasks}" for i in range(batch)]
+    out = {}
+    fingerprint = af.MultiTaskViT(copy.deepcopy(base)).fingerprint
+    torch.manual_seed(1)  # the same tasks (down weights and heads draw from the global generator) for every dtype
+    made = [random_task(f"t{k}", base, config, fingerprint, seed=k) for k in range(tasks)]
+    for dtype_name in ["float32", *args.dtypes]:
+        dtype = torch.float32 if dtype_name == "float32" else DTYPES[dtype_name]
+        engine = af.MultiTaskViT(copy.deepcopy(base).to(device, dtype), fingerprint=fingerprint)
+        for k, task in enumerate(made):
+            engine.add_task(f"t{k}", task)
+        for path in ["slices", "segments", "gathered", "grouped"]:
+            engine.path = path
+            out[dtype_name, path] = torch.stack([o.float() for o in engine(x, names)]).cpu()
+        del engine
+    ref = out["float32", "slices"]
+    rows = []
+    for (dtype_name, path), logits in out.items():
+        rows.append(
+            {
+                "dtype": dtype_name,
+                "path": path,
+                "max_diff_vs_slices_same_dtype": round((logits - out[dtype_name, "slices"]).abs().max().item(), 5),
+                "max_diff_vs_float32": round((logits - ref).abs().max().item(), 5),
+                "max_abs_logit_float32": round(ref.abs().max().item(), 4),
+            }
+        )
+        print(f"agreement {dtype_name} {path}: {rows[-1]}", flush=True)
     return rows
 
 
@@ -269,6 +311,19 @@ def render(r: dict) -> str:
             "",
             f"Target (ratio >= {TARGET_ENGINE} at {max(a['tasks'])} tasks): **{verdict}** (lowest {worst:.3f}).",
         ]
+    lines += [
+        "",
+        f"Agreement on one batch of {min(a['batches'])} rows mixing {max(a['tasks'])} tasks: largest difference of "
+        "any logit from the slice path in the same dtype, and from the float32 slice path.",
+        "",
+        "| dtype | path | vs slices, same dtype | vs float32 | largest float32 logit |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {g['dtype']} | {g['path']} | {g['max_diff_vs_slices_same_dtype']} | {g['max_diff_vs_float32']} | "
+        f"{g['max_abs_logit_float32']} |"
+        for g in r.get("agreement", [])
+    ]
     lines += ["", "## Server saturation", ""]
     s = r.get("server")
     if isinstance(s, dict):
@@ -349,6 +404,7 @@ def main(argv: list[str] | None = None) -> dict:
         "grouped_mm": {d: grouped_mm_works(device, DTYPES[d]) for d in args.dtypes},
     }
     result["engine"] = engine_rows(args, device)
+    result["agreement"] = agreement_rows(args, device)
     if args.skip_server:
         result["server"] = "skipped (--skip-server)"
     elif (why := server_available()) is not None:
