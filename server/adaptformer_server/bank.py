@@ -31,7 +31,8 @@ class Bank:
         slots: Most adapters kept resident.
         load: Reads, checks and places one entry's adapter (blocking: it runs in a worker thread).
         metrics: Page-in, eviction and residency metrics.
-        current: The registry's current version of a task (a stale page-in is not kept).
+        keep: Whether a paged-in entry is still worth a slot (the task's current version, or a kept version a
+            request pinned); a stale page-in is not kept.
     """
 
     def __init__(
@@ -39,12 +40,12 @@ class Bank:
         slots: int,
         load: Callable[[AdapterEntry], TaskAdapter],
         metrics: Metrics,
-        current: Callable[[str], str | None],
+        keep: Callable[[AdapterEntry], bool],
     ) -> None:
         self.slots = slots
         self._load = load
         self._metrics = metrics
-        self._current = current
+        self._keep = keep
         self._resident: OrderedDict[str, TaskAdapter] = OrderedDict()
         self._loading: dict[str, asyncio.Task[TaskAdapter]] = {}
 
@@ -84,7 +85,7 @@ class Bank:
             self._loading.pop(entry.key, None)
         self._metrics.page_ins.inc()
         self._metrics.page_in_latency.observe(time.perf_counter() - start)
-        if self._current(entry.task) == entry.version:
+        if self._keep(entry):
             self.put(entry, task)
         return task
 

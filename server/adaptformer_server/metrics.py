@@ -95,6 +95,13 @@ class Metrics:
         )
         self.evictions = Counter("adaptformer_evictions", "Adapters evicted from a slot (LRU)", registry=r)
         self.uploads = Counter("adaptformer_uploads", "Adapter uploads by result status", ["status"], registry=r)
+        self.source_fetches = Counter(
+            "adaptformer_source_fetches",
+            "Adapters registered by reference (POST /adapters with a source), by scheme and result status",
+            ["scheme", "status"],
+            registry=r,
+        )
+        self.rollbacks = Counter("adaptformer_rollbacks", "Rollbacks by result status", ["status"], registry=r)
         self.store_changes = Counter(
             "adaptformer_store_changes",
             "Adapters added, replaced or removed in the store by another process (seen by the store watcher)",

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adaptformer.adapter_file import parse_header, task_from_bytes
+from adaptformer.adapter_file import parse_header, read_head, task_from_bytes
 from adaptformer.embedded import EMBEDDED_NAME
 from adaptformer.engine import MultiTaskViT
 from adaptformer.errors import AdapterFormatError, IncompatibleAdapterError
@@ -25,6 +28,7 @@ from adaptformer_server.metrics import Metrics
 from adaptformer_server.registry import AdapterEntry, Registry
 from adaptformer_server.settings import Settings
 from adaptformer_server.store import (
+    SUFFIX,
     TASK_PATTERN,
     AdapterStore,
     Stamp,
@@ -32,10 +36,20 @@ from adaptformer_server.store import (
     StoreWatcher,
     demo_files,
     valid_task_name,
+    valid_version,
     version_of,
 )
 
-__all__ = ["Runtime", "Upload"]
+__all__ = ["Runtime", "Upload", "split_pin"]
+
+_PINNED_HEADERS = 1024  # headers of pinned (non-current) versions kept in memory
+
+
+def split_pin(name: str) -> tuple[str, str | None]:
+    """``task@version`` -> (task, version); a plain task name -> (task, None)."""
+    task, sep, version = name.partition("@")
+    return (task, version) if sep else (name, None)
+
 
 log = logging.getLogger("adaptformer_server")
 
@@ -84,6 +98,7 @@ class Runtime:
         # Serialises this process's uploads, deletes and store syncs (other processes write the store too: the
         # watcher brings their changes in; the files themselves are replaced atomically).
         self._write_lock = asyncio.Lock()
+        self._pinned: OrderedDict[str, AdapterEntry] = OrderedDict()  # task@version -> entry of a kept version
 
     # -- life cycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -106,13 +121,15 @@ class Runtime:
         try:
             engine, info = await asyncio.to_thread(build_engine, self.settings, self._backbone)
             self.engine, self.backbone = engine, info
-            store = self.store = await asyncio.to_thread(AdapterStore, self.settings.store, self._quarantined)
+            store = self.store = await asyncio.to_thread(
+                AdapterStore, self.settings.store, self._quarantined, self.settings.keep_versions
+            )
             files, seen = await asyncio.to_thread(self._prepare_store, store, info)
             for f in files:
                 self.registry.put(_entry(f))
             self.watcher = StoreWatcher(store, self._check_stored, seen)
             self.metrics.registered.set(len(self.registry))
-            self.bank = Bank(self.settings.slots, self._page_in, self.metrics, self.registry.current_version)
+            self.bank = Bank(self.settings.slots, self._page_in, self.metrics, self._keep_resident)
             s = self.settings
             self.batcher = Batcher(self._run, s.max_batch_size, s.max_wait_ms, s.queue_size, self.metrics)
             await asyncio.to_thread(self._warm_up)
@@ -139,6 +156,7 @@ class Runtime:
 
     def _prepare_store(self, store: AdapterStore, info: BackboneInfo) -> tuple[list[StoredFile], dict[str, Stamp]]:
         store.clean_temp_files()
+        store.clean_history()
         if self.settings.seed_demo and self.settings.backbone in ("embedded", EMBEDDED_NAME):
             store.seed(info.fingerprint, demo_files())
         files = []
@@ -263,11 +281,49 @@ class Runtime:
 
     # -- adapters ---------------------------------------------------------------------------------------------
     def entry(self, task: str) -> AdapterEntry:
-        """The current entry of ``task``; 404 with a hint when unknown."""
+        """The current entry of ``task``, or of a kept version for ``task@version``; 404 with a hint when unknown."""
+        task, version = split_pin(task)
         entry = self.registry.get(task) if valid_task_name(task) else None
         if entry is None:
             raise NotFound(f"unknown task {task!r}; GET /adapters lists the tasks this server has")
+        if version is None or version == entry.version:
+            return entry
+        return self._pinned_entry(task, version)
+
+    def _pinned_entry(self, task: str, version: str) -> AdapterEntry:
+        """A kept, non-current version: its header read once (the file is named by its content) and checked as
+        start-up checks a file; the file itself must still be there."""
+        assert self.store is not None
+        key = f"{task}@{version}"
+        if not valid_version(version) or not self.store.has_version(task, version):
+            self._pinned.pop(key, None)
+            raise NotFound(
+                f"task {task!r} has no version {version!r}; GET /adapters/{task}/versions lists the versions kept"
+            )
+        entry = self._pinned.get(key)
+        if entry is None:
+            path = self.store.version_path(task, version)
+            try:
+                with path.open("rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    header = parse_header(read_head(f, size, path.name), f"{key}{SUFFIX}", size=size)
+                f = StoredFile(task=task, version=version, size=size, header=header)
+                self._check_stored(f)
+            except FileNotFoundError:
+                raise NotFound(f"task {task!r} has no version {version!r} any more") from None
+            except IncompatibleAdapterError as e:
+                raise IncompatibleAdapter(f"version {version} of task {task!r}: {e}", check=e.check) from None
+            except AdapterFormatError as e:
+                raise InvalidAdapter(f"version {version} of task {task!r} cannot be loaded: {e}") from None
+            entry = _entry(f)
+            self._pinned[key] = entry
+            while len(self._pinned) > _PINNED_HEADERS:
+                self._pinned.popitem(last=False)
+        self._pinned.move_to_end(key)
         return entry
+
+    def _keep_resident(self, entry: AdapterEntry) -> bool:
+        return self.registry.current_version(entry.task) == entry.version or entry.key in self._pinned
 
     async def resolve(self, task: str) -> tuple[AdapterEntry, TaskAdapter]:
         """Admission: the current version of ``task`` and its adapter object, which the request keeps."""
@@ -297,11 +353,14 @@ class Runtime:
         """Reads one version from the store, checks it fully and places it on the device (worker thread)."""
         assert self.store is not None
         try:
-            data = self.store.read(entry.task)
+            if self._pinned.get(entry.key) is entry:  # a kept version a request named: its copy, hash checked
+                data = self.store.read_version(entry.task, entry.version)
+            else:  # the current version: the current file, or the registry is behind the store (sync, retry)
+                data = self.store.read(entry.task)
+                if version_of(data) != entry.version:
+                    raise StaleVersion(entry.key)
         except FileNotFoundError:
             raise StaleVersion(entry.key) from None
-        if version_of(data) != entry.version:
-            raise StaleVersion(entry.key)
         return self._prepare(task_from_bytes(data, source=f"{entry.task}.safetensors"))
 
     def _prepare(self, task: TaskAdapter) -> TaskAdapter:
@@ -375,6 +434,96 @@ class Runtime:
             self.metrics.registered.set(len(self.registry))
         log.info("adapter %s version %s deleted", task, entry.version)
         return entry
+
+    async def rollback(self, task: str, version: str | None = None) -> Upload:
+        """Makes a kept version current again (default: the one before the current); servable on return.
+
+        The kept file gets exactly the checks of an upload; requests in flight finish on the version they
+        started with, and other servers sharing the store see the change as they see an upload.
+        """
+        assert self.store is not None and self.bank is not None
+        store = self.store
+        async with self._write_lock:
+            await self._sync_locked()
+            current = self.entry(task)
+            listed = await asyncio.to_thread(store.versions, task)
+            if version is None:
+                order = [v.version for v in listed]
+                i = order.index(current.version) if current.version in order else -1
+                if i < 0 or i + 1 >= len(order):
+                    raise NotFound(
+                        f"task {task!r} has no version older than the current one ({current.version}); "
+                        f"GET /adapters/{task}/versions lists the versions kept"
+                    )
+                version = order[i + 1]
+            elif not valid_version(version) or version not in {v.version for v in listed}:
+                raise NotFound(
+                    f"task {task!r} has no version {version!r}; GET /adapters/{task}/versions lists the versions kept"
+                )
+            if version == current.version:
+                return Upload(entry=current, previous=current)
+            try:
+                data = await asyncio.to_thread(store.read_version, task, version)
+            except FileNotFoundError:
+                raise NotFound(f"version {version} of task {task!r} is no longer kept") from None
+            name, _, prepared, entry = await asyncio.to_thread(self._validate_upload, data, task)
+            await asyncio.to_thread(store.promote, task, version)
+            previous = self.registry.put(entry)
+            self.bank.drop(name)
+            self.bank.put(entry, prepared)
+        log.info("adapter %s rolled back to version %s (was %s)", task, version, current.version)
+        return Upload(entry=entry, previous=previous)
+
+    async def versions(self, task: str) -> list[dict[str, Any]]:
+        """The kept versions of ``task``, newest first, with what their headers record."""
+        assert self.store is not None
+        current = self.entry(task)
+        return await asyncio.to_thread(self._describe_versions, task, current.version)
+
+    def _describe_versions(self, task: str, current: str) -> list[dict[str, Any]]:
+        assert self.store is not None
+        out = []
+        for v in self.store.versions(task):
+            meta: dict[str, Any] = {}
+            path = self.store.path(task) if v.current else self.store.version_path(task, v.version)
+            try:
+                with path.open("rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    meta = parse_header(read_head(f, size, path.name), path.name, size=size).meta
+            except (OSError, AdapterFormatError) as e:
+                log.warning("version %s of %s: cannot read its header: %s", v.version, task, e)
+            metrics = meta.get("metrics")
+            out.append(
+                {
+                    "version": v.version,
+                    "current": v.version == current,
+                    "size_bytes": v.size,
+                    "stored": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(v.stored_ns / 1e9)),
+                    "created": str(meta.get("created", "")),
+                    "description": str(meta.get("description", "")),
+                    "metrics": metrics if isinstance(metrics, dict) else {},
+                }
+            )
+        return out
+
+    async def file(self, task: str, version: str | None = None) -> tuple[bytes, str]:
+        """The exact bytes of the current version of ``task`` (or of a kept one) and their version."""
+        assert self.store is not None
+        store = self.store
+        current = self.entry(task)
+        want = version or current.version
+        if not valid_version(want):
+            raise NotFound(f"task {task!r} has no version {want!r}; GET /adapters/{task}/versions lists them")
+        try:
+            data = await asyncio.to_thread(store.read_version, task, want)
+        except FileNotFoundError:
+            if version is None:  # replaced by another server meanwhile: its current bytes
+                await self.sync_store()
+                return await self.file(task, self.entry(task).version)
+            raise NotFound(
+                f"task {task!r} has no version {want!r}; GET /adapters/{task}/versions lists the versions kept"
+            ) from None
+        return data, want
 
     def info(self, entry: AdapterEntry) -> dict:
         assert self.bank is not None and self.backbone is not None

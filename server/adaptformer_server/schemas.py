@@ -18,7 +18,12 @@ __all__ = [
     "PredictResponse",
     "Prediction",
     "Ready",
+    "RegisterRequest",
+    "RollbackRequest",
+    "RollbackResponse",
     "UploadResponse",
+    "VersionInfo",
+    "VersionList",
 ]
 
 
@@ -82,6 +87,38 @@ class UploadResponse(BaseModel):
     previous_version: str | None
 
 
+class VersionInfo(BaseModel):
+    version: str = Field(description="first 12 hex of the file's SHA-256")
+    current: bool = Field(description="whether /predict?task=NAME answers with this version")
+    size_bytes: int
+    stored: str = Field(description="when this version entered the store (UTC, ISO 8601); the order of the list")
+    created: str = Field(description="when the adapter was trained, as its file records it")
+    description: str = ""
+    metrics: dict[str, Any] = Field(description="training metrics recorded in the file")
+
+
+class VersionList(BaseModel):
+    task: str
+    current: str = Field(description="the current version")
+    keep: int = Field(description="versions this server keeps per task (keep_versions)")
+    versions: list[VersionInfo] = Field(description="newest first")
+
+
+class RollbackRequest(BaseModel):
+    version: str | None = Field(None, description="the kept version to make current (default: the one before)")
+
+
+class RollbackResponse(BaseModel):
+    adapter: AdapterInfo
+    previous_version: str = Field(description="the version that was current before")
+
+
+class RegisterRequest(BaseModel):
+    task: str | None = Field(None, description="task name (default: the one in the file)")
+    source: str = Field(description="https://, http:// or file:// URL of the .safetensors file")
+    sha256: str | None = Field(None, description="hex SHA-256 the fetched bytes must have")
+
+
 class DeleteResponse(BaseModel):
     task: str
     deleted: bool
@@ -120,6 +157,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "payload too large",
         415: "unsupported media type",
         422: "invalid adapter file or request",
+        502: "the adapter source answered an error or cannot be reached",
         503: "overloaded or not ready (see Retry-After)",
+        504: "the adapter source did not deliver in time",
     }
     return {s: {"model": ErrorResponse, "description": text.get(s, "error")} for s in statuses}

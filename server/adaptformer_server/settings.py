@@ -122,6 +122,21 @@ class Settings(BaseSettings):
     max_frames: int = Field(64, ge=1, description="most frames in one clip")
     max_upload_bytes: int = Field(128 * MiB, ge=1, description="largest adapter file accepted by POST /adapters")
     max_parts: int = Field(128, ge=1, description="most multipart parts (files and fields) in one request")
+    keep_versions: int = Field(
+        3, ge=1, le=1000, description="versions kept per task, the current one included (pinning and rollback)"
+    )
+    adapter_sources: Annotated[list[Literal["https", "http", "file"]], NoDecode] = Field(
+        [],
+        description="comma-separated schemes POST /adapters may fetch an adapter from by reference (https, http, "
+        "file); default: none",
+    )
+    adapter_source_dirs: Annotated[list[Path], NoDecode] = Field(
+        [],
+        description="comma-separated directories file:// sources must lie in (with 'file' in --adapter-sources)",
+    )
+    source_timeout: float = Field(
+        60.0, gt=0, le=3600, description="seconds a remote adapter source has to deliver the whole file"
+    )
     fast_decode: Literal["auto", "on", "off"] = Field(
         "auto",
         description="decode JPEG and PNG stills with torchvision and resize them as tensor ops (within 4/255 of "
@@ -175,6 +190,24 @@ class Settings(BaseSettings):
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("adapter_sources", mode="before")
+    @classmethod
+    def _split_sources(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list):
+            return [
+                v.strip().lower() if isinstance(v, str) else v for v in value if not isinstance(v, str) or v.strip()
+            ]
+        return value
+
+    @field_validator("adapter_source_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [Path(v.strip()).expanduser() for v in value.split(",") if v.strip()]
         return value
 
     @field_validator("allowed_hosts", mode="before")

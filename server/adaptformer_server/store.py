@@ -3,7 +3,14 @@
 Writes are atomic (temp file, fsync, rename). The registry is rebuilt at start from the file headers only; each
 file's version (first 12 hex of the SHA-256 of its bytes) is cached in ``.versions.json`` by size, mtime and
 inode, so a restart with thousands of adapters reads headers, not weights. Several server processes may share
-one store: each watches it (:class:`StoreWatcher`) and picks up the others' uploads and deletes.
+one store: each watches it (:class:`StoreWatcher`) and picks up the others' uploads, rollbacks and deletes.
+
+Versions: ``<task>.safetensors`` is always the current version (what start-up, the watcher and older servers
+read). The versions kept for pinning and rollback are copies under ``.history/<task>/<version>.safetensors``, named
+by their content (a file whose bytes do not hash to its name is never served). Every step is one atomic rename:
+an upload first keeps the version it replaces and the new one in the history, then replaces the current file;
+a rollback replaces the current file with a history copy. A crash between two steps leaves at worst an extra
+history copy (listed, not current), never a current file that is not a complete version.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -26,18 +34,22 @@ from adaptformer.adapter_file import Header, IncompleteFile, NewerFormatError, a
 from adaptformer.errors import AdapterFormatError
 
 __all__ = [
+    "HISTORY",
     "SUFFIX",
     "TASK_PATTERN",
+    "VERSION_PATTERN",
     "AdapterStore",
     "Header",
     "IncompleteFile",
     "Stamp",
     "StoreWatcher",
     "StoredFile",
+    "StoredVersion",
     "demo_files",
     "parse_header",
     "quarantinable",
     "valid_task_name",
+    "valid_version",
     "version_of",
 ]
 
@@ -46,6 +58,9 @@ log = logging.getLogger("adaptformer_server.store")
 SUFFIX = ".safetensors"
 TASK_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _TASK_RE = re.compile(TASK_PATTERN)
+VERSION_PATTERN = r"^[0-9a-f]{12}$"
+_VERSION_RE = re.compile(VERSION_PATTERN)
+HISTORY = ".history"  # .history/<task>/<version>.safetensors: the versions kept for pinning and rollback
 _VERSIONS = ".versions.json"
 _SEEDED = ".seeded"
 QUARANTINE = ".quarantine"  # files the server cannot read go here, out of the way of start-up and the watcher
@@ -57,6 +72,11 @@ _TEMP_OWNER = re.compile(r"\.([0-9a-f]{8})-(\d+)-[^.]*\.tmp$")  # .<name>.<host>
 def valid_task_name(name: str) -> bool:
     """Task names are file names in the store: a safe pattern and never ``..``."""
     return bool(_TASK_RE.fullmatch(name)) and ".." not in name
+
+
+def valid_version(version: str) -> bool:
+    """Versions are the first 12 hex digits (lower case) of the SHA-256 of a file's bytes."""
+    return bool(_VERSION_RE.fullmatch(version))
 
 
 def version_of(data: bytes) -> str:
@@ -98,18 +118,36 @@ class StoredFile:
     stamp: Stamp | None = None
 
 
+@dataclass(frozen=True)
+class StoredVersion:
+    """One kept version of a task.
+
+    Attributes:
+        stored_ns: When the version entered the store (the history copy's mtime); the order of the versions.
+        current: Whether it is the task's current version.
+    """
+
+    task: str
+    version: str
+    size: int
+    stored_ns: int
+    current: bool
+
+
 class AdapterStore:
     """The directory of adapter files.
 
     Args:
         root: The store directory (created when missing).
         on_quarantine: Called with the task name whenever a file is moved to ``.quarantine/`` (a metric).
+        keep_versions: Versions kept per task, the current one included (at least 1).
     """
 
-    def __init__(self, root: Path, on_quarantine: Callable[[str], None] | None = None) -> None:
+    def __init__(self, root: Path, on_quarantine: Callable[[str], None] | None = None, keep_versions: int = 3) -> None:
         self.root = Path(root).expanduser()
         self.root.mkdir(parents=True, exist_ok=True)
         self._on_quarantine = on_quarantine
+        self.keep_versions = max(1, keep_versions)
 
     def path(self, task: str) -> Path:
         if not valid_task_name(task):
@@ -120,16 +158,191 @@ class AdapterStore:
         return self.path(task).read_bytes()
 
     def write(self, task: str, data: bytes) -> None:
-        """Writes atomically: a crash leaves the previous file or the new one, never a half file."""
-        _atomic_write(self.path(task), data)
+        """Makes ``data`` the current version of ``task``, keeping the version it replaces.
+
+        Three atomic steps, each safe to crash after: (1) the version being replaced is copied into the history
+        when it is not there yet (a file copied in by hand); (2) the new version is written into the history;
+        (3) the current file is replaced. Then versions beyond ``keep_versions`` are removed.
+        """
+        path = self.path(task)
+        version = version_of(data)
+        try:
+            with path.open("rb") as f:
+                old, old_mtime = f.read(), os.fstat(f.fileno()).st_mtime_ns
+        except FileNotFoundError:
+            old, old_mtime = None, 0
+        if old is not None and version_of(old) != version and not self.has_version(task, version_of(old)):
+            self._keep(task, version_of(old), old, old_mtime)
+        self._keep(task, version, data)
+        _atomic_write(path, data)
+        self.prune(task)
 
     def delete(self, task: str) -> bool:
+        """Removes the current file, then the task's history (a crash between leaves an orphan history, which
+        :meth:`clean_history` removes)."""
         try:
             self.path(task).unlink()
         except FileNotFoundError:
             return False
         _fsync_dir(self.root)
+        self._remove_history(task)
         return True
+
+    # -- versions ---------------------------------------------------------------------------------------------
+    def version_path(self, task: str, version: str) -> Path:
+        if not valid_task_name(task) or not valid_version(version):
+            raise ValueError(f"invalid task or version {task!r}@{version!r}")
+        return self.root / HISTORY / task / f"{version}{SUFFIX}"
+
+    def has_version(self, task: str, version: str) -> bool:
+        return self.version_path(task, version).is_file()
+
+    def read_version(self, task: str, version: str) -> bytes:
+        """The bytes of one version: the current file when it holds it, else its history copy.
+
+        Raises:
+            FileNotFoundError: the store does not hold that version (never kept, or removed since); also when
+                a history copy's bytes do not hash to its name (damaged: it is quarantined).
+        """
+        with contextlib.suppress(FileNotFoundError):
+            data = self.read(task)
+            if version_of(data) == version:
+                return data
+        path = self.version_path(task, version)
+        data = path.read_bytes()
+        if version_of(data) != version:
+            self.quarantine_version(task, version, "its bytes do not hash to the version in its name")
+            raise FileNotFoundError(str(path))
+        return data
+
+    def versions(self, task: str) -> list[StoredVersion]:
+        """The kept versions of ``task``, newest first (the current one listed even when it has no history copy,
+        e.g. a file copied in by hand). Empty when the task has no current file."""
+        path = self.path(task)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return []
+        current = self._current_version(task, st)
+        found: dict[str, StoredVersion] = {}
+        for v, vst in self._history(task):
+            found[v] = StoredVersion(task, v, vst.st_size, vst.st_mtime_ns, v == current)
+        if current is not None and current not in found:
+            found[current] = StoredVersion(task, current, st.st_size, st.st_mtime_ns, True)
+        return sorted(found.values(), key=lambda v: (v.stored_ns, v.version), reverse=True)
+
+    def promote(self, task: str, version: str) -> bytes:
+        """Makes a kept version current again (one atomic replace of the current file); returns its bytes.
+
+        Raises:
+            FileNotFoundError: the store does not hold that version.
+        """
+        data = self.read_version(task, version)
+        _atomic_write(self.path(task), data)
+        return data
+
+    def prune(self, task: str) -> list[str]:
+        """Removes history copies beyond ``keep_versions``: the current version and the newest others stay."""
+        listed = self.versions(task)
+        current = [v for v in listed if v.current]
+        others = [v for v in listed if not v.current]
+        removed = []
+        for v in others[max(0, self.keep_versions - len(current)) :]:
+            with contextlib.suppress(FileNotFoundError):
+                self.version_path(task, v.version).unlink()
+                removed.append(v.version)
+        if removed:
+            log.info("removed old versions of %s: %s", task, ", ".join(removed))
+        return removed
+
+    def clean_history(self, min_age_s: float = TEMP_MAX_AGE_S) -> int:
+        """Removes the history of tasks that have no current file (a delete or a first upload cut short by a
+        crash), and interrupted history writes; a younger one may be another server's upload in progress."""
+        folder = self.root / HISTORY
+        if not folder.is_dir():
+            return 0
+        removed = 0
+        now = time.time()
+        for d in folder.iterdir():
+            if not d.is_dir():
+                continue
+            for tmp in d.glob(".*.tmp"):
+                with contextlib.suppress(OSError):
+                    if _orphan(tmp.name) or now - tmp.stat().st_mtime >= min_age_s:
+                        tmp.unlink()
+            if not valid_task_name(d.name) or self.path(d.name).exists():
+                continue
+            with contextlib.suppress(OSError):
+                if all(now - p.stat().st_mtime >= min_age_s or _orphan(p.name) for p in d.iterdir()):
+                    self._remove_history(d.name)
+                    removed += 1
+                    log.warning("removed the history of %s: the task has no current file", d.name)
+        return removed
+
+    def quarantine_version(self, task: str, version: str, reason: str) -> bool:
+        """Moves a damaged history copy to ``.quarantine/<task>@<version>.<time>.safetensors``."""
+        path = self.version_path(task, version)
+        folder = self.root / QUARANTINE
+        try:
+            folder.mkdir(exist_ok=True)
+            moved = folder / f"{task}@{version}.{time.strftime('%Y%m%dT%H%M%S')}{SUFFIX}"
+            os.replace(path, moved)
+        except OSError:
+            return False
+        with contextlib.suppress(OSError):
+            moved.with_suffix(".reason").write_text(reason[:4000] + "\n")
+        log.warning(
+            "version %s of %s is damaged: %s (quarantined: moved to %s/%s)",
+            version,
+            task,
+            reason,
+            QUARANTINE,
+            moved.name,
+        )
+        if self._on_quarantine is not None:
+            self._on_quarantine(task)
+        return True
+
+    def _keep(self, task: str, version: str, data: bytes, mtime_ns: int | None = None) -> None:
+        """Puts one version into the history (a version kept already only becomes the newest again)."""
+        path = self.version_path(task, version)
+        if path.is_file() and path.stat().st_size == len(data):
+            os.utime(path)
+        else:
+            _atomic_write(path, data)
+        if mtime_ns is not None:
+            os.utime(path, ns=(mtime_ns, mtime_ns))
+
+    def _history(self, task: str) -> list[tuple[str, os.stat_result]]:
+        folder = self.root / HISTORY / task
+        found = []
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return []
+        for e in entries:
+            version = e.name[: -len(SUFFIX)]
+            if not e.name.endswith(SUFFIX) or not valid_version(version):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                found.append((version, e.stat()))
+        return found
+
+    def _current_version(self, task: str, st: os.stat_result) -> str | None:
+        cached = self._load_versions().get(f"{task}{SUFFIX}")
+        if cached and Stamp(cached.get("size"), cached.get("mtime_ns"), cached.get("ino")) == Stamp.of(st):
+            version = cached.get("version")
+            if isinstance(version, str):
+                return version
+        try:
+            return version_of(self.read(task))
+        except FileNotFoundError:
+            return None
+
+    def _remove_history(self, task: str) -> None:
+        folder = self.root / HISTORY / task
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(folder)
 
     def clean_temp_files(self, min_age_s: float = TEMP_MAX_AGE_S) -> int:
         """Removes ``.*.tmp`` leftovers of writes interrupted by a crash.

@@ -1,16 +1,30 @@
-"""/adapters: list, inspect, upload (replace) and delete task adapters."""
+"""/adapters: list, inspect, upload (replace), register by reference, version, roll back and delete adapters."""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from adaptformer_server.deps import AdminAuth, PredictAuth, ReadyRuntime
 from adaptformer_server.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed, status_of
 from adaptformer_server.inputs import media_type, read_form
-from adaptformer_server.schemas import AdapterInfo, AdapterList, DeleteResponse, UploadResponse, error_responses
+from adaptformer_server.runtime import Runtime, Upload
+from adaptformer_server.schemas import (
+    AdapterInfo,
+    AdapterList,
+    DeleteResponse,
+    RegisterRequest,
+    RollbackRequest,
+    RollbackResponse,
+    UploadResponse,
+    VersionList,
+    error_responses,
+)
+from adaptformer_server.sources import fetch, scheme_of
 
 router = APIRouter(prefix="/adapters", tags=["adapters"])
 
@@ -27,7 +41,8 @@ _UPLOAD: dict[str, Any] = {
                         "task": {"type": "string", "description": "task name (default: the one in the file)"},
                     },
                 }
-            }
+            },
+            "application/json": {"schema": RegisterRequest.model_json_schema()},
         },
     }
 }
@@ -47,18 +62,21 @@ async def get_adapter(task: str, _: PredictAuth, runtime: ReadyRuntime) -> dict:
     "",
     status_code=201,
     response_model=UploadResponse,
-    summary="Upload or replace a task adapter; servable when this returns",
-    responses=error_responses(401, 403, 409, 413, 415, 422, 503),
+    summary="Upload or replace a task adapter (a file, or a source URL to fetch it from); servable on return",
+    responses=error_responses(401, 403, 404, 409, 413, 415, 422, 502, 503, 504),
     openapi_extra=_UPLOAD,
 )
 async def upload_adapter(request: Request, _: AdminAuth, runtime: ReadyRuntime) -> dict:
     settings = runtime.settings
+    if media_type(request) == "application/json":
+        return await _register(request, runtime)
     status = "500"
     try:
         if media_type(request) != "multipart/form-data":
             raise UnsupportedMediaType(
-                "upload the adapter as multipart/form-data with a `file` field: "
-                "curl -F file=@cars.safetensors http://HOST/adapters"
+                "upload the adapter as multipart/form-data with a `file` field "
+                "(curl -F file=@cars.safetensors http://HOST/adapters), or send JSON "
+                '{"task": ..., "source": "https://..."} to have the server fetch it'
             )
         form = await read_form(request, settings.max_parts)
         try:
@@ -86,11 +104,100 @@ async def upload_adapter(request: Request, _: AdminAuth, runtime: ReadyRuntime) 
         raise
     finally:
         runtime.metrics.uploads.labels(status).inc()
+    return _uploaded(runtime, result)
+
+
+def _uploaded(runtime: Runtime, result: Upload) -> dict:
     return {
         "adapter": runtime.info(result.entry),
         "replaced": result.previous is not None,
         "previous_version": result.previous.version if result.previous else None,
     }
+
+
+async def _register(request: Request, runtime: ReadyRuntime) -> dict:
+    """POST /adapters with JSON: fetch the file from its source, then exactly the checks of an upload."""
+    scheme = "other"
+    status = "500"
+    try:
+        try:
+            body = RegisterRequest.model_validate(json.loads(await request.body()))
+        except (ValueError, ValidationError) as e:
+            message = e.errors()[0]["msg"] if isinstance(e, ValidationError) else "the body is not JSON"
+            raise ValidationFailed(
+                f'register an adapter by reference with JSON {{"task": "flowers", "source": "https://...", '
+                f'"sha256": "..."}}: {message}'
+            ) from None
+        scheme = scheme_of(body.source)
+        data = await fetch(body.source, body.sha256, runtime.settings)
+        task = body.task.strip() if body.task and body.task.strip() else None
+        result = await runtime.upload(data, task)
+        status = "201"
+    except Exception as e:
+        status = str(status_of(e))
+        raise
+    finally:
+        runtime.metrics.source_fetches.labels(scheme, status).inc()
+    return _uploaded(runtime, result)
+
+
+@router.get(
+    "/{task}/versions",
+    response_model=VersionList,
+    summary="The versions kept of a task, newest first",
+    responses=error_responses(401, 403, 404, 503),
+)
+async def list_versions(task: str, _: PredictAuth, runtime: ReadyRuntime) -> dict:
+    versions = await runtime.versions(task)
+    current = runtime.entry(task).version
+    return {"task": task, "current": current, "keep": runtime.settings.keep_versions, "versions": versions}
+
+
+@router.get(
+    "/{task}/file",
+    summary="The exact bytes of the current version of a task (or of a kept one)",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "the .safetensors file"},
+        **error_responses(401, 403, 404, 503),
+    },
+)
+async def download_adapter(
+    task: str,
+    _: PredictAuth,
+    runtime: ReadyRuntime,
+    version: Annotated[str | None, Query(description="a kept version (default: the current one)")] = None,
+) -> Response:
+    data, served = await runtime.file(task, version)
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={
+            "Content-Disposition": f'attachment; filename="{task}@{served}.safetensors"',
+            "ETag": f'"{served}"',
+            "X-Adapter-Version": served,
+        },
+    )
+
+
+@router.post(
+    "/{task}/rollback",
+    response_model=RollbackResponse,
+    summary="Make a kept version current again (default: the one before the current)",
+    responses=error_responses(401, 403, 404, 409, 422, 503),
+)
+async def rollback_adapter(task: str, _: AdminAuth, runtime: ReadyRuntime, body: RollbackRequest | None = None) -> dict:
+    status = "500"
+    try:
+        result = await runtime.rollback(task, body.version if body else None)
+        status = "200"
+    except Exception as e:
+        status = str(status_of(e))
+        raise
+    finally:
+        runtime.metrics.rollbacks.labels(status).inc()
+    assert result.previous is not None
+    return {"adapter": runtime.info(result.entry), "previous_version": result.previous.version}
 
 
 @router.delete(

@@ -30,10 +30,10 @@ from adaptformer_server.inputs import (
     read_predict_body,
 )
 from adaptformer_server.registry import AdapterEntry
-from adaptformer_server.runtime import Runtime
+from adaptformer_server.runtime import Runtime, split_pin
 from adaptformer_server.schemas import MultiPredictResponse, Prediction, PredictResponse, error_responses
 from adaptformer_server.settings import Settings
-from adaptformer_server.store import TASK_PATTERN, valid_task_name
+from adaptformer_server.store import TASK_PATTERN, valid_task_name, valid_version
 
 router = APIRouter(tags=["predict"])
 log = logging.getLogger("adaptformer_server")
@@ -62,9 +62,13 @@ def top_k(logits: torch.Tensor, labels: list[str], k: int) -> list[Prediction]:
 
 
 def check_task_name(task: str) -> None:
-    """400 for a name that can never be a task (before any lookup)."""
-    if not valid_task_name(task):
-        raise InvalidInput(f"task {task!r} is not a valid task name ({TASK_PATTERN}, no '..')")
+    """400 for a name that can never be a task (before any lookup); ``task@version`` pins a kept version."""
+    name, version = split_pin(task)
+    if not valid_task_name(name) or (version is not None and not valid_version(version)):
+        raise InvalidInput(
+            f"task {task!r} is not a valid task name ({TASK_PATTERN}, no '..'), optionally followed by "
+            "@<version> (12 hex digits, as GET /adapters/{task}/versions lists them)"
+        )
 
 
 def expand_tasks(runtime: Runtime, names: list[str]) -> list[str]:
