@@ -1,0 +1,203 @@
+"""Adapters by reference: POST /adapters with JSON {task, source, sha256} from a local HTTP server this test starts
+(good, slow, missing, too large, wrong checksum) and from file:// paths inside and outside the allowed directories.
+Every failure leaves the store as it was; what is fetched gets the checks of an upload."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from server_support import adapter_bytes, image_files, png, serving, upload_files
+
+from adaptformer_server import create_app
+from adaptformer_server.store import HISTORY
+
+
+class Remote:
+    """A loopback HTTP server: ``files`` by path; /slow answers late, /drip sends its body slowly, /chunked/<name>
+    sends a file without a Content-Length."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        remote = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                path = self.path
+                if path == "/slow":
+                    time.sleep(3)
+                if path == "/drip":
+                    self.send_response(200)
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    try:
+                        for _ in range(30):
+                            self.wfile.write(b"x" * 10)
+                            self.wfile.flush()
+                            time.sleep(0.1)
+                    except OSError:  # the server under test gave up, as it should
+                        pass
+                    return
+                chunked = path.startswith("/chunked/")
+                data = remote.files.get(path.removeprefix("/chunked"))
+                if data is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                if chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for i in range(0, len(data), 4096):
+                        part = data[i : i + 4096]
+                        self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+                    self.wfile.write(b"0\r\n\r\n")
+                else:
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def remote(monkeypatch: pytest.MonkeyPatch) -> Iterator[Remote]:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    r = Remote()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def allowed(tmp_path: Path) -> Path:
+    path = tmp_path / "allowed"
+    path.mkdir()
+    return path
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def snapshot(store: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*.safetensors"))}
+
+
+async def test_http_source_with_checksum_is_registered_and_served(vit, store, make_settings, remote):
+    data = adapter_bytes(vit, "flowers", seed=3)
+    remote.files["/flowers.safetensors"] = data
+    remote.files["/other.safetensors"] = adapter_bytes(vit, "flowers", seed=4)
+    async with serving(create_app(make_settings(adapter_sources="http"), backbone=vit)) as client:
+        r = await client.post(
+            "/adapters", json={"source": f"{remote.url}/flowers.safetensors", "sha256": sha(data).upper()}
+        )
+        assert r.status_code == 201, r.text
+        version = r.json()["adapter"]["version"]
+        assert (store / "flowers.safetensors").read_bytes() == data
+        assert (await client.post("/predict?task=flowers", files=image_files(png(1)))).json()["version"] == version
+        # chunked (no Content-Length), another name, replacing: a new version like an upload
+        r = await client.post("/adapters", json={"task": "roses", "source": f"{remote.url}/chunked/other.safetensors"})
+        assert r.status_code == 201 and r.json()["adapter"]["task"] == "roses", r.text
+        metrics = (await client.get("/metrics")).text
+        assert 'adaptformer_source_fetches_total{scheme="http",status="201"} 2.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("path", "overrides", "status", "words"),
+    [
+        ("/missing.safetensors", {}, 502, "HTTP 404"),
+        ("/slow", {"source_timeout": 0.5}, 504, "within 0.5 s"),
+        ("/drip", {"source_timeout": 0.5}, 504, "within 0.5 s"),
+        ("/big.safetensors", {"max_upload_bytes": 50000}, 413, "limit is 50,000"),
+        ("/chunked/big.safetensors", {"max_upload_bytes": 50000}, 413, "limit is 50,000"),
+        ("/junk.safetensors", {}, 422, "safetensors"),
+        ("/flowers.safetensors", {"checksum": "0" * 64}, 422, "SHA-256"),
+        ("/flowers.safetensors", {"checksum": "abc"}, 422, "64 hex"),
+        ("/flowers.safetensors", {"adapter_sources": "file"}, 403, "ADAPTFORMER_ADAPTER_SOURCES=http"),
+    ],
+)
+async def test_http_source_failures_leave_the_store_unchanged(
+    vit, store, make_settings, remote, path, overrides, status, words
+):
+    remote.files["/flowers.safetensors"] = adapter_bytes(vit, "flowers", seed=3)
+    remote.files["/big.safetensors"] = b"\0" * 200_000
+    remote.files["/junk.safetensors"] = b"not an adapter at all"
+    checksum = overrides.pop("checksum", None)
+    settings = make_settings(**{"adapter_sources": "http", **overrides})
+    async with serving(create_app(settings, backbone=vit)) as client:
+        await client.post("/adapters", **upload_files(adapter_bytes(vit, "flowers", seed=1)))
+        before = snapshot(store)
+        body = {"task": "flowers", "source": remote.url + path}
+        if checksum is not None:
+            body["sha256"] = checksum
+        start = time.perf_counter()
+        r = await client.post("/adapters", json=body)
+        assert time.perf_counter() - start < 10
+        assert r.status_code == status, r.text
+        assert words in r.json()["error"]["message"]
+        assert snapshot(store) == before
+        assert len((await client.get("/adapters/flowers/versions")).json()["versions"]) == 1
+
+
+async def test_file_source_inside_the_allowed_directory_only(vit, store, make_settings, allowed, tmp_path):
+    data = adapter_bytes(vit, "flowers", seed=3)
+    (allowed / "flowers.safetensors").write_bytes(data)
+    (allowed / "sub").mkdir()
+    (allowed / "sub" / "deep.safetensors").write_bytes(data)
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes(data)
+    (allowed / "link.safetensors").symlink_to(outside)
+    settings = make_settings(adapter_sources="file", adapter_source_dirs=str(allowed))
+    async with serving(create_app(settings, backbone=vit)) as client:
+        r = await client.post(
+            "/adapters", json={"source": f"file://{allowed}/flowers.safetensors", "sha256": sha(data)}
+        )
+        assert r.status_code == 201, r.text
+        r = await client.post("/adapters", json={"task": "deep", "source": f"file://{allowed}/sub/deep.safetensors"})
+        assert r.status_code == 201, r.text
+        before = snapshot(store)
+        for source, status in [
+            (f"file://{outside}", 403),
+            (f"file://{allowed}/../outside.safetensors", 403),
+            (f"file://{allowed}/link.safetensors", 403),  # a link inside pointing outside
+            (f"file://{allowed}/missing.safetensors", 404),
+            (f"file://{allowed}", 404),
+            ("file://otherhost/x.safetensors", 422),
+            ("ftp://example.com/x.safetensors", 422),
+            (f"http://127.0.0.1:9/{allowed}", 403),  # http is not enabled here
+        ]:
+            r = await client.post("/adapters", json={"task": "other", "source": source})
+            assert r.status_code == status, (source, r.text)
+        assert snapshot(store) == before
+        assert not (store / HISTORY / "other").exists()
+
+
+async def test_file_sources_are_off_by_default_and_json_is_checked(vit, store, make_settings, allowed):
+    (allowed / "flowers.safetensors").write_bytes(adapter_bytes(vit, "flowers", seed=3))
+    async with serving(create_app(make_settings(adapter_source_dirs=str(allowed)), backbone=vit)) as client:
+        r = await client.post("/adapters", json={"source": f"file://{allowed}/flowers.safetensors"})
+        assert r.status_code == 403 and "ADAPTFORMER_ADAPTER_SOURCES=file" in r.json()["error"]["message"]
+        r = await client.post("/adapters", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 422 and "by reference" in r.json()["error"]["message"]
+        r = await client.post("/adapters", json={"task": "x"})
+        assert r.status_code == 422 and "source" in r.text
+        assert snapshot(store) == {}
