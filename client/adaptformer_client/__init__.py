@@ -31,7 +31,10 @@ from adaptformer_client.types import (
     Prediction,
     PredictResponse,
     Ready,
+    RollbackResult,
     UploadResult,
+    VersionInfo,
+    VersionList,
 )
 
 __all__ = [
@@ -57,8 +60,11 @@ __all__ = [
     "PredictResponse",
     "Prediction",
     "Ready",
+    "RollbackResult",
     "ServerError",
     "UnsupportedMediaTypeError",
     "UploadResult",
+    "VersionInfo",
+    "VersionList",
     "parse_error",
 ]

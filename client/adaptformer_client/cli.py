@@ -2,9 +2,14 @@
 
     adaptformer-client predict --task digits seven.png [more.png] [--top-k 3] [--json]
     adaptformer-client predict --task digits --task fashion seven.png     (several tasks, one request; --task '*': all)
+    adaptformer-client predict --task digits --version 0123456789ab seven.png      (a kept version: or --task digits@V)
     adaptformer-client clip --task motion f0.png f1.png ... | clip.gif
     adaptformer-client adapters [TASK]
     adaptformer-client upload cars.safetensors [--task cars]
+    adaptformer-client register https://example.com/cars.safetensors [--task cars] [--sha256 HEX]
+    adaptformer-client versions cars
+    adaptformer-client download cars [PATH] [--version V]
+    adaptformer-client rollback cars [--version V]
     adaptformer-client delete cars
     adaptformer-client health
 
@@ -27,7 +32,7 @@ from pydantic import BaseModel
 
 from adaptformer_client.client import DEFAULT_URL, Client
 from adaptformer_client.errors import AdaptformerClientError
-from adaptformer_client.types import AdapterInfo, MultiPredictResponse, PredictResponse
+from adaptformer_client.types import AdapterInfo, MultiPredictResponse, PredictResponse, VersionList
 
 __all__ = ["build_parser", "main"]
 
@@ -65,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files ('-' reads stdin)")
     predict.add_argument("--top-k", type=int, default=None, help="predictions per image (server default 5)")
+    predict.add_argument("--version", default=None, help="a kept version of the task (one task only)")
 
     clip = commands.add_parser("clip", parents=[common], help="classify one clip: frame files or an animated GIF/WebP")
     clip.add_argument("--task", required=True, help="clip adapter to use")
@@ -77,6 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
     upload = commands.add_parser("upload", parents=[common], help="install or replace an adapter (admin)")
     upload.add_argument("file", help="the adapter .safetensors file")
     upload.add_argument("--task", default=None, help="serve it under this name instead of the file's")
+
+    register = commands.add_parser(
+        "register", parents=[common], help="have the server fetch an adapter from a URL and install it (admin)"
+    )
+    register.add_argument("source", help="https://, http:// or file:// URL of the .safetensors file")
+    register.add_argument("--task", default=None, help="serve it under this name instead of the file's")
+    register.add_argument("--sha256", default=None, help="the SHA-256 the file must have")
+
+    versions = commands.add_parser("versions", parents=[common], help="the versions kept of a task, newest first")
+    versions.add_argument("task")
+
+    download = commands.add_parser("download", parents=[common], help="save an adapter's exact file")
+    download.add_argument("task")
+    download.add_argument("path", nargs="?", default=".", help="file or directory (default: ./TASK.safetensors)")
+    download.add_argument("--version", default=None, help="a kept version (default: the current one)")
+
+    rollback = commands.add_parser("rollback", parents=[common], help="make a kept version current again (admin)")
+    rollback.add_argument("task")
+    rollback.add_argument("--version", default=None, help="the version (default: the one before the current)")
 
     delete = commands.add_parser("delete", parents=[common], help="remove an adapter (admin)")
     delete.add_argument("task")
@@ -154,6 +179,19 @@ def _print_adapter(a: AdapterInfo, out: TextIO) -> None:
         print(f"{key + ':':<10} {value}", file=out)
 
 
+def _print_versions(listed: VersionList, out: TextIO) -> None:
+    header = ("VERSION", "CURRENT", "SIZE", "STORED", "CREATED", "METRICS")
+    rows = [
+        (v.version, "*" if v.current else "", f"{v.size_bytes:,}", v.stored, v.created,
+         ", ".join(f"{k}={val}" for k, val in v.metrics.items()) or "-")
+        for v in listed.versions
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out)
+    print(f"{listed.task}: {len(listed.versions)} versions kept (at most {listed.keep})", file=out)
+
+
 def _show(value: BaseModel | Sequence[BaseModel], as_json: bool, print_table: Callable[[], None], out: TextIO) -> None:
     if not as_json:
         print_table()
@@ -167,6 +205,11 @@ def _run(args: argparse.Namespace, client: Client, out: TextIO) -> int:
     if args.command == "predict":
         images = [_read_input(name) for name in args.images]
         names = ["<stdin>" if name == "-" else name for name in args.images]
+        if args.version is not None:
+            if len(args.task) > 1 or args.task[0] == "*":
+                print("error: --version goes with one task (name several as --task NAME@VERSION)", file=sys.stderr)
+                return 2
+            args.task = [f"{args.task[0]}@{args.version}"]
         if len(args.task) > 1 or args.task[0] == "*":
             many = client.predict_many(args.task, images, top_k=args.top_k)
             _show(many, args.json, lambda: _print_many(many, names, out), out)
@@ -194,6 +237,25 @@ def _run(args: argparse.Namespace, client: Client, out: TextIO) -> int:
         replaced = f"; replaced version {result.previous_version}" if result.replaced else ""
         line = f"installed {a.task} (version {a.version}, {a.num_classes} classes, {a.modality}){replaced}"
         _show(result, args.json, lambda: print(line, file=out), out)
+    elif args.command == "register":
+        result = client.register(args.task, source=args.source, sha256=args.sha256)
+        a = result.adapter
+        replaced = f"; replaced version {result.previous_version}" if result.replaced else ""
+        line = f"installed {a.task} (version {a.version}) from {args.source}{replaced}"
+        _show(result, args.json, lambda: print(line, file=out), out)
+    elif args.command == "versions":
+        listed = client.versions(args.task)
+        _show(listed, args.json, lambda: _print_versions(listed, out), out)
+    elif args.command == "download":
+        path = client.download(args.task, args.path, version=args.version)
+        if args.json:
+            print(json.dumps({"task": args.task, "path": str(path), "size_bytes": path.stat().st_size}), file=out)
+        else:
+            print(f"saved {args.task} to {path} ({path.stat().st_size:,} bytes)", file=out)
+    elif args.command == "rollback":
+        rolled = client.rollback(args.task, args.version)
+        line = f"{args.task}: version {rolled.adapter.version} is current (was {rolled.previous_version})"
+        _show(rolled, args.json, lambda: print(line, file=out), out)
     elif args.command == "delete":
         deleted = client.delete_adapter(args.task)
         line = f"deleted {deleted.task} (version {deleted.version})"

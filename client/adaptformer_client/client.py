@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 import logging
 import os
 import random
@@ -31,7 +32,9 @@ from adaptformer_client.types import (
     MultiPredictResponse,
     PredictResponse,
     Ready,
+    RollbackResult,
     UploadResult,
+    VersionList,
 )
 
 __all__ = ["DEFAULT_URL", "AsyncClient", "Client"]
@@ -125,6 +128,45 @@ def _text(response: httpx.Response) -> str:
     return response.text
 
 
+@dataclass(frozen=True)
+class _File:
+    """The bytes of a downloaded adapter file and the version the server says they are."""
+
+    data: bytes
+    version: str
+
+
+def _file(response: httpx.Response) -> _File:
+    _raise_for_status(response)
+    data = response.content
+    version = hashlib.sha256(data).hexdigest()[:12]
+    said = response.headers.get("X-Adapter-Version", version)
+    if said != version:  # a cut or altered body: never write it as the adapter
+        raise ServerError(
+            f"the downloaded file has version {version}, not the {said} the server announced; download it again",
+            status=response.status_code,
+        )
+    return _File(data, version)
+
+
+def _pinned(task: str, version: str | None) -> str:
+    return task if version is None else f"{task}@{version}"
+
+
+def _save(file: _File, path: str | os.PathLike, task: str) -> Path:
+    """Writes a downloaded file (a directory gets ``<task>.safetensors``) through a temp file and a rename."""
+    target = Path(path)
+    if target.is_dir():
+        target = target / f"{task}.safetensors"
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(file.data)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
 def _connection_error(error: httpx.TransportError, url: httpx.URL) -> APIConnectionError:
     target = f"{url.scheme}://{url.netloc.decode()}"
     if isinstance(error, httpx.TimeoutException):
@@ -192,9 +234,15 @@ class _BaseClient:
         return request
 
     def _predict_call(
-        self, task: str, field: str, parts: list[tuple[str, bytes, str]], top_k: int | None, timeout: Timeout
+        self,
+        task: str,
+        field: str,
+        parts: list[tuple[str, bytes, str]],
+        top_k: int | None,
+        timeout: Timeout,
+        version: str | None = None,
     ) -> _Call[PredictResponse]:
-        params: dict[str, Any] = {"task": task}
+        params: dict[str, Any] = {"task": _pinned(task, version)}
         if top_k is not None:
             params["top_k"] = top_k
         files = [(field, part) for part in parts]
@@ -202,24 +250,33 @@ class _BaseClient:
         request = self._build("POST", "/predict", timeout, params=params, files=files)
         return _Call(request, _model(PredictResponse))
 
-    def _predict(self, task: str, image: ImageInput, top_k: int | None, timeout: Timeout) -> _Call[PredictResponse]:
+    def _predict(
+        self, task: str, image: ImageInput, top_k: int | None, timeout: Timeout, version: str | None = None
+    ) -> _Call[PredictResponse]:
         if isinstance(image, (list, tuple)):
             raise TypeError("predict takes one image; use predict_batch for a list of images")
-        return self._predict_call(task, "image", [encode_image(image)], top_k, timeout)
+        return self._predict_call(task, "image", [encode_image(image)], top_k, timeout, version)
 
     def _predict_batch(
-        self, task: str, images: Sequence[ImageInput], top_k: int | None, timeout: Timeout
+        self,
+        task: str,
+        images: Sequence[ImageInput],
+        top_k: int | None,
+        timeout: Timeout,
+        version: str | None = None,
     ) -> _Call[PredictResponse]:
         if not images:
             raise ValueError("predict_batch needs at least one image")
         parts = [encode_image(image, f"image{i:04d}") for i, image in enumerate(images)]
-        return self._predict_call(task, "image", parts, top_k, timeout)
+        return self._predict_call(task, "image", parts, top_k, timeout, version)
 
-    def _predict_clip(self, task: str, clip: Any, top_k: int | None, timeout: Timeout) -> _Call[PredictResponse]:
+    def _predict_clip(
+        self, task: str, clip: Any, top_k: int | None, timeout: Timeout, version: str | None = None
+    ) -> _Call[PredictResponse]:
         field, parts = encode_clip(clip)
         if not parts:
             raise ValueError("predict_clip needs at least one frame")
-        return self._predict_call(task, field, parts, top_k, timeout)
+        return self._predict_call(task, field, parts, top_k, timeout, version)
 
     def _predict_many(
         self,
@@ -264,6 +321,30 @@ class _BaseClient:
         request = self._build("POST", "/adapters", timeout, files=files, data=form)
         # Not idempotent: once the body went out the server may have installed the adapter.
         return _Call(request, _model(UploadResult), idempotent=False)
+
+    def _register(self, task: str | None, source: str, sha256: str | None, timeout: Timeout) -> _Call[UploadResult]:
+        body: dict[str, Any] = {"source": source}
+        if task is not None:
+            body["task"] = task
+        if sha256 is not None:
+            body["sha256"] = sha256
+        request = self._build("POST", "/adapters", timeout, json=body)
+        return _Call(request, _model(UploadResult), idempotent=False)
+
+    def _versions(self, task: str) -> _Call[VersionList]:
+        return _Call(self._build("GET", f"/adapters/{quote(task, safe='')}/versions"), _model(VersionList))
+
+    def _download(self, task: str, version: str | None, timeout: Timeout) -> _Call[_File]:
+        params = {"version": version} if version is not None else None
+        headers = {"Accept": "application/octet-stream"}
+        request = self._build("GET", f"/adapters/{quote(task, safe='')}/file", timeout, params=params, headers=headers)
+        return _Call(request, _file)
+
+    def _rollback(self, task: str, version: str | None) -> _Call[RollbackResult]:
+        body = {"version": version} if version is not None else None
+        request = self._build("POST", f"/adapters/{quote(task, safe='')}/rollback", json=body)
+        # "The version before the current one" moves with every rollback: resend only a named version.
+        return _Call(request, _model(RollbackResult), idempotent=version is not None)
 
     def _delete_adapter(self, task: str) -> _Call[DeleteResult]:
         return _Call(self._build("DELETE", f"/adapters/{quote(task, safe='')}"), _model(DeleteResult))
@@ -372,7 +453,13 @@ class Client(_BaseClient):
             attempt += 1
 
     def predict(
-        self, task: str, image: ImageInput, top_k: int | None = None, *, timeout: Timeout = _DEFAULT
+        self,
+        task: str,
+        image: ImageInput,
+        top_k: int | None = None,
+        *,
+        version: str | None = None,
+        timeout: Timeout = _DEFAULT,
     ) -> PredictResponse:
         """Classifies one image; ``.top`` of the answer is the best prediction.
 
@@ -380,20 +467,33 @@ class Client(_BaseClient):
             task: Name of the adapter to use.
             image: A path, encoded image bytes, a binary file object, a PIL image or a uint8 array.
             top_k: How many predictions to return (server default 5, clamped to the number of classes).
+            version: A kept version to run instead of the current one (``versions(task)`` lists them).
         """
-        return self._run(self._predict(task, image, top_k, timeout))
+        return self._run(self._predict(task, image, top_k, timeout, version))
 
     def predict_batch(
-        self, task: str, images: Sequence[ImageInput], top_k: int | None = None, *, timeout: Timeout = _DEFAULT
+        self,
+        task: str,
+        images: Sequence[ImageInput],
+        top_k: int | None = None,
+        *,
+        version: str | None = None,
+        timeout: Timeout = _DEFAULT,
     ) -> PredictResponse:
         """Classifies several images in one request; ``predictions[i]`` answers ``images[i]``."""
-        return self._run(self._predict_batch(task, images, top_k, timeout))
+        return self._run(self._predict_batch(task, images, top_k, timeout, version))
 
     def predict_clip(
-        self, task: str, clip: Any, top_k: int | None = None, *, timeout: Timeout = _DEFAULT
+        self,
+        task: str,
+        clip: Any,
+        top_k: int | None = None,
+        *,
+        version: str | None = None,
+        timeout: Timeout = _DEFAULT,
     ) -> PredictResponse:
         """Classifies one clip: a list of frames (in order), a TxHxW(xC) array, or an animated GIF/WebP."""
-        return self._run(self._predict_clip(task, clip, top_k, timeout))
+        return self._run(self._predict_clip(task, clip, top_k, timeout, version))
 
     def predict_many(
         self,
@@ -433,6 +533,33 @@ class Client(_BaseClient):
             task: Name to serve it under, instead of the task name in the file's metadata.
         """
         return self._run(self._upload_adapter(file, task, timeout))
+
+    def register(
+        self, task: str | None = None, *, source: str, sha256: str | None = None, timeout: Timeout = _DEFAULT
+    ) -> UploadResult:
+        """Has the server fetch an adapter file from ``source`` and install it, as an upload (admin).
+
+        Args:
+            task: Name to serve it under (default: the task name in the file).
+            source: ``https://``, ``http://`` or ``file://`` URL; the server's operator enables each scheme.
+            sha256: Hex SHA-256 the fetched bytes must have; nothing is stored when they do not.
+        """
+        return self._run(self._register(task, source, sha256, timeout))
+
+    def versions(self, task: str) -> VersionList:
+        """The versions the server keeps of ``task``, newest first (``.current`` is the one served)."""
+        return self._run(self._versions(task))
+
+    def download(
+        self, task: str, path: str | os.PathLike, version: str | None = None, *, timeout: Timeout = _DEFAULT
+    ) -> Path:
+        """Saves the exact bytes of the current version (or of a kept ``version``) to ``path`` (a directory gets
+        ``<task>.safetensors``); the bytes are checked against the version the server names. Returns the path."""
+        return _save(self._run(self._download(task, version, timeout)), path, task)
+
+    def rollback(self, task: str, version: str | None = None) -> RollbackResult:
+        """Makes a kept version current again (default: the one before the current one) (admin)."""
+        return self._run(self._rollback(task, version))
 
     def delete_adapter(self, task: str) -> DeleteResult:
         """Removes an adapter. Raises ``NotFoundError`` for an unknown task."""
@@ -524,22 +651,40 @@ class AsyncClient(_BaseClient):
             attempt += 1
 
     async def predict(
-        self, task: str, image: ImageInput, top_k: int | None = None, *, timeout: Timeout = _DEFAULT
+        self,
+        task: str,
+        image: ImageInput,
+        top_k: int | None = None,
+        *,
+        version: str | None = None,
+        timeout: Timeout = _DEFAULT,
     ) -> PredictResponse:
         """See ``Client.predict``."""
-        return await self._run(self._predict(task, image, top_k, timeout))
+        return await self._run(self._predict(task, image, top_k, timeout, version))
 
     async def predict_batch(
-        self, task: str, images: Sequence[ImageInput], top_k: int | None = None, *, timeout: Timeout = _DEFAULT
+        self,
+        task: str,
+        images: Sequence[ImageInput],
+        top_k: int | None = None,
+        *,
+        version: str | None = None,
+        timeout: Timeout = _DEFAULT,
     ) -> PredictResponse:
         """See ``Client.predict_batch``."""
-        return await self._run(self._predict_batch(task, images, top_k, timeout))
+        return await self._run(self._predict_batch(task, images, top_k, timeout, version))
 
     async def predict_clip(
-        self, task: str, clip: Any, top_k: int | None = None, *, timeout: Timeout = _DEFAULT
+        self,
+        task: str,
+        clip: Any,
+        top_k: int | None = None,
+        *,
+        version: str | None = None,
+        timeout: Timeout = _DEFAULT,
     ) -> PredictResponse:
         """See ``Client.predict_clip``."""
-        return await self._run(self._predict_clip(task, clip, top_k, timeout))
+        return await self._run(self._predict_clip(task, clip, top_k, timeout, version))
 
     async def predict_many(
         self,
@@ -563,6 +708,27 @@ class AsyncClient(_BaseClient):
     ) -> UploadResult:
         """See ``Client.upload_adapter``."""
         return await self._run(self._upload_adapter(file, task, timeout))
+
+    async def register(
+        self, task: str | None = None, *, source: str, sha256: str | None = None, timeout: Timeout = _DEFAULT
+    ) -> UploadResult:
+        """See ``Client.register``."""
+        return await self._run(self._register(task, source, sha256, timeout))
+
+    async def versions(self, task: str) -> VersionList:
+        """See ``Client.versions``."""
+        return await self._run(self._versions(task))
+
+    async def download(
+        self, task: str, path: str | os.PathLike, version: str | None = None, *, timeout: Timeout = _DEFAULT
+    ) -> Path:
+        """See ``Client.download``."""
+        file = await self._run(self._download(task, version, timeout))
+        return await asyncio.to_thread(_save, file, path, task)
+
+    async def rollback(self, task: str, version: str | None = None) -> RollbackResult:
+        """See ``Client.rollback``."""
+        return await self._run(self._rollback(task, version))
 
     async def delete_adapter(self, task: str) -> DeleteResult:
         return await self._run(self._delete_adapter(task))

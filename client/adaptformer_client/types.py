@@ -15,7 +15,10 @@ __all__ = [
     "PredictResponse",
     "Prediction",
     "Ready",
+    "RollbackResult",
     "UploadResult",
+    "VersionInfo",
+    "VersionList",
 ]
 
 
@@ -106,6 +109,32 @@ class UploadResult(BaseModel):
     adapter: AdapterInfo
     replaced: bool
     previous_version: str | None = None
+
+
+class VersionInfo(BaseModel):
+    """One kept version of a task."""
+
+    version: str
+    current: bool  # whether plain predictions (no version named) answer with it
+    size_bytes: int
+    stored: str  # when it entered the store (UTC, ISO 8601)
+    created: str  # when it was trained, as its file records it
+    description: str = ""
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class VersionList(BaseModel):
+    """The versions a server keeps of one task, newest first."""
+
+    task: str
+    current: str
+    keep: int  # versions kept per task (the server's keep_versions)
+    versions: list[VersionInfo]
+
+
+class RollbackResult(BaseModel):
+    adapter: AdapterInfo  # the version now current
+    previous_version: str
 
 
 class DeleteResult(BaseModel):

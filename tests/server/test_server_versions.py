@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from contextlib import AsyncExitStack
 
+import httpx
 from server_support import adapter_bytes, image_files, png, serving, upload_files
 from support import async_wait_until
 
+from adaptformer_client import AsyncClient
 from adaptformer_server import create_app
 from adaptformer_server.store import HISTORY, version_of
 
@@ -158,3 +161,28 @@ async def test_another_replica_sees_a_rollback(vit, store, make_settings):
 async def _serves(client, version: str) -> bool:
     r = await predict(client, "cars")
     return r.status_code == 200 and r.json()["version"] == version
+
+
+async def test_the_client_sdk_against_this_server(vit, store, make_settings, tmp_path):
+    settings = make_settings(keep_versions=3, adapter_sources="file", adapter_source_dirs=str(tmp_path))
+    app = create_app(settings, backbone=vit)
+    async with serving(app):
+        transport = httpx.ASGITransport(app=app)
+        async with AsyncClient("http://testserver", transport=transport, max_retries=0) as client:
+            first = adapter_bytes(vit, "cars", seed=1)
+            (tmp_path / "cars.safetensors").write_bytes(first)
+            v1 = (await client.upload_adapter(first)).adapter.version
+            source = f"file://{tmp_path}/cars2.safetensors"
+            (tmp_path / "cars2.safetensors").write_bytes(adapter_bytes(vit, "cars", seed=2))
+            digest = hashlib.sha256((tmp_path / "cars2.safetensors").read_bytes()).hexdigest()
+            registered = await client.register("cars", source=source, sha256=digest)
+            v2 = registered.adapter.version
+            assert registered.previous_version == v1
+            listed = await client.versions("cars")
+            assert [v.version for v in listed.versions] == [v2, v1] and listed.current == v2
+            saved = await client.download("cars", tmp_path / "old.safetensors", version=v1)
+            assert saved.read_bytes() == first
+            assert (await client.predict("cars", png(1), version=v1)).version == v1
+            rolled = await client.rollback("cars")
+            assert rolled.adapter.version == v1 and rolled.previous_version == v2
+            assert (await client.predict("cars", png(1))).version == v1
