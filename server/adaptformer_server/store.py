@@ -238,7 +238,13 @@ class AdapterStore:
             FileNotFoundError: the store does not hold that version.
         """
         data = self.read_version(task, version)
-        _atomic_write(self.path(task), data)
+        path = self.path(task)
+        with contextlib.suppress(FileNotFoundError), path.open("rb") as f:  # a hand-copied current file: keep it
+            old, old_mtime = f.read(), os.fstat(f.fileno()).st_mtime_ns
+            if not self.has_version(task, version_of(old)):
+                self._keep(task, version_of(old), old, old_mtime)
+        _atomic_write(path, data)
+        self.prune(task)
         return data
 
     def prune(self, task: str) -> list[str]:

@@ -34,7 +34,7 @@ OPEN = {
 }
 # Static files of the playground and of /docs: a file to fetch from each.
 OPEN_MOUNTS = {"/ui/static": "/ui/static/app.js", "/docs/static": "/docs/static/swagger-ui.css"}
-ADMIN = {("POST", "/adapters"), ("DELETE", "/adapters/{task}")}
+ADMIN = {("POST", "/adapters"), ("DELETE", "/adapters/{task}"), ("POST", "/adapters/{task}/rollback")}
 
 
 def _bearer(key: str | None) -> dict[str, str]:

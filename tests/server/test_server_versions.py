@@ -186,3 +186,20 @@ async def test_the_client_sdk_against_this_server(vit, store, make_settings, tmp
             rolled = await client.rollback("cars")
             assert rolled.adapter.version == v1 and rolled.previous_version == v2
             assert (await client.predict("cars", png(1))).version == v1
+
+
+async def test_hand_copied_files_are_kept_when_replaced_or_rolled_back(vit, store, make_settings):
+    v1, v2, v3 = (adapter_bytes(vit, "cars", seed=s) for s in (1, 2, 3))
+    (store / "cars.safetensors").write_bytes(v1)  # copied in by hand: no history yet
+    app = create_app(make_settings(keep_versions=3, store_poll_ms=0), backbone=vit)
+    async with serving(app) as client:
+        listed = (await client.get("/adapters/cars/versions")).json()["versions"]
+        assert [v["version"] for v in listed] == [version_of(v1)]  # the current file, listed without a copy
+        await client.post("/adapters", **upload_files(v2))
+        (store / "cars.safetensors").write_bytes(v3)  # another hand copy over the current file
+        await app.state.runtime.sync_store()
+        r = await client.post("/adapters/cars/rollback", json={"version": version_of(v1)})
+        assert r.status_code == 200, r.text
+        listed = (await client.get("/adapters/cars/versions")).json()["versions"]
+        assert {v["version"] for v in listed} == {version_of(v) for v in (v1, v2, v3)}
+        assert (await client.get(f"/adapters/cars/file?version={version_of(v3)}")).content == v3

@@ -122,8 +122,8 @@ async def _register(request: Request, runtime: ReadyRuntime) -> dict:
     try:
         try:
             body = RegisterRequest.model_validate(json.loads(await request.body()))
-        except (ValueError, ValidationError) as e:
-            message = e.errors()[0]["msg"] if isinstance(e, ValidationError) else "the body is not JSON"
+        except (ValueError, RecursionError, ValidationError) as e:
+            message = e.errors()[0]["msg"] if isinstance(e, ValidationError) else "the body is not a JSON object"
             raise ValidationFailed(
                 f'register an adapter by reference with JSON {{"task": "flowers", "source": "https://...", '
                 f'"sha256": "..."}}: {message}'
