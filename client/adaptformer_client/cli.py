@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     register = commands.add_parser(
         "register", parents=[common], help="have the server fetch an adapter from a URL and install it (admin)"
     )
-    register.add_argument("source", help="https://, http:// or file:// URL of the .safetensors file")
+    register.add_argument("source", help="https://, http://, file:// or hf:// URL of the .safetensors file")
     register.add_argument("--task", default=None, help="serve it under this name instead of the file's")
     register.add_argument("--sha256", default=None, help="the SHA-256 the file must have")
 

@@ -541,7 +541,8 @@ class Client(_BaseClient):
 
         Args:
             task: Name to serve it under (default: the task name in the file).
-            source: ``https://``, ``http://`` or ``file://`` URL; the server's operator enables each scheme.
+            source: ``https://``, ``http://``, ``file://`` or ``hf://owner/repo/file[@revision]``; the server's
+                operator enables each scheme.
             sha256: Hex SHA-256 the fetched bytes must have; nothing is stored when they do not.
         """
         return self._run(self._register(task, source, sha256, timeout))

@@ -115,7 +115,7 @@ class RollbackResponse(BaseModel):
 
 class RegisterRequest(BaseModel):
     task: str | None = Field(None, description="task name (default: the one in the file)")
-    source: str = Field(description="https://, http:// or file:// URL of the .safetensors file")
+    source: str = Field(description="https://, http://, file:// or hf://owner/repo/file[@revision] of the file")
     sha256: str | None = Field(None, description="hex SHA-256 the fetched bytes must have")
 
 

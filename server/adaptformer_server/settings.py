@@ -125,10 +125,10 @@ class Settings(BaseSettings):
     keep_versions: int = Field(
         3, ge=1, le=1000, description="versions kept per task, the current one included (pinning and rollback)"
     )
-    adapter_sources: Annotated[list[Literal["https", "http", "file"]], NoDecode] = Field(
+    adapter_sources: Annotated[list[Literal["https", "http", "file", "hf"]], NoDecode] = Field(
         [],
         description="comma-separated schemes POST /adapters may fetch an adapter from by reference (https, http, "
-        "file); default: none",
+        "file, hf); default: none",
     )
     adapter_source_dirs: Annotated[list[Path], NoDecode] = Field(
         [],

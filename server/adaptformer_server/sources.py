@@ -1,9 +1,14 @@
-"""Adapters by reference: fetch the bytes of ``https://``, ``http://`` or ``file://`` sources for POST /adapters.
+"""Adapters by reference: fetch the bytes of ``https://``, ``http://``, ``file://`` or ``hf://`` sources for
+POST /adapters.
 
 Every scheme is off until an operator lists it in ``adapter_sources``; ``file://`` paths must also lie inside one of
 ``adapter_source_dirs``. The upload size limit holds while reading (a remote that sends more is cut off), the
 whole fetch has ``source_timeout`` seconds, and an optional SHA-256 is checked before anything else looks at the
 bytes. What comes back then gets exactly the checks of an upload.
+
+``hf://owner/repo/path/file.safetensors[@revision]`` goes through ``huggingface_hub`` (an optional dependency; timm
+brings it): its cache, ``HF_TOKEN`` and ``HF_HUB_OFFLINE`` apply as everywhere else it is used. Online, the file's
+size is asked first, so a file over the limit is refused before it is downloaded.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from adaptformer_server.settings import Settings
 
 __all__ = ["SCHEMES", "SourceTimeout", "SourceUnavailable", "fetch", "scheme_of"]
 
-SCHEMES = ("https", "http", "file")
+SCHEMES = ("https", "http", "file", "hf")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _CHUNK = 1 << 16
 
@@ -69,6 +74,8 @@ async def fetch(source: str, sha256: str | None, settings: Settings) -> bytes:
         )
     if scheme == "file":
         data = await asyncio.to_thread(_read_file, source, settings)
+    elif scheme == "hf":
+        data = await _from_hub(source, settings)
     else:
         data = await _download(source, settings)
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256.lower():
@@ -169,3 +176,67 @@ async def _stream(source: str, settings: Settings) -> bytes:
         raise asyncio.TimeoutError from None
     except httpx.HTTPError as e:
         raise SourceUnavailable(f"cannot fetch {shown}: {type(e).__name__}: {e}"[:500]) from None
+
+
+async def _from_hub(source: str, settings: Settings) -> bytes:
+    timeout = settings.source_timeout
+    try:  # the thread cannot be stopped: on a timeout it finishes into the hub's cache, unused here
+        return await asyncio.wait_for(asyncio.to_thread(_read_hub, source, settings), timeout)
+    except asyncio.TimeoutError:
+        raise SourceTimeout(
+            f"{_shown(source)} did not deliver the file within {timeout:g} s (ADAPTFORMER_SOURCE_TIMEOUT); "
+            "nothing was stored"
+        ) from None
+
+
+def _hub_reference(source: str) -> tuple[str, str, str | None]:
+    """``hf://owner/repo/dir/file.safetensors@rev`` -> (``owner/repo``, ``dir/file.safetensors``, ``rev``)."""
+    rest, at, revision = source[len("hf://") :].rpartition("@")
+    if not at:
+        rest, revision = revision, ""
+    parts = rest.split("/")
+    if len(parts) < 3 or not all(parts) or ".." in parts:
+        raise ValidationFailed(f"{_shown(source)!r}: hub sources are hf://OWNER/REPO/PATH/FILE.safetensors[@REVISION]")
+    return f"{parts[0]}/{parts[1]}", "/".join(parts[2:]), revision or None
+
+
+def _read_hub(source: str, settings: Settings) -> bytes:
+    repo, filename, revision = _hub_reference(source)
+    try:
+        from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+    except ImportError:
+        raise SourceUnavailable(
+            "hf:// sources need huggingface_hub on the server: pip install huggingface_hub"
+        ) from None
+    shown = f"hf://{repo}/{filename}" + (f"@{revision}" if revision else "")
+    limit = settings.max_upload_bytes
+    timeout = settings.source_timeout
+    try:
+        if not constants.HF_HUB_OFFLINE:
+            meta = get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision), timeout=timeout)
+            if meta.size is not None and meta.size > limit:
+                raise _too_large(meta.size, settings)
+        path = Path(hf_hub_download(repo, filename, revision=revision, etag_timeout=timeout))
+    except LocalEntryNotFoundError:
+        raise SourceUnavailable(
+            f"{shown} is not in the hub cache{' and HF_HUB_OFFLINE is set' if constants.HF_HUB_OFFLINE else ''}, "
+            "or the hub cannot be reached"
+        ) from None
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as e:
+        raise SourceUnavailable(f"{shown}: {type(e).__name__} (no such repository, revision or file, or no access "
+                                "with this server's HF_TOKEN)") from None  # fmt: skip
+    except HfHubHTTPError as e:
+        raise SourceUnavailable(f"cannot fetch {shown}: {e}"[:500]) from None
+    except OSError as e:
+        raise SourceUnavailable(f"cannot fetch {shown}: {type(e).__name__}: {e}"[:500]) from None
+    size = path.stat().st_size
+    if size > limit:
+        raise _too_large(size, settings)
+    return path.read_bytes()

@@ -201,3 +201,53 @@ async def test_file_sources_are_off_by_default_and_json_is_checked(vit, store, m
         r = await client.post("/adapters", json={"task": "x"})
         assert r.status_code == 422 and "source" in r.text
         assert snapshot(store) == {}
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty hub cache, offline: huggingface_hub answers from it and never opens a connection."""
+    constants = pytest.importorskip("huggingface_hub.constants")
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def cache_file(cache: Path, repo: str, path: str, data: bytes, commit: str, ref: str | None = "main") -> None:
+    """Lays a file out as the hub's cache does: snapshots/<commit>/<path>, refs/<ref> naming the commit."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    target = root / "snapshots" / commit / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    if ref is not None:
+        (root / "refs").mkdir(exist_ok=True)
+        (root / "refs" / ref).write_text(commit)
+
+
+async def test_hf_source_from_the_hub_cache_offline(vit, store, make_settings, hub_cache):
+    main, pinned = adapter_bytes(vit, "flowers", seed=3), adapter_bytes(vit, "flowers", seed=4)
+    cache_file(hub_cache, "acme/adapters", "vit/flowers.safetensors", main, "a" * 40)
+    cache_file(hub_cache, "acme/adapters", "vit/flowers.safetensors", pinned, "b" * 40, ref=None)
+    async with serving(create_app(make_settings(adapter_sources="hf"), backbone=vit)) as client:
+        r = await client.post(
+            "/adapters", json={"source": "hf://acme/adapters/vit/flowers.safetensors", "sha256": sha(main)}
+        )
+        assert r.status_code == 201, r.text
+        assert (store / "flowers.safetensors").read_bytes() == main
+        r = await client.post("/adapters", json={"source": f"hf://acme/adapters/vit/flowers.safetensors@{'b' * 40}"})
+        assert r.status_code == 201 and (store / "flowers.safetensors").read_bytes() == pinned, r.text
+        before = snapshot(store)
+        for source, status in [
+            ("hf://acme/adapters/vit/missing.safetensors", 502),
+            ("hf://acme/other/flowers.safetensors", 502),
+            (f"hf://acme/adapters/vit/flowers.safetensors@{'c' * 40}", 502),
+            ("hf://acme/flowers.safetensors", 422),
+        ]:
+            r = await client.post("/adapters", json={"task": "flowers", "source": source})
+            assert r.status_code == status, (source, r.text)
+        r = await client.post(
+            "/adapters", json={"source": "hf://acme/adapters/vit/flowers.safetensors", "sha256": "0" * 64}
+        )
+        assert r.status_code == 422
+        assert snapshot(store) == before
