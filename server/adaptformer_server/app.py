@@ -28,7 +28,7 @@ from adaptformer_server.hosts import HostOriginMiddleware
 from adaptformer_server.limits import BodyLimitMiddleware
 from adaptformer_server.metrics import Metrics, MetricsMiddleware
 from adaptformer_server.observability import install_observability
-from adaptformer_server.routes import adapters, health, oip, predict, ui
+from adaptformer_server.routes import adapters, health, oip, predict, repository, ui
 from adaptformer_server.routes.docs import install_docs
 from adaptformer_server.runtime import Runtime
 from adaptformer_server.settings import MAKE_KEY, Settings
@@ -144,6 +144,7 @@ def create_app(settings: Settings | None = None, *, backbone: nn.Module | None =
     app.include_router(adapters.router)
     app.include_router(health.router)
     app.include_router(oip.router)
+    app.include_router(repository.router)
     app.include_router(ui.router)
     app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     install_docs(app)

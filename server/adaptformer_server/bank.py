@@ -104,3 +104,8 @@ class Bank:
         for key in [k for k in self._resident if k.rpartition("@")[0] == task]:
             del self._resident[key]
         self._metrics.resident.set(len(self._resident))
+
+    def discard(self, key: str) -> None:
+        """Forgets one resident ``task@version``."""
+        self._resident.pop(key, None)
+        self._metrics.resident.set(len(self._resident))

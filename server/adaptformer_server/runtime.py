@@ -525,6 +525,21 @@ class Runtime:
             ) from None
         return data, want
 
+    async def load(self, task: str) -> AdapterEntry:
+        """Pages ``task`` (or ``task@version``) into a bank slot now (the repository extension's load)."""
+        entry, _ = await self.resolve(task)
+        return entry
+
+    def unload(self, task: str) -> AdapterEntry:
+        """Takes ``task`` (every resident version) or ``task@version`` out of the bank; the store keeps it."""
+        assert self.bank is not None
+        entry = self.entry(task)
+        if "@" in task:
+            self.bank.discard(entry.key)
+        else:
+            self.bank.drop(entry.task)
+        return entry
+
     def info(self, entry: AdapterEntry) -> dict:
         assert self.bank is not None and self.backbone is not None
         return entry.info(resident=entry.key in self.bank, backbone_params=self.backbone.params)

@@ -34,7 +34,13 @@ OPEN = {
 }
 # Static files of the playground and of /docs: a file to fetch from each.
 OPEN_MOUNTS = {"/ui/static": "/ui/static/app.js", "/docs/static": "/docs/static/swagger-ui.css"}
-ADMIN = {("POST", "/adapters"), ("DELETE", "/adapters/{task}"), ("POST", "/adapters/{task}/rollback")}
+ADMIN = {
+    ("POST", "/adapters"),
+    ("DELETE", "/adapters/{task}"),
+    ("POST", "/adapters/{task}/rollback"),
+    ("POST", "/v2/repository/models/{task}/load"),
+    ("POST", "/v2/repository/models/{task}/unload"),
+}
 
 
 def _bearer(key: str | None) -> dict[str, str]:
