@@ -118,7 +118,9 @@ class Metrics:
         return generate_latest(self.registry)
 
     def task_label(self, name: str) -> str:
-        """``name`` if the registry holds that task (or it is ``*``), else ``other``."""
+        """``name`` if the registry holds that task (or it is ``*``), else ``other``; a pinned ``task@version``
+        counts under its task (versions would make the label set grow with every upload)."""
+        name = name.partition("@")[0]
         return name if name == ALL_TASKS or self.is_task(name) else OTHER
 
 

@@ -71,6 +71,8 @@ async def test_last_n_versions_are_kept_listed_downloadable_and_pinnable(vit, st
         )  # current and pinned, one forward pass
         assert [r["version"] for r in both.json()["results"]] == [versions[3], versions[1]]
         assert (await client.get("/adapters/cars")).json()["version"] == versions[3]  # pinning changes nothing
+        metrics = (await client.get("/metrics")).text
+        assert "cars@" not in metrics  # pinned requests count under their task: no label per version
 
 
 async def test_rollback_default_and_named_and_its_limits(vit, store, make_settings):

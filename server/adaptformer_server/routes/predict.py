@@ -223,7 +223,7 @@ async def predict(
             raise InvalidInput("the query needs a `task` (repeat it for several tasks, or task=* for every image task)")
         multi = len(task) > 1 or task[0] == ALL_IMAGE_TASKS
         tasks = expand_tasks(runtime, task)
-        labels_ = tasks
+        labels_ = list(dict.fromkeys(split_pin(t)[0] for t in tasks))  # pinned versions count as their task
         body = await read_predict_body(request, runtime.settings)
         optional = set(tasks) - set(task)  # the tasks only `*` stands for
         resolved = await resolve_tasks(runtime, tasks, optional)
