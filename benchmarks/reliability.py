@@ -643,11 +643,14 @@ async def hotswap_run(
 
 # -- crash safety --------------------------------------------------------------------------------------------------
 def _store_files(store: Path) -> tuple[list[Path], list[Path]]:
-    """Adapter files and everything else (besides the version cache and the seed marker)."""
+    """Adapter files and everything else (besides the version cache, the seed marker and the kept versions; temp
+    files of interrupted writes among the kept versions count as everything else)."""
     adapters, other = [], []
     for p in sorted(store.iterdir()):
         if p.name.endswith(".safetensors") and not p.name.startswith("."):
             adapters.append(p)
+        elif p.name == ".history" and p.is_dir():
+            other.extend(sorted(p.glob("*/.*.tmp")))
         elif p.name not in (".versions.json", ".seeded"):
             other.append(p)
     return adapters, other
