@@ -28,7 +28,9 @@ from adaptformer.vpt import add_prompts
 __all__ = ["METHODS", "TrainConfig", "TrainResult", "build_model", "evaluate", "fit", "save_result"]
 
 METHODS = ("adaptformer", "linear", "vpt", "full")
-DEFAULT_TEMPORAL = "diff"  # chosen by measurement on the motion and zoom-rotate clips (docs/benchmarks)
+# Measured on the motion and zoom-rotate clips (docs/benchmarks/demo_methods.md): the frame-difference kernel is
+# what lets a clip task see motion; a learned time embedding adds nothing to it, slot embeddings alone see none.
+DEFAULT_TEMPORAL = "diff"
 SERVABLE = ("adaptformer", "linear")
 
 
