@@ -7,12 +7,13 @@
 #   benchmarks/device_check.sh            # on the GPU machine, from the repository root
 #   benchmarks/device_check.sh --quick    # a smoke test with a tiny ViT, on any machine
 #
-# The server part needs fastapi, fastapi-offline, uvicorn and pydantic-settings (orjson, httptools: optional). Where the Python that holds torch lacks them,
-# put their wheels in .whl/ (or $ADAPTFORMER_WHEELS) first; they are installed with --no-index into a private
-# folder, never over torch. From the repository root, on a machine with an index (Python 3.12, x86-64):
+# The server part needs fastapi, fastapi-offline, uvicorn and pydantic-settings (orjson, httptools: optional).
+# Where the Python that holds torch lacks them, put their wheels in .whl/ (or $ADAPTFORMER_WHEELS) first; they are
+# installed with --no-index into a private folder, never over torch. From the repository root, on a machine with an index (Python 3.12, x86-64):
 #
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+#     --platform manylinux1_x86_64 -d .whl \
 #     fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 pydantic==2.14.4 pydantic_core==2.50.5 \
 #     pydantic-settings==2.16.3 python-dotenv==1.2.4 python-multipart==0.0.34 annotated-types==0.8.0 \
 #     typing-inspection==0.4.5 opentelemetry-api==1.45.2 fastapi-offline==1.7.7 orjson==3.13.0 httptools==0.9.0
