@@ -9,7 +9,8 @@
 #
 # The server part needs fastapi, fastapi-offline, uvicorn and pydantic-settings (orjson, httptools: optional).
 # Where the Python that holds torch lacks them, put their wheels in .whl/ (or $ADAPTFORMER_WHEELS) first; they are
-# installed with --no-index into a private folder, never over torch. From the repository root, on a machine with an index (Python 3.12, x86-64):
+# installed with --no-index into a private folder, never over torch. From the repository root, on a machine with
+# an index (for Python 3.12, x86-64):
 #
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
