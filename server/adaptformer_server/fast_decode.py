@@ -57,6 +57,7 @@ class Probe:
     width: int = 0
     height: int = 0
     fast: bool = False  # the tensor path decodes it as PIL would
+    animated: bool = False  # several frames (an animation, a multi-page TIFF)
 
     @property
     def pixels(self) -> int:
@@ -77,7 +78,9 @@ def probe(data: bytes) -> Probe:
                 elif fmt == "PNG":
                     # IHDR: bit depth at byte 24, colour type at 25 (0 grey, 2 RGB)
                     fast = len(data) > 25 and data[24] == 8 and data[25] in (0, 2) and b"eXIf" not in data
-                return Probe(fmt, w, h, fast and getattr(img, "n_frames", 1) == 1)
+                # is_animated looks for a second frame only; n_frames would walk a GIF to its end
+                animated = bool(getattr(img, "is_animated", False))
+                return Probe(fmt, w, h, fast and not animated, animated)
     except Exception:
         return Probe(None)
 

@@ -172,8 +172,13 @@ class Decoder:
         return self._probes[key]
 
     def declared_pixels(self, body: PredictBody) -> int:
-        """Pixels the headers of the body's images declare (what decoding it will cost, roughly)."""
-        return sum(self.probe(d).pixels for d in (*body.images, *body.frames))
+        """Pixels the headers of the body's images declare (what decoding it will cost, roughly); an animation
+        counts as more than ``inline_decode_pixels`` whatever its size, so it never decodes on the event loop."""
+        total = 0
+        for d in (*body.images, *body.frames):
+            p = self.probe(d)
+            total += max(p.pixels, self.settings.inline_decode_pixels + 1) if p.animated else p.pixels
+        return total
 
     async def run(self, fn: Callable[..., T], *args: object, pixels: int) -> T:
         """``fn(*args)`` on the event loop when the request is small (``inline_decode_pixels``: a hand-off to a

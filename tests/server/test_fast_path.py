@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from server_support import hold_forward_pass, image_files, png, serving, tensor_of
+from server_support import gif, hold_forward_pass, image_files, png, serving, tensor_of
 
 from adaptformer.data.decode import open_image
 from adaptformer.preprocess import InputSpec, preprocess_image
@@ -157,6 +157,15 @@ def test_one_decode_and_one_budget_per_request(fast: str, monkeypatch: pytest.Mo
         decode_inputs(PredictBody(images=[png(3, (100, 100))]), InputSpec(size=32), "c", settings, decoder=decoder)
 
 
+def test_only_small_stills_decode_on_the_event_loop():
+    settings = Settings()
+    small = Decoder(settings).declared_pixels(PredictBody(images=[png(0, (40, 40)), png(1, (40, 40))]))
+    assert small == 3200 <= settings.inline_decode_pixels
+    assert Decoder(settings).declared_pixels(PredictBody(images=[png(0, (200, 200))])) > settings.inline_decode_pixels
+    # an animation's header tells one frame's size; decoding it is every frame: never on the event loop
+    assert Decoder(settings).declared_pixels(PredictBody(images=[gif(4)])) > settings.inline_decode_pixels
+
+
 async def test_samples_arriving_while_a_batch_runs_fill_the_next_one(vit, tasks_store, make_settings):
     app = create_app(make_settings(max_batch_size=8, max_wait_ms=0), backbone=vit)
     async with serving(app) as client:
@@ -174,8 +183,8 @@ async def test_samples_arriving_while_a_batch_runs_fill_the_next_one(vit, tasks_
         gate.set()
         responses = [await first, *[await r for r in rest]]
         assert [r.status_code for r in responses] == [200] * 6
-        # max_wait 0: before, the next batch was taken at once with whatever had arrived; now it waits for the
-        # running one, so the five that came meanwhile share one pass
+        # max_wait 0, yet the five that came while the first batch ran share one pass: a partial batch waits for
+        # the inference thread rather than queueing behind it
         assert list(batcher.recent_batch_sizes) == [1, 5]
 
 
