@@ -206,11 +206,17 @@ def render(report: dict) -> str:
             "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         backbone = {r["task"]: 100.0 * r["trainable_params"] / r["percent_of_backbone"] for r in report["variants"]}
+        order = {t: i for i, t in enumerate(TASKS)}
+        known = {v: i for i, v in enumerate(VARIANTS)}
+        variants = sorted(
+            report["variants"],
+            key=lambda r: (order.get(r["task"], 99), known.get((r["temporal"], r["tubelet"]), 99)),
+        )
         lines += [
             f"| {r['task']} | {r['temporal']} | {r['tubelet']} | {r['epochs']} | {r['val_top1']:.4f} | "
             f"{r['temporal_params']:,} | {100.0 * r['temporal_params'] / backbone[r['task']]:.2f} | "
             f"{r['percent_of_backbone']:.2f} | {r['seconds']:.0f} |"
-            for r in report["variants"]
+            for r in variants
         ]
     return "\n".join(lines) + "\n"
 
