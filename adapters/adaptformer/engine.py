@@ -38,6 +38,9 @@ log = logging.getLogger("adaptformer.engine")
 # ``gathered``, one ``baddbmm`` per projection and kind of branch input with per-row weights from the bank;
 # ``grouped``, the same with ``torch._grouped_mm`` over each task's segment of rows; ``auto``, the engine's choice.
 PATHS = ("auto", "slices", "segments", "gathered", "grouped")
+# On a CPU (no launch cost) the segments path costs least up to this many tasks with branches in a batch, the
+# grouped path beyond, where segments are mostly one row each (measured on ViT-S/16: docs/ARCHITECTURE.md).
+CPU_SEGMENTS_UP_TO = 16
 
 
 class MultiTaskViT(nn.Module):
@@ -151,8 +154,12 @@ class MultiTaskViT(nn.Module):
                 if plan.branch_tasks <= 1:
                     return "slices"
                 path = "grouped" if _native_grouped_mm(device, dtype) else "gathered"
-            else:  # no launch cost: fewest passes over memory (measured: docs/ARCHITECTURE.md)
-                return "segments" if plan.branch_tasks else "slices"
+            elif not plan.branch_tasks:
+                return "slices"
+            elif plan.branch_tasks <= CPU_SEGMENTS_UP_TO:
+                return "segments"
+            else:
+                path = "grouped"
         if path == "grouped" and not grouped_mm_works(device, dtype):
             return "gathered"
         return path

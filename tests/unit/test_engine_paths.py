@@ -230,12 +230,17 @@ def test_bank_evicts_least_recently_used(backbone: nn.Module, image_tasks: dict[
 
 
 def test_auto_path_and_unknown_path(backbone: nn.Module) -> None:
-    """On a CPU ``auto`` takes the segments path whenever a task has branches; unknown paths are refused."""
+    """On a CPU ``auto`` takes the segments path up to 16 tasks with branches, the grouped one beyond (gathered
+    where ``torch._grouped_mm`` does not run), slices for linear probes alone; unknown paths are refused."""
     with pytest.raises(ValueError, match="path must be one of"):
         af.MultiTaskViT(copy.deepcopy(backbone), path="fast")
     engine = af.MultiTaskViT(copy.deepcopy(backbone))
     cpu = torch.device("cpu")
-    tasks = _tasks(backbone, 9)
+    tasks = _tasks(backbone, 19)
+    sixteen = af.engine._plan([f"t{k}" for k in range(18)], tasks)  # t8 and t17 are linear probes
+    seventeen = af.engine._plan([f"t{k}" for k in range(19)], tasks)
     assert engine.choose_path(af.engine._plan(["t0", "t0"], tasks), cpu, torch.float32) == "segments"
-    assert engine.choose_path(af.engine._plan(["t0", "t1", "t2"], tasks), cpu, torch.float32) == "segments"
+    assert engine.choose_path(sixteen, cpu, torch.float32) == "segments"
+    grouped = "grouped" if grouped_mm_works(cpu, torch.float32) else "gathered"
+    assert engine.choose_path(seventeen, cpu, torch.float32) == grouped
     assert engine.choose_path(af.engine._plan(["t8"], tasks), cpu, torch.float32) == "slices"  # a probe only
