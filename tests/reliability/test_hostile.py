@@ -672,8 +672,12 @@ def test_100MB_declared_body_refused_before_reading(shared_server: Server, image
 
 
 def test_store_untouched_and_no_internal_error(shared_server: Server, kit: Kit, store_before: set[str]):
-    """Runs after the cases: no file appeared outside the store or in it, and no 500 was logged."""
-    assert {p.name for p in shared_server.store.iterdir()} == store_before
+    """Runs after the cases: no file appeared outside the store or in it, and no 500 was logged. (An accepted
+    upload keeps its version under .history/: content-named copies only, no temp file.)"""
+    names = {p.name for p in shared_server.store.iterdir()}
+    assert names - {".history"} == store_before - {".history"}
+    kept = list((shared_server.store / ".history").glob("*/*"))
+    assert all(p.name.endswith(".safetensors") and not p.name.startswith(".") for p in kept), kept
     outside = {p.name for p in kit.workdir.iterdir()}
     assert not {n for n in outside if n.endswith(".safetensors") and n != "backbone.safetensors"}, outside
     log = shared_server.log_tail(200_000)
