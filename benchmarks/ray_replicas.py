@@ -54,6 +54,7 @@ from ray_support import (  # noqa: E402
 )
 
 from benchmarks.machine import cpu_model  # noqa: E402
+from benchmarks.process import wait_ready  # noqa: E402
 
 TASKS = ("digits", "emoji", "fashion")
 CONFIGS = {
@@ -119,16 +120,12 @@ def plain_server(store: Path, env: dict[str, str], log: Path):
     out = log.open("wb")
     proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return url, proc, out
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise SystemExit(f"the plain server did not get ready:\n{log.read_text()[-3000:]}")
+    try:
+        wait_ready(url, proc, interval=0.5)
+    except AssertionError:
+        proc.kill()
+        raise SystemExit(f"the plain server did not get ready:\n{log.read_text()[-3000:]}") from None
+    return url, proc, out
 
 
 async def store_changes(url: str) -> dict:

@@ -38,7 +38,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,6 +56,7 @@ import adaptformer as af
 from adaptformer.adapter_file import task_to_bytes
 from adaptformer.embedded import build_embedded
 from adaptformer.preprocess import spec_from_model
+from benchmarks.process import free_port, wait_ready
 
 __all__ = [
     "Kit",
@@ -77,12 +77,6 @@ PREDICT_KEY = "rel-predict-key"
 
 
 # -- set-up ----------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class AdapterFactory:
     """Adapter files on one backbone: one adapted copy of the ViT, its trainable weights redrawn per file."""
 
@@ -204,17 +198,7 @@ class Server:
         return self.proc.pid
 
     def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server not ready after {timeout} s: {self.log_tail()}")
+        wait_ready(self.url, self.proc, timeout=timeout, interval=0.1, output=self.log_tail)
 
     def rss_mb(self) -> float:
         """Resident memory of the server process (VmRSS in /proc/<pid>/status), MiB."""

@@ -15,7 +15,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -51,6 +50,7 @@ from adaptformer_client import (
     parse_error,
 )
 from adaptformer_client.cli import main as cli_main
+from benchmarks.process import free_port
 
 pytest.importorskip("adaptformer_server.app")  # the server runs in a subprocess; skip where it is not installed
 pytestmark = pytest.mark.e2e
@@ -141,12 +141,6 @@ def gif(frames: int) -> bytes:
     buf = io.BytesIO()
     images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=40, loop=0)
     return buf.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

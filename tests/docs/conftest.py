@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ import httpx
 import pytest
 from doc_blocks import ROOT, MarkerError, all_blocks
 from PIL import Image, ImageSequence
+
+from benchmarks.process import wait_ready
 
 VENV_BIN = Path(sys.executable).parent
 DEMO = ROOT / "adapters" / "adaptformer" / "demo"
@@ -83,17 +84,7 @@ def _start(tmp: Path, name: str, *args: str) -> Server:
 
 
 def _wait_ready(server: Server, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise AssertionError(f"server exited with {server.proc.returncode}: {server.log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"server not ready in {timeout} s: {server.log.read_text()[-3000:]}")
+    wait_ready(server.url, server.proc, timeout=timeout, output=lambda: server.log.read_text()[-3000:])
 
 
 def _stop(server: Server) -> None:

@@ -27,6 +27,8 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from benchmarks.process import free_port, wait_ready
+
 REPLICA_HEADER = "X-AdaptFormer-Replica"
 
 
@@ -35,12 +37,6 @@ def ray_installed() -> bool:
         return importlib.util.find_spec("ray.serve") is not None
     except ModuleNotFoundError:
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def interfaces() -> list[str]:
@@ -140,18 +136,7 @@ def ray_server(cluster: Cluster, store: Path, *args: str, timeout: float = 300) 
     proc = subprocess.Popen(cmd, env=cluster.env, stdout=out, stderr=subprocess.STDOUT)
     server = Server(url=f"http://127.0.0.1:{port}", proc=proc, log=log)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"adaptformer serve --ray exited with {proc.returncode}:\n{server.output()}")
-            try:
-                if httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not ready in {timeout} s:\n{server.output()}")
-            time.sleep(0.5)
+        wait_ready(server.url, proc, timeout=timeout, interval=0.5, output=server.output)
         yield server
     finally:
         proc.send_signal(signal.SIGINT)  # the CLI deletes its application on the way out

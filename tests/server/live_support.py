@@ -6,10 +6,8 @@ from __future__ import annotations
 import copy
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,27 +18,14 @@ from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
 from adaptformer.embedded import build_embedded
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchmarks import process
+from benchmarks.process import free_port
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}")
-        try:
-            r = httpx.get(f"{url}/readyz", timeout=2)
-            if r.status_code == 200:
-                return r.json()
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("server not ready in time")
+    """Waits for /readyz 200 (benchmarks.process.wait_ready) and returns its body."""
+    process.wait_ready(url, proc, timeout=timeout)
+    return httpx.get(f"{url}/readyz", timeout=30).json()
 
 
 @contextmanager
