@@ -29,6 +29,7 @@ from adaptformer.model import (
 )
 from adaptformer.preprocess import InputSpec, preprocess_clip, preprocess_image, spec_from_model
 from adaptformer.task import TaskAdapter, TaskInfo, extract_task
+from adaptformer.temporal import TemporalConfig
 from adaptformer.video import VideoViT, video_vit
 
 try:  # one version, the distribution's (pyproject.toml)
@@ -49,6 +50,7 @@ __all__ = [
     "ParameterReport",
     "TaskAdapter",
     "TaskInfo",
+    "TemporalConfig",
     "UnsupportedModelError",
     "VideoViT",
     "add_adapters",
