@@ -125,10 +125,10 @@ class Settings(BaseSettings):
     keep_versions: int = Field(
         3, ge=1, le=1000, description="versions kept per task, the current one included (pinning and rollback)"
     )
-    adapter_sources: Annotated[list[Literal["https", "http", "file", "hf"]], NoDecode] = Field(
+    adapter_sources: Annotated[list[Literal["https", "http", "file", "hf", "s3"]], NoDecode] = Field(
         [],
         description="comma-separated schemes POST /adapters may fetch an adapter from by reference (https, http, "
-        "file, hf); default: none",
+        "file, hf, s3); default: none",
     )
     adapter_source_dirs: Annotated[list[Path], NoDecode] = Field(
         [],

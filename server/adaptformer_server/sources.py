@@ -1,5 +1,5 @@
-"""Adapters by reference: fetch the bytes of ``https://``, ``http://``, ``file://`` or ``hf://`` sources for
-POST /adapters.
+"""Adapters by reference: fetch the bytes of ``https://``, ``http://``, ``file://``, ``hf://`` or ``s3://`` sources
+for POST /adapters.
 
 Every scheme is off until an operator lists it in ``adapter_sources``; ``file://`` paths must also lie inside one of
 ``adapter_source_dirs``. The upload size limit holds while reading (a remote that sends more is cut off), the
@@ -9,6 +9,10 @@ bytes. What comes back then gets exactly the checks of an upload.
 ``hf://owner/repo/path/file.safetensors[@revision]`` goes through ``huggingface_hub`` (an optional dependency; timm
 brings it): its cache, ``HF_TOKEN`` and ``HF_HUB_OFFLINE`` apply as everywhere else it is used. Online, the file's
 size is asked first, so a file over the limit is refused before it is downloaded.
+
+``s3://bucket/key`` goes through ``s3fs`` (the ``s3`` extra: ``pip install "adaptformer-serve[s3]"``); credentials,
+region and endpoint come from the environment as for any AWS client (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``,
+``AWS_ENDPOINT_URL`` for S3-compatible stores such as MinIO). The object's size is asked first.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -25,7 +30,7 @@ from adaptformer_server.settings import Settings
 
 __all__ = ["SCHEMES", "SourceTimeout", "SourceUnavailable", "fetch", "scheme_of"]
 
-SCHEMES = ("https", "http", "file", "hf")
+SCHEMES = ("https", "http", "file", "hf", "s3")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _CHUNK = 1 << 16
 
@@ -75,7 +80,9 @@ async def fetch(source: str, sha256: str | None, settings: Settings) -> bytes:
     if scheme == "file":
         data = await asyncio.to_thread(_read_file, source, settings)
     elif scheme == "hf":
-        data = await _from_hub(source, settings)
+        data = await _in_thread(_read_hub, source, settings)
+    elif scheme == "s3":
+        data = await _in_thread(_read_s3, source, settings)
     else:
         data = await _download(source, settings)
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256.lower():
@@ -178,10 +185,11 @@ async def _stream(source: str, settings: Settings) -> bytes:
         raise SourceUnavailable(f"cannot fetch {shown}: {type(e).__name__}: {e}"[:500]) from None
 
 
-async def _from_hub(source: str, settings: Settings) -> bytes:
+async def _in_thread(read: Callable[[str, Settings], bytes], source: str, settings: Settings) -> bytes:
+    """``read(source, settings)`` (a blocking client library) in a thread, within ``source_timeout``."""
     timeout = settings.source_timeout
-    try:  # the thread cannot be stopped: on a timeout it finishes into the hub's cache, unused here
-        return await asyncio.wait_for(asyncio.to_thread(_read_hub, source, settings), timeout)
+    try:  # the thread cannot be stopped: on a timeout it finishes on its own, its bytes unused
+        return await asyncio.wait_for(asyncio.to_thread(read, source, settings), timeout)
     except asyncio.TimeoutError:
         raise SourceTimeout(
             f"{_shown(source)} did not deliver the file within {timeout:g} s (ADAPTFORMER_SOURCE_TIMEOUT); "
@@ -240,3 +248,37 @@ def _read_hub(source: str, settings: Settings) -> bytes:
     if size > limit:
         raise _too_large(size, settings)
     return path.read_bytes()
+
+
+def _read_s3(source: str, settings: Settings) -> bytes:
+    parts = urlsplit(source)
+    bucket, key = parts.netloc, unquote(parts.path).lstrip("/")
+    if not bucket or not key or parts.query or parts.fragment:
+        raise ValidationFailed(f"{_shown(source)!r}: S3 sources are s3://BUCKET/KEY")
+    try:
+        import s3fs
+    except ImportError:
+        raise SourceUnavailable('s3:// sources need s3fs on the server: pip install "adaptformer-serve[s3]"') from None
+    shown = f"s3://{bucket}/{key}"
+    limit = settings.max_upload_bytes
+    timeout = settings.source_timeout
+    fs = s3fs.S3FileSystem(
+        skip_instance_cache=True, config_kwargs={"connect_timeout": timeout, "read_timeout": timeout}
+    )
+    try:
+        size = fs.info(f"{bucket}/{key}").get("size")
+        if size is not None and size > limit:
+            raise _too_large(size, settings)
+        with fs.open(f"{bucket}/{key}", "rb") as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError:
+        raise SourceUnavailable(f"{shown}: no such bucket or key") from None
+    except PermissionError:
+        raise SourceUnavailable(f"{shown}: access denied with this server's AWS credentials") from None
+    except ApiError:
+        raise
+    except Exception as e:  # botocore and aiohttp raise many kinds; each is the remote's failure, not the user's
+        raise SourceUnavailable(f"cannot fetch {shown}: {type(e).__name__}: {e}"[:500]) from None
+    if len(data) > limit:
+        raise _too_large(len(data), settings)
+    return data
