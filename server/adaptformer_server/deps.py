@@ -13,27 +13,29 @@ from adaptformer_server.settings import Settings
 __all__ = ["AdminAuth", "PredictAuth", "ReadyRuntime", "RuntimeDep", "SettingsDep"]
 
 
-def get_runtime(request: Request) -> Runtime:
+# Every dependency is ``async def``: they only read app state, and FastAPI runs a plain ``def`` dependency in a
+# worker thread, a hand-off that cost more per request than decoding an image (docs/benchmarks/server_profile.md).
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def ready_runtime(request: Request) -> Runtime:
+async def ready_runtime(request: Request) -> Runtime:
     """The runtime, or 503 not_ready while the backbone loads."""
     runtime: Runtime = request.app.state.runtime
     runtime.require_ready()
     return runtime
 
 
-def predict_auth(request: Request) -> None:
+async def predict_auth(request: Request) -> None:
     auth: Auth = request.app.state.auth
     auth.check_predict(request)
 
 
-def admin_auth(request: Request) -> None:
+async def admin_auth(request: Request) -> None:
     auth: Auth = request.app.state.auth
     auth.check_admin(request)
 

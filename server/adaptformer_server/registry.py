@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from adaptformer.adapter_file import Header
@@ -30,8 +31,9 @@ class AdapterEntry:
     def meta(self) -> dict[str, Any]:
         return self.header.meta
 
-    @property
+    @cached_property
     def spec(self) -> InputSpec:
+        # Parsed once per entry (an entry is one immutable version), not on every request that reads it.
         return InputSpec.from_dict(self.meta["input"])
 
     @property
