@@ -179,7 +179,11 @@ def agreement_rows(args: argparse.Namespace, device: torch.device) -> list[dict]
 
 def server_available() -> str | None:
     """Why the server part cannot run here (``None``: it can)."""
-    missing = [m for m in ("fastapi", "fastapi_offline", "uvicorn", "pydantic_settings", "httpx") if importlib.util.find_spec(m) is None]
+    missing = [
+        m
+        for m in ("fastapi", "fastapi_offline", "uvicorn", "pydantic_settings", "httpx")
+        if importlib.util.find_spec(m) is None
+    ]
     if missing:
         return f"missing Python packages: {', '.join(missing)}"
     return None
