@@ -9,6 +9,8 @@ content moves) is readable only from the order of the frames.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from adaptformer.data._util import check_memory, clip_spec, fill, labels_tensor, stratified_order
@@ -84,18 +86,53 @@ def motion_clip(photos: np.ndarray, label: int, frames: int, rng: np.random.Gene
     return out
 
 
-def _split(photos, n, frames, spec, rng, desc, progress) -> LabeledData:
-    y = np.arange(n) % len(MOTION_LABELS)
+ClipMaker = Callable[[np.ndarray, int, int, np.random.Generator], list[np.ndarray]]
+
+
+def _split(make, classes, photos, n, frames, spec, rng, desc, progress) -> LabeledData:
+    y = np.arange(n) % classes
     y = y[stratified_order(y, rng)]
     cspec = clip_spec(spec, frames)
     x = fill(
         list(y),
-        lambda label: preprocess_clip(motion_clip(photos, int(label), frames, rng), cspec),
+        lambda label: preprocess_clip(make(photos, int(label), frames, rng), cspec),
         (frames, 3, spec.size, spec.size),
         desc,
         progress,
     )
     return LabeledData(x, labels_tensor(y))
+
+
+def synthetic_clip_splits(
+    name: str,
+    make: ClipMaker,
+    classes: int,
+    spec: InputSpec,
+    *,
+    frames: int | None,
+    default_frames: int,
+    n_train: int,
+    val_fraction: float,
+    seed: int,
+    limit: int | None,
+    progress: bool,
+) -> tuple[LabeledData, LabeledData, int, str]:
+    """Train and val clips made by ``make(photos, label, frames, rng)`` over different photographs (train and test
+    files), classes balanced; returns (train, val, frames, what the photographs are)."""
+    if frames is None:
+        frames = spec.frames if spec.modality == "clip" else default_frames
+    if frames < 2:
+        raise DataError(f"{name} needs at least 2 frames to show a change, got frames={frames}")
+    n_val = max(1, round(n_train * val_fraction / (1 - val_fraction)))
+    if limit is not None:
+        n_train, n_val = min(n_train, limit), min(n_val, limit)
+    check_memory(name, n_train + n_val, frames, spec.size)
+    train_photos, what = _photos("train")
+    val_photos, _ = _photos("val")
+    rngs = np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])
+    train = _split(make, classes, train_photos, n_train, frames, spec, rngs[0], f"{name} train", progress)
+    val = _split(make, classes, val_photos, n_val, frames, spec, rngs[1], f"{name} val", progress)
+    return train, val, frames, what
 
 
 def load_motion_splits(
@@ -104,19 +141,10 @@ def load_motion_splits(
     """2,000 training clips and ``round(2000 * val_fraction / (1 - val_fraction))`` validation clips (500 for
     the default 0.2), ``frames`` frames (at least 2; default: a clip spec's frames, else 8). ``limit`` caps each split.
     Train and val mosaics come from different photographs (the Fashion-MNIST train and test files)."""
-    if frames is None:
-        frames = spec.frames if spec.modality == "clip" else MOTION_FRAMES
-    if frames < 2:
-        raise DataError(f"motion needs at least 2 frames to show a movement, got frames={frames}")
-    n_train = MOTION_TRAIN
-    n_val = max(1, round(n_train * val_fraction / (1 - val_fraction)))
-    if limit is not None:
-        n_train, n_val = min(n_train, limit), min(n_val, limit)
-    check_memory("motion", n_train + n_val, frames, spec.size)
-    train_photos, what = _photos("train")
-    val_photos, _ = _photos("val")
-    train = _split(train_photos, n_train, frames, spec, np.random.default_rng([seed, 0]), "motion train", progress)
-    val = _split(val_photos, n_val, frames, spec, np.random.default_rng([seed, 1]), "motion val", progress)
+    train, val, frames, what = synthetic_clip_splits(
+        "motion", motion_clip, len(MOTION_LABELS), spec, frames=frames, default_frames=MOTION_FRAMES,
+        n_train=MOTION_TRAIN, val_fraction=val_fraction, seed=seed, limit=limit, progress=progress,
+    )  # fmt: skip
     return Splits(
         train,
         val,

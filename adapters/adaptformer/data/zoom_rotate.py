@@ -15,11 +15,9 @@ import math
 import numpy as np
 from PIL import Image
 
-from adaptformer.data._util import check_memory, clip_spec, fill, labels_tensor, stratified_order
-from adaptformer.data.motion import TILES, _photos
-from adaptformer.data.types import LabeledData, Splits
-from adaptformer.errors import DataError
-from adaptformer.preprocess import InputSpec, preprocess_clip
+from adaptformer.data.motion import TILES, synthetic_clip_splits
+from adaptformer.data.types import Splits
+from adaptformer.preprocess import InputSpec
 
 __all__ = ["ZOOM_ROTATE_LABELS", "load_zoom_rotate_splits", "zoom_rotate_clip"]
 
@@ -68,39 +66,17 @@ def zoom_rotate_clip(photos: np.ndarray, label: int, frames: int, rng: np.random
     return out
 
 
-def _split(photos, n, frames, spec, rng, desc, progress) -> LabeledData:
-    y = np.arange(n) % len(ZOOM_ROTATE_LABELS)
-    y = y[stratified_order(y, rng)]
-    cspec = clip_spec(spec, frames)
-    x = fill(
-        list(y),
-        lambda label: preprocess_clip(zoom_rotate_clip(photos, int(label), frames, rng), cspec),
-        (frames, 3, spec.size, spec.size),
-        desc,
-        progress,
-    )
-    return LabeledData(x, labels_tensor(y))
-
-
 def load_zoom_rotate_splits(
     spec: InputSpec, *, frames: int | None, val_fraction: float, seed: int, limit: int | None, progress: bool
 ) -> Splits:
     """2,000 training clips and ``round(2000 * val_fraction / (1 - val_fraction))`` validation clips, ``frames``
     frames (at least 2; default: a clip spec's frames, else 8). ``limit`` caps each split. Train and val mosaics
     come from different photographs."""
-    if frames is None:
-        frames = spec.frames if spec.modality == "clip" else ZOOM_ROTATE_FRAMES
-    if frames < 2:
-        raise DataError(f"zoom-rotate needs at least 2 frames to show a change, got frames={frames}")
-    n_train = ZOOM_ROTATE_TRAIN
-    n_val = max(1, round(n_train * val_fraction / (1 - val_fraction)))
-    if limit is not None:
-        n_train, n_val = min(n_train, limit), min(n_val, limit)
-    check_memory("zoom-rotate", n_train + n_val, frames, spec.size)
-    train_photos, what = _photos("train")
-    val_photos, _ = _photos("val")
-    train = _split(train_photos, n_train, frames, spec, np.random.default_rng([seed, 0]), "zoom-rotate train", progress)
-    val = _split(val_photos, n_val, frames, spec, np.random.default_rng([seed, 1]), "zoom-rotate val", progress)
+    train, val, frames, what = synthetic_clip_splits(
+        "zoom-rotate", zoom_rotate_clip, len(ZOOM_ROTATE_LABELS), spec, frames=frames,
+        default_frames=ZOOM_ROTATE_FRAMES, n_train=ZOOM_ROTATE_TRAIN, val_fraction=val_fraction, seed=seed,
+        limit=limit, progress=progress,
+    )  # fmt: skip
     return Splits(
         train,
         val,
