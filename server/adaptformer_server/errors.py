@@ -6,6 +6,8 @@ Body: ``{"error": {"code": str, "message": str, "check": str (incompatible adapt
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -137,6 +139,18 @@ def data_error(e: DataError, what: str = "") -> ApiError:
         return PayloadTooLarge(message)
     hint = "" if "PNG" in message else "; send a PNG, JPEG, WebP, GIF, BMP or TIFF image"
     return InvalidInput(message + hint)
+
+
+@contextmanager
+def counted(record: Callable[[str], None], ok: int) -> Iterator[None]:
+    """Runs a handler's body and calls ``record(status)`` once with the HTTP status it ends with, for
+    status-labelled metrics: ``ok`` when the body completes, else the status :func:`status_of` gives its error."""
+    try:
+        yield
+    except BaseException as e:
+        record(str(status_of(e)))
+        raise
+    record(str(ok))
 
 
 def status_of(exc: BaseException) -> int:

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from adaptformer_server.deps import AdminAuth, PredictAuth, ReadyRuntime
-from adaptformer_server.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed, status_of
+from adaptformer_server.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed, counted
 from adaptformer_server.inputs import media_type, read_form
 from adaptformer_server.runtime import Runtime, Upload
 from adaptformer_server.schemas import (
@@ -70,8 +70,7 @@ async def upload_adapter(request: Request, _: AdminAuth, runtime: ReadyRuntime) 
     settings = runtime.settings
     if media_type(request) == "application/json":
         return await _register(request, runtime)
-    status = "500"
-    try:
+    with counted(lambda status: runtime.metrics.uploads.labels(status).inc(), 201):
         if media_type(request) != "multipart/form-data":
             raise UnsupportedMediaType(
                 "upload the adapter as multipart/form-data with a `file` field "
@@ -98,12 +97,6 @@ async def upload_adapter(request: Request, _: AdminAuth, runtime: ReadyRuntime) 
         finally:
             await form.close()
         result = await runtime.upload(data, name.strip() if name and name.strip() else None)
-        status = "201"
-    except Exception as e:
-        status = str(status_of(e))
-        raise
-    finally:
-        runtime.metrics.uploads.labels(status).inc()
     return _uploaded(runtime, result)
 
 
@@ -118,8 +111,7 @@ def _uploaded(runtime: Runtime, result: Upload) -> dict:
 async def _register(request: Request, runtime: ReadyRuntime) -> dict:
     """POST /adapters with JSON: fetch the file from its source, then exactly the checks of an upload."""
     scheme = "other"
-    status = "500"
-    try:
+    with counted(lambda status: runtime.metrics.source_fetches.labels(scheme, status).inc(), 201):
         try:
             body = RegisterRequest.model_validate(json.loads(await request.body()))
         except (ValueError, RecursionError, ValidationError) as e:
@@ -132,12 +124,6 @@ async def _register(request: Request, runtime: ReadyRuntime) -> dict:
         data = await fetch(body.source, body.sha256, runtime.settings)
         task = body.task.strip() if body.task and body.task.strip() else None
         result = await runtime.upload(data, task)
-        status = "201"
-    except Exception as e:
-        status = str(status_of(e))
-        raise
-    finally:
-        runtime.metrics.source_fetches.labels(scheme, status).inc()
     return _uploaded(runtime, result)
 
 
@@ -187,15 +173,8 @@ async def download_adapter(
     responses=error_responses(401, 403, 404, 409, 422, 503),
 )
 async def rollback_adapter(task: str, _: AdminAuth, runtime: ReadyRuntime, body: RollbackRequest | None = None) -> dict:
-    status = "500"
-    try:
+    with counted(lambda status: runtime.metrics.rollbacks.labels(status).inc(), 200):
         result = await runtime.rollback(task, body.version if body else None)
-        status = "200"
-    except Exception as e:
-        status = str(status_of(e))
-        raise
-    finally:
-        runtime.metrics.rollbacks.labels(status).inc()
     assert result.previous is not None
     return {"adapter": runtime.info(result.entry), "previous_version": result.previous.version}
 

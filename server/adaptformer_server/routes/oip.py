@@ -37,8 +37,8 @@ from adaptformer_server.errors import (
     NotFound,
     PayloadTooLarge,
     ValidationFailed,
+    counted,
     data_error,
-    status_of,
 )
 from adaptformer_server.inputs import Decoder, PredictBody, decode_device, decode_inputs
 from adaptformer_server.registry import AdapterEntry
@@ -426,8 +426,13 @@ async def infer(
 ) -> Response:
     start = time.perf_counter()
     metrics = runtime.metrics
-    label, status = "_unknown", "500"
-    try:
+    label = "_unknown"
+
+    def record(status: str) -> None:
+        metrics.predictions.labels(label, status).inc()
+        metrics.predict_latency.observe(time.perf_counter() - start)
+
+    with counted(record, 200):
         _entry(runtime, task, version)  # 400/404 before reading the body
         label = task
         req = await _parse(request)
@@ -437,11 +442,4 @@ async def infer(
         inputs = await asyncio.to_thread(_decode, req, entry, runtime)
         (logits,) = await run_tasks(runtime, [(entry, adapter, inputs)])
         response = _respond(req, entry, logits, round((time.perf_counter() - start) * 1000, 3))
-        status = "200"
         return response
-    except Exception as e:
-        status = str(status_of(e))
-        raise
-    finally:
-        metrics.predictions.labels(label, status).inc()
-        metrics.predict_latency.observe(time.perf_counter() - start)

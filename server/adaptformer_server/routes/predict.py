@@ -19,7 +19,7 @@ from adaptformer_server.errors import (
     InvalidInput,
     NotFound,
     PayloadTooLarge,
-    status_of,
+    counted,
 )
 from adaptformer_server.inputs import (
     IMAGE_TYPES,
@@ -217,8 +217,13 @@ async def predict(
     start = time.perf_counter()
     metrics = runtime.metrics
     labels_: list[str] = ["_unknown"]  # unknown names never become label values
-    status = "500"
-    try:
+
+    def record(status: str) -> None:
+        for label in labels_:
+            metrics.predictions.labels(label, status).inc()
+        metrics.predict_latency.observe(time.perf_counter() - start)
+
+    with counted(record, 200):
         if not task:
             raise InvalidInput("the query needs a `task` (repeat it for several tasks, or task=* for every image task)")
         multi = len(task) > 1 or task[0] == ALL_IMAGE_TASKS
@@ -238,12 +243,4 @@ async def predict(
         entries = [entry for entry, _, _ in jobs]
         latency_ms = round((time.perf_counter() - start) * 1000, 3)
         results = [answer(entry, out, top_k, latency_ms) for entry, out in zip(entries, logits, strict=True)]
-        status = "200"
         return MultiPredictResponse(results=results, latency_ms=latency_ms) if multi else results[0]
-    except Exception as e:
-        status = str(status_of(e))
-        raise
-    finally:
-        for label in labels_:
-            metrics.predictions.labels(label, status).inc()
-        metrics.predict_latency.observe(time.perf_counter() - start)
