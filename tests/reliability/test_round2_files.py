@@ -15,8 +15,8 @@ import json
 import logging
 import shutil
 import struct
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from PIL import Image
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from starlette.testclient import TestClient
+from support import serving
 
 from adaptformer.adapter_file import parse_header, task_from_bytes
 from adaptformer.errors import AdapterFormatError, IncompatibleAdapterError
@@ -102,15 +103,6 @@ def make_app(store: Path, **overrides: Any) -> FastAPI:
     values: dict[str, Any] = {"store": store, "seed_demo": False, "max_wait_ms": 2, "store_poll_ms": 0, "threads": 1}
     values.update(overrides)
     return create_app(Settings(**values))
-
-
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        await app.state.runtime.wait_ready(60)
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as client:
-            yield client
 
 
 def seed(store: Path, **tasks: bytes) -> Path:

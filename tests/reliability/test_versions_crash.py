@@ -13,15 +13,14 @@ import io
 import json
 import os
 import struct
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fastapi import FastAPI
 from PIL import Image
+from support import serving
 
 from adaptformer_server import create_app
 from adaptformer_server.settings import Settings
@@ -100,15 +99,6 @@ def every_crash(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, prepare, operat
 def make_app(store: Path) -> FastAPI:
     values: dict[str, Any] = {"store": store, "seed_demo": False, "max_wait_ms": 2, "store_poll_ms": 0}
     return create_app(Settings(**values, keep_versions=3))
-
-
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        await app.state.runtime.wait_ready(60)
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as client:
-            yield client
 
 
 V = [variant(i) for i in range(5)]

@@ -5,13 +5,10 @@ from __future__ import annotations
 import copy
 import io
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
-import httpx
 import torch
-from fastapi import FastAPI
 from PIL import Image
+from support import serving  # noqa: F401  (the server tests import it from here)
 from timm.models.vision_transformer import VisionTransformer
 
 import adaptformer as af
@@ -97,17 +94,6 @@ def upload_files(data: bytes, task: str | None = None) -> dict:
     if task is not None:
         kw["data"] = {"task": task}
     return kw
-
-
-@asynccontextmanager
-async def serving(app: FastAPI, *, ready: bool = True) -> AsyncIterator[httpx.AsyncClient]:
-    """Runs the app's lifespan (backbone load, store scan, batcher) and gives an in-process client."""
-    async with app.router.lifespan_context(app):
-        if ready:
-            await app.state.runtime.wait_ready(60)
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as client:
-            yield client
 
 
 def hold_forward_pass(batcher) -> tuple[threading.Event, threading.Event]:

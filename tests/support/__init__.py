@@ -6,6 +6,7 @@ polled until it holds, and only a generous bound turns a wait into a failure tha
 
 from __future__ import annotations
 
+from support.app import serving
 from support.wait import DEFAULT_TIMEOUT, async_wait_until, wait_until
 
-__all__ = ["DEFAULT_TIMEOUT", "async_wait_until", "wait_until"]
+__all__ = ["DEFAULT_TIMEOUT", "async_wait_until", "serving", "wait_until"]

@@ -1,0 +1,22 @@
+"""An app's lifespan run in-process (backbone load, store scan, batcher) with an httpx client on it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+__all__ = ["serving"]
+
+
+@asynccontextmanager
+async def serving(app: FastAPI, *, ready: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+    """Runs the app's lifespan and gives an in-process client (``ready``: once the backbone is loaded)."""
+    async with app.router.lifespan_context(app):
+        if ready:
+            await app.state.runtime.wait_ready(60)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as client:
+            yield client
