@@ -267,7 +267,11 @@ class Runtime:
         assert self.engine is not None and self.backbone is not None
         x = x.to(device=self.backbone.device, dtype=self.backbone.dtype, non_blocking=True)
         out = self.engine(x, list(keys), table=table)
-        return [o.float().cpu() for o in out]
+        if not out:
+            return []
+        # One device-to-host copy for the batch (a copy per row would wait on the device once per row).
+        flat = torch.cat([o.reshape(-1) for o in out]).float().cpu()
+        return [part.view(o.shape) for part, o in zip(flat.split([o.numel() for o in out]), out, strict=True)]
 
     @property
     def ready(self) -> bool:
