@@ -201,7 +201,7 @@ class MultiTaskViT(nn.Module):
         if path == "slices":
             for i, block in enumerate(self.vit.blocks):
                 key = str(i)
-                branches = [(span, table[t].adapters[key]) for t, span in spans.items() if key in table[t].adapters]
+                branches = [(span, table[t].branch(key)) for t, span in spans.items() if key in table[t].adapters]
                 tokens = block_forward(block, tokens, branches)
         else:
             embedded = tokens
@@ -317,8 +317,9 @@ def _plan(tasks: Sequence[str], table: Mapping[str, TaskAdapter]) -> _Plan:
     for i, t in enumerate(tasks):
         rows.setdefault(t, []).append(i)
     kinds = {t: branch_kind(table[t]) for t in rows}
-    kind_order = {k: n for n, k in enumerate(dict.fromkeys(k for k in kinds.values() if k is not None))}
-    branched = sorted((t for t in rows if kinds[t] is not None), key=lambda t: kind_order[kinds[t]])
+    branched_kinds = {t: k for t, k in kinds.items() if k is not None}
+    kind_order = {k: n for n, k in enumerate(dict.fromkeys(branched_kinds.values()))}
+    branched = sorted(branched_kinds, key=lambda t: kind_order[branched_kinds[t]])
     ordered = branched + [t for t in rows if kinds[t] is None]
     order = [r for t in ordered for r in rows[t]]
     spans: dict[str, slice | None] = {}

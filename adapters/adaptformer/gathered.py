@@ -26,9 +26,11 @@ import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
+from timm.models.vision_transformer import Block
 from torch import nn
 
 from adaptformer.task import TaskAdapter
@@ -52,7 +54,7 @@ _ROW_BYTES = 16  # d^ + 1 rounded up to 16-byte rows, as grouped GEMM kernels wa
 
 def branch_kind(task: TaskAdapter) -> Kind | None:
     """Which tensor feeds ``task``'s branches (``None``: a linear probe, no branch at all)."""
-    for adapter in task.adapters.values():
+    for _, adapter in task.branches():
         if adapter.mode == "sequential":
             source = "mlp"
         else:
@@ -132,6 +134,7 @@ class BranchBank:
         self._used: dict[int, int] = {}  # slot -> batch counter when last used
         self._clock = 0
         self._capacity = self._rank = self._classes = 0
+        self.down = self.down_bias = self.up = self.head_weight = self.head_bias = torch.empty(0)
         self._align = max(1, _ROW_BYTES // torch.empty(0, dtype=dtype).element_size())
         self._alloc(0, self._align, 1)
 
@@ -141,7 +144,7 @@ class BranchBank:
 
     def _alloc(self, capacity: int, rank: int, classes: int) -> None:
         """(Re)allocates the stacked tensors, copying what the old ones held."""
-        kw = {"device": self.device, "dtype": self.dtype}
+        kw: dict[str, Any] = {"device": self.device, "dtype": self.dtype}
         L, d = self.depth, self.dim
         new = {
             "down": torch.zeros(L, capacity, d, rank, **kw),
@@ -168,8 +171,7 @@ class BranchBank:
         down = torch.zeros(L, d, self._rank, device=self.device)
         down_bias = torch.zeros(L, 1, self._rank, device=self.device)
         up = torch.zeros(L, self._rank, d, device=self.device)
-        for key, a in task.adapters.items():
-            i = int(key)
+        for i, a in task.branches():
             w_down = a.down.weight.float().t()  # [dim, d^]
             b_down = a.down.bias.float()
             if a.norm is not None:
@@ -202,7 +204,7 @@ class BranchBank:
         wanted = {id(t) for t in tasks}
         missing = list({id(t): t for t in tasks if not self._holds(t)}.values())
         if missing:
-            rank = max([self._rank - 1, *(a.down.out_features for t in missing for a in t.adapters.values())])
+            rank = max([self._rank - 1, *(a.down.out_features for t in missing for _, a in t.branches())])
             rank = -(-(rank + 1) // self._align) * self._align
             classes = max(self._classes, *(t.head.out_features for t in missing))
             free = [s for s in range(self._capacity) if s not in self._task]
@@ -303,6 +305,7 @@ def gathered_block(
         segments: One ``addmm`` pair per task segment on per-task weights (the CPU form: no launch cost, and the
             up product accumulates straight into the output, scale and bias folded in).
     """
+    block = cast(Block, block)  # its submodules, typed
     x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x))))
     normed = block.norm2(x)
     mlp_out = block.drop_path2(block.ls2(block.mlp(normed)))

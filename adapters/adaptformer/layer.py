@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
+from timm.models.vision_transformer import Block
 from torch import nn
 
 from adaptformer.config import AdapterConfig
@@ -57,7 +59,7 @@ class AdaptMLP(nn.Module):
         return f"mode={self.mode}, input={self.adapter_input}, scale={s}"
 
 
-Rows = "torch.Tensor | slice | None"
+Rows = torch.Tensor | slice | None
 Branch = tuple[Rows, AdaptMLP]
 
 
@@ -74,6 +76,7 @@ def block_forward(block: nn.Module, x: torch.Tensor, branches: Sequence[Branch],
         x: Tokens, ``[batch, tokens, dim]``.
         branches: The adapters to apply and the rows they apply to.
     """
+    block = cast(Block, block)  # its submodules, typed
     x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x), **attn_kwargs)))
     normed = block.norm2(x)
     mlp_out = block.drop_path2(block.ls2(block.mlp(normed)))

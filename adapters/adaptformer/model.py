@@ -43,7 +43,8 @@ def base_vit(model: nn.Module) -> VisionTransformer:
 def check_supported(model: nn.Module) -> VisionTransformer:
     """Returns the ViT if every block is a pre-norm timm ``Block``; raises a clear error otherwise."""
     vit = base_vit(model)
-    name = vit.pretrained_cfg.get("architecture") if getattr(vit, "pretrained_cfg", None) else None
+    cfg: dict = getattr(vit, "pretrained_cfg", None) or {}
+    name = cfg.get("architecture")
     name = name or type(vit).__name__
     for i, blk in enumerate(vit.blocks):
         inner = blk.block if isinstance(blk, AdaptedBlock) else blk

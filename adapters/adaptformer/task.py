@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 from torch import nn
 
@@ -79,6 +80,14 @@ class TaskAdapter(nn.Module):
     def layers(self) -> list[int]:
         return [int(k) for k in self.adapters]
 
+    def branch(self, key: str) -> AdaptMLP:
+        """The branch of block ``key`` (``str(block_index)``)."""
+        return cast(AdaptMLP, self.adapters[key])
+
+    def branches(self) -> list[tuple[int, AdaptMLP]]:
+        """``(block index, branch)`` pairs in block order."""
+        return [(int(k), cast(AdaptMLP, a)) for k, a in self.adapters.items()]
+
     @property
     def num_classes(self) -> int:
         return self.head.out_features
@@ -115,8 +124,9 @@ def extract_task(
         raise ValueError(f"{len(labels)} labels given for a head with {vit.head.out_features} outputs")
     if input_spec is None:
         input_spec = spec_from_model(vit)
-        if hasattr(model, "frames"):
-            input_spec = input_spec.as_clip(model.frames, model.tubelet)
+        frames = getattr(model, "frames", None)  # a VideoViT (or a model wrapping one)
+        if frames is not None:
+            input_spec = input_spec.as_clip(int(frames), int(getattr(model, "tubelet", 1)))
     info = TaskInfo(
         task=task,
         labels=labels,

@@ -146,9 +146,11 @@ def temporal_from_tensors(
         got = "missing" if diff is None else f"of shape {list(diff.shape)}"
         raise ValueError(f"{source}: tensor 'temporal.diff' is {got}; expected [dim, channels, {tubelet}, ph, pw]")
     dims = [t.shape[-1] for t in (tensors.get("temporal.time"), tensors.get("temporal.mix")) if t is not None]
-    dim = int(diff.shape[0]) if cfg.diff else (dims[0] if dims else 1)
-    patch = (int(diff.shape[3]), int(diff.shape[4])) if cfg.diff else (1, 1)
-    part = TemporalPart(cfg, dim, patch, int(diff.shape[1]) if cfg.diff else 3, tubelet, slots)
+    if diff is not None and cfg.diff:
+        dim, channels, patch = int(diff.shape[0]), int(diff.shape[1]), (int(diff.shape[3]), int(diff.shape[4]))
+    else:
+        dim, channels, patch = (dims[0] if dims else 1), 3, (1, 1)
+    part = TemporalPart(cfg, dim, patch, channels, tubelet, slots)
     used = set()
     for name, p in part.named_parameters():
         key = f"temporal.{name}"

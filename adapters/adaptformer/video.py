@@ -71,7 +71,12 @@ class VideoViT(nn.Module):
         if temporal is not None:
             ref = proj.weight
             part = TemporalPart(
-                temporal, vit.embed_dim, tuple(proj.kernel_size), proj.in_channels, tubelet, self.time_slots
+                temporal,
+                vit.embed_dim,
+                (proj.kernel_size[0], proj.kernel_size[1]),
+                proj.in_channels,
+                tubelet,
+                self.time_slots,
             )
             self.temporal = part.to(device=ref.device, dtype=ref.dtype)
 
@@ -81,7 +86,13 @@ class VideoViT(nn.Module):
 
     def _spatial_pos(self) -> torch.Tensor:
         pos = self.vit.pos_embed
+        assert pos is not None  # refused in __init__
         return pos if self.vit.no_embed_class else pos[:, self.vit.num_prefix_tokens :]
+
+    def _prefix_pos(self, n: int) -> torch.Tensor:
+        pos = self.vit.pos_embed
+        assert pos is not None  # refused in __init__
+        return pos[:, :n]
 
     def embed(self, clips: torch.Tensor, parts: TemporalRows | None = None) -> torch.Tensor:
         """Clips ``[batch, frames, 3, H, W]`` to tokens ``[batch, tokens, dim]`` (before the blocks).
@@ -119,7 +130,7 @@ class VideoViT(nn.Module):
         if prefix:
             tokens = torch.cat(prefix, dim=1)
             if not vit.no_embed_class:
-                tokens = tokens + vit.pos_embed[:, : tokens.shape[1]]
+                tokens = tokens + self._prefix_pos(tokens.shape[1])
             x = torch.cat([tokens, x], dim=1)
         x = vit.pos_drop(x)
         x = vit.patch_drop(x)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from adaptformer.model import base_vit, check_supported, freeze_backbone, image_tokens
@@ -40,7 +41,7 @@ class PromptedViT(nn.Module):
         freeze_backbone(model)
 
     @property
-    def vit(self) -> nn.Module:
+    def vit(self) -> VisionTransformer:
         return base_vit(self.model)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Generic, TypeVar
+from typing import IO, Any, Generic, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -288,7 +288,7 @@ class _BaseClient:
         names = [tasks] if isinstance(tasks, str) else list(tasks)
         if not names:
             raise ValueError("predict_many needs at least one task (or '*' for every image task)")
-        images = list(image) if isinstance(image, (list, tuple)) else [image]
+        images: list[ImageInput] = list(image) if isinstance(image, (list, tuple)) else [cast(ImageInput, image)]
         if not images:
             raise ValueError("predict_many needs at least one image")
         parts = [encode_image(img, f"image{i:04d}") for i, img in enumerate(images)]
