@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,10 +26,11 @@ from adaptformer_server import __version__
 from adaptformer_server.auth import Auth
 from adaptformer_server.errors import CatchAllMiddleware, install_error_handlers
 from adaptformer_server.hosts import HostOriginMiddleware
+from adaptformer_server.jobs import JobManager
 from adaptformer_server.limits import BodyLimitMiddleware
 from adaptformer_server.metrics import Metrics, MetricsMiddleware
 from adaptformer_server.observability import install_observability
-from adaptformer_server.routes import adapters, health, oip, predict, repository, ui
+from adaptformer_server.routes import adapters, health, jobs, oip, predict, repository, ui
 from adaptformer_server.routes.docs import install_docs
 from adaptformer_server.runtime import Runtime
 from adaptformer_server.settings import MAKE_KEY, Settings
@@ -40,6 +42,7 @@ REPLICA_HEADER = "X-AdaptFormer-Replica"
 log = logging.getLogger("adaptformer_server")
 
 _MULTIPART_SLACK = 1024 * 1024  # form framing and the `task` field around an uploaded file
+_TRAIN_PATH = re.compile(r"/tasks/[^/]+/train/?")
 
 DESCRIPTION = """One frozen Vision Transformer, many hot-swapped AdaptFormer adapters.
 
@@ -101,15 +104,18 @@ def create_app(settings: Settings | None = None, *, backbone: nn.Module | None =
         log.warning("%s: allowed on loopback only; make a real key with %s", problem, MAKE_KEY)
     metrics = Metrics()
     runtime = Runtime(settings, metrics, backbone=backbone)
-    metrics.is_task = lambda name: runtime.registry.get(name) is not None
+    metrics.is_task = lambda name: runtime.adapters.registry.get(name) is not None
     replica_id = settings.replica_id or default_replica_id()
+    job_manager = JobManager(settings, runtime, backbone=backbone)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime.start()
+        job_manager.start()
         try:
             yield
         finally:
+            await job_manager.stop()
             await runtime.stop()
 
     app = FastAPI(
@@ -123,7 +129,10 @@ def create_app(settings: Settings | None = None, *, backbone: nn.Module | None =
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.runtime = runtime
+    app.state.runtime = runtime  # the life cycle; routes use the services below (deps.py)
+    app.state.adapters = runtime.adapters
+    app.state.inference = runtime.inference
+    app.state.jobs = job_manager
     app.state.replica_id = replica_id
     app.state.auth = Auth(settings)
     install_error_handlers(app)
@@ -131,6 +140,8 @@ def create_app(settings: Settings | None = None, *, backbone: nn.Module | None =
     def body_limit(scope: Scope) -> int:
         if scope["method"] == "POST" and scope["path"].rstrip("/") == "/adapters":
             return settings.max_upload_bytes + _MULTIPART_SLACK
+        if scope["method"] == "POST" and _TRAIN_PATH.fullmatch(scope["path"]):
+            return settings.max_examples_bytes + _MULTIPART_SLACK
         return settings.max_body_bytes
 
     # Added innermost first: metrics see every final status, including the catch-all's 500.
@@ -146,6 +157,7 @@ def create_app(settings: Settings | None = None, *, backbone: nn.Module | None =
     app.include_router(oip.router)
     app.include_router(repository.router)
     app.include_router(ui.router)
+    app.include_router(jobs.router)
     app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     install_docs(app)
     return app

@@ -175,6 +175,34 @@ class Settings(BaseSettings):
         pattern=r"^[\x21-\x7e]+$",
         description="name of this server in the X-AdaptFormer-Replica response header (default: host name:pid)",
     )
+    jobs_dir: Path | None = Field(
+        None,
+        description="where training jobs keep their records, logs and examples (default: <store>-jobs beside the "
+        "store; give each server process its own)",
+    )
+    train_queue: int = Field(4, ge=1, le=1000, description="training jobs waiting at most; beyond it 429")
+    train_threads: int | None = Field(
+        None, ge=1, le=256, description="torch CPU threads of the training worker (default: 1 up to 4 cores, else a "
+        "quarter of them)"
+    )
+    train_nice: int = Field(10, ge=0, le=19, description="niceness of the training worker process (lower priority)")
+    train_timeout: float = Field(3600.0, gt=0, description="seconds a training job may run before it is stopped")
+    train_max_epochs: int = Field(200, ge=1, le=100_000, description="most epochs a training job may ask for")
+    keep_jobs: int = Field(200, ge=1, description="finished training jobs whose records and files are kept")
+    max_examples_bytes: int = Field(
+        256 * MiB, ge=1, description="largest POST /tasks/{task}/train body (the examples zip or fields)"
+    )
+    max_examples: int = Field(10_000, ge=2, description="most images or clips in one training job")
+    max_example_files: int = Field(50_000, ge=1, description="most members of an examples zip (clip frames count)")
+    max_examples_unzipped: int = Field(
+        2048 * MiB, ge=1, description="most bytes an examples zip may unpack to, all members together"
+    )
+    max_zip_ratio: float = Field(
+        100.0, gt=1, description="highest compression ratio of an examples zip member over 1 MiB (zip bombs)"
+    )
+    max_examples_pixels: int = Field(
+        2_000_000_000, ge=1, description="pixels of all images and frames of one training job"
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
     log_format: Literal["text", "json"] = Field(
         "text", description="log lines as text or as JSON objects (one per line); both carry the request id"
@@ -233,7 +261,7 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("store", "weights")
+    @field_validator("store", "weights", "jobs_dir")
     @classmethod
     def _expand_home(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None

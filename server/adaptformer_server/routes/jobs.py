@@ -1,0 +1,224 @@
+"""Training jobs: ``POST /tasks/{task}/train`` (examples in, a job out), ``/jobs`` to watch, list and cancel them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from starlette.datastructures import UploadFile
+
+from adaptformer_server.deps import AdminAuth, ReadyRuntime
+from adaptformer_server.errors import InvalidInput, NotReady, PayloadTooLarge, UnsupportedMediaType
+from adaptformer_server.inputs import media_type, read_form
+from adaptformer_server.jobs.examples import ExamplesSummary, check_examples, unpack_fields, unpack_zip
+from adaptformer_server.jobs.manager import JobManager, TrainParams
+from adaptformer_server.schemas import error_responses
+from adaptformer_server.store import TASK_PATTERN, valid_task_name
+
+router = APIRouter(tags=["training"])
+
+_LAYERS = re.compile(r"all|(first|last):\d{1,3}|-?\d{1,3}(,-?\d{1,3})*")
+_LOG_TAIL = 64 * 1024
+_FORM: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "examples": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "a zip of <class>/<image>, <class>/<clip>/<frames> or <class>/<clip>.gif",
+                        },
+                        "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "label": {"type": "array", "items": {"type": "string"}, "description": "one per image"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _manager(request: Request) -> JobManager:
+    manager: JobManager | None = getattr(request.app.state, "jobs", None)
+    if manager is None:
+        raise NotReady("training jobs are not available on this server", retry_after=60)
+    return manager
+
+
+async def _read_examples(request: Request, manager: JobManager, folder_examples: Any) -> ExamplesSummary:
+    settings = manager.settings
+    form = await read_form(request, 2 * settings.max_examples + 16)
+    try:
+        examples = form.get("examples")
+        images = [v for k, v in form.multi_items() if k == "image"]
+        labels = [v for k, v in form.multi_items() if k == "label"]
+        if isinstance(examples, UploadFile):
+            if images:
+                raise InvalidInput("send either an `examples` zip or `image`+`label` fields, not both")
+            await asyncio.to_thread(unpack_zip, examples.file, folder_examples, settings)
+        elif images:
+            if len(images) != len(labels):
+                raise InvalidInput(
+                    f"{len(images)} `image` fields but {len(labels)} `label` fields; send one label each"
+                )
+            if len(images) > settings.max_examples:
+                raise PayloadTooLarge(f"{len(images)} images; the limit is {settings.max_examples:,}")
+            pairs = []
+            for image, label in zip(images, labels, strict=True):
+                if not isinstance(image, UploadFile) or not isinstance(label, str):
+                    raise InvalidInput("`image` fields are files (curl -F image=@a.png) and `label` fields text")
+                pairs.append((label, await image.read()))
+            await asyncio.to_thread(unpack_fields, pairs, folder_examples)
+        else:
+            raise InvalidInput(
+                "no examples: send a zip as the `examples` file field (curl -F examples=@defects.zip), or "
+                "repeated `image` file fields with a `label` field each"
+            )
+    finally:
+        await form.close()
+    return await asyncio.to_thread(check_examples, folder_examples, settings)
+
+
+@router.post(
+    "/tasks/{task}/train",
+    status_code=202,
+    summary="Train a new task (or a new version of one) from labelled examples; returns the queued job",
+    responses=error_responses(400, 401, 403, 413, 415, 422, 429, 503),
+    openapi_extra=_FORM,
+)
+async def train_task(
+    task: str,
+    request: Request,
+    _: AdminAuth,
+    runtime: ReadyRuntime,
+    method: Annotated[Literal["adaptformer", "linear"], Query(description="AdaptFormer branches or a linear probe")] = (
+        "adaptformer"
+    ),
+    bottleneck: Annotated[int, Query(ge=1, le=512, description="hidden width d^ of each branch")] = 16,
+    scale: Annotated[float, Query(gt=0, le=10, description="scale s of the branch output")] = 0.5,
+    layers: Annotated[str, Query(max_length=200, description="all, first:k, last:k or indices 0,1,2")] = "all",
+    epochs: Annotated[int, Query(ge=1, description="passes over the training split")] = 20,
+    lr: Annotated[float, Query(gt=0, le=1, description="peak learning rate")] = 5e-3,
+    batch_size: Annotated[int, Query(ge=1, le=1024, description="samples per step")] = 16,
+    frames: Annotated[
+        int | None, Query(ge=1, description="frames per clip (clips of another length resampled)")
+    ] = None,
+    val_fraction: Annotated[float, Query(gt=0, lt=1, description="held-out share per class (no val/ folder)")] = 0.2,
+    seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    description: Annotated[str, Query(max_length=300, description="what the task answers (adapter metadata)")] = "",
+) -> Any:
+    manager = _manager(request)
+    settings = runtime.settings
+    if not valid_task_name(task):
+        raise InvalidInput(f"invalid task name {task[:80]!r}: names match {TASK_PATTERN} and never contain '..'")
+    if epochs > settings.train_max_epochs:
+        raise InvalidInput(f"epochs={epochs} is more than this server allows ({settings.train_max_epochs})")
+    if not _LAYERS.fullmatch(layers):
+        raise InvalidInput(f"layers={layers[:40]!r}: use all, first:k, last:k or block indices like 0,1,2")
+    if frames is not None and frames > settings.max_frames:
+        raise InvalidInput(f"frames={frames} is more than the server's clip limit ({settings.max_frames})")
+    if media_type(request) != "multipart/form-data":
+        raise UnsupportedMediaType("send the examples as multipart/form-data (curl -F examples=@defects.zip ...)")
+    params = TrainParams(method=method, bottleneck=bottleneck, scale=scale, layers=layers, epochs=epochs, lr=lr,
+                         batch_size=batch_size, frames=frames, val_fraction=val_fraction, seed=seed,
+                         description=description)  # fmt: skip
+    job_id, folder = manager.reserve()  # 429 before the body is read when the queue is full
+    try:
+        summary = await _read_examples(request, manager, folder / "examples")
+        if summary.modality == "clip" and len(summary.frames) > 1 and frames is None:
+            raise InvalidInput(
+                f"the clips have different frame counts ({', '.join(map(str, summary.frames[:6]))}); pass frames=N "
+                "to resample every clip to N evenly spaced frames"
+            )
+        if summary.modality == "image" and frames not in (None, 1):
+            raise InvalidInput(f"frames={frames} applies to clips; these examples are still images")
+        job = manager.submit(job_id, folder, task, params, summary)
+    except BaseException:
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+        raise
+    return _accepted(job.view())
+
+
+def _accepted(view: dict) -> Any:
+    from adaptformer_server.app import FastJSONResponse
+
+    return FastJSONResponse(view, status_code=202, headers={"Location": f"/jobs/{view['job']}"})
+
+
+@router.get("/jobs", summary="Training jobs, newest first", responses=error_responses(401, 403))
+async def list_jobs(request: Request, _: AdminAuth) -> dict:
+    return {"jobs": _manager(request).list()}
+
+
+@router.get(
+    "/jobs/{job_id}",
+    summary="A job: status, epoch, loss, validation accuracy, ETA",
+    responses=error_responses(401, 403, 404),
+)
+async def get_job(job_id: str, request: Request, _: AdminAuth) -> dict:
+    return _manager(request).get(job_id).view()
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    summary="The job as Server-Sent Events: one `job` event per change, `end` when it is over",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, **error_responses(401, 403, 404)},
+)
+async def job_events(job_id: str, request: Request, _: AdminAuth) -> StreamingResponse:
+    manager = _manager(request)
+    manager.get(job_id)  # 404 before the stream starts
+
+    async def stream() -> AsyncIterator[bytes]:
+        async for view in manager.watch(job_id):
+            if view is None:
+                yield b": keep-alive\n\n"
+                continue
+            yield b"event: job\ndata: " + json.dumps(view).encode() + b"\n\n"
+        yield b"event: end\ndata: {}\n\n"
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/log",
+    summary="The end of the training worker's log",
+    response_class=PlainTextResponse,
+    responses=error_responses(401, 403, 404),
+)
+async def job_log(job_id: str, request: Request, _: AdminAuth) -> PlainTextResponse:
+    job = _manager(request).get(job_id)
+
+    def tail() -> str:
+        try:
+            with open(job.folder / "log.txt", "rb") as f:
+                f.seek(0, 2)
+                size = f.tell()
+                f.seek(max(size - _LOG_TAIL, 0))
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    return PlainTextResponse(await asyncio.to_thread(tail))
+
+
+@router.delete(
+    "/jobs/{job_id}", summary="Cancel a job; nothing is registered", responses=error_responses(401, 403, 404, 409)
+)
+async def cancel_job(job_id: str, request: Request, _: AdminAuth) -> dict:
+    job = await _manager(request).cancel(job_id)
+    return job.view()
