@@ -392,6 +392,7 @@ class JobManager:
                 limit=1 << 20,
             )
         job.process = process
+        self._update(job, worker_pid=process.pid)
         done: dict[str, Any] | None = None
         error: str | None = None
         timed_out = False
