@@ -36,6 +36,7 @@ __all__ = [
     "Unauthorized",
     "UnsupportedMediaType",
     "ValidationFailed",
+    "as_api_error",
     "error_body",
     "install_error_handlers",
     "status_of",
@@ -153,18 +154,35 @@ def counted(record: Callable[[str], None], ok: int) -> Iterator[None]:
     record(str(ok))
 
 
+def as_api_error(exc: BaseException) -> ApiError | None:
+    """The one mapping of errors to answers: the API error ``exc`` is answered as (status, code, message), or
+    ``None`` for anything unexpected (a bug: 500) and for a client that went away.
+
+    API errors stand for themselves; the library's errors and starlette's multipart errors are the client's
+    input or adapter at fault (400, 409, 413, 422).
+    """
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, DataError):
+        return data_error(exc)
+    if isinstance(exc, AdapterFormatError):
+        return InvalidAdapter(str(exc))
+    if isinstance(exc, IncompatibleAdapterError):
+        return IncompatibleAdapter(str(exc), check=exc.check)
+    if isinstance(exc, MultiPartException):
+        if exc.message.startswith("Too many"):
+            return PayloadTooLarge(f"{exc.message} (too many multipart parts)")
+        if _multipart_too_large(exc):
+            return PayloadTooLarge(f"{exc.message} (a text field is too long; send images as file parts)")
+        return InvalidInput(f"malformed multipart body: {exc.message}")
+    return None
+
+
 def status_of(exc: BaseException) -> int:
     """The HTTP status the handlers below give ``exc`` (500 for anything unexpected)."""
-    if isinstance(exc, ApiError):
-        return exc.status
-    if isinstance(exc, DataError):
-        return data_error(exc).status
-    if isinstance(exc, AdapterFormatError):
-        return 422
-    if isinstance(exc, IncompatibleAdapterError):
-        return 409
-    if isinstance(exc, MultiPartException):
-        return 413 if _multipart_too_large(exc) else 400
+    err = as_api_error(exc)
+    if err is not None:
+        return err.status
     if isinstance(exc, ClientDisconnect):
         return CLIENT_CLOSED
     return 500
@@ -180,8 +198,9 @@ def _location(err: dict[str, Any]) -> str:
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
-    return exc.response()
+    err = as_api_error(exc)
+    assert err is not None
+    return err.response()
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -206,38 +225,12 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, exc.status_code, headers=getattr(exc, "headers", None))
 
 
-async def _data_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, DataError)
-    return data_error(exc).response()
-
-
-async def _format_error(request: Request, exc: Exception) -> JSONResponse:
-    return InvalidAdapter(str(exc)).response()
-
-
-async def _incompatible(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, IncompatibleAdapterError)
-    return IncompatibleAdapter(str(exc), check=exc.check).response()
-
-
-async def _multipart_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, MultiPartException)
-    if exc.message.startswith("Too many"):
-        return PayloadTooLarge(f"{exc.message} (too many multipart parts)").response()
-    if _multipart_too_large(exc):
-        return PayloadTooLarge(f"{exc.message} (a text field is too long; send images as file parts)").response()
-    return InvalidInput(f"malformed multipart body: {exc.message}").response()
-
-
 def install_error_handlers(app: FastAPI) -> None:
     """Maps API errors, request validation, routing, library and multipart errors to contract JSON."""
-    app.add_exception_handler(ApiError, _api_error)
+    for mapped in (ApiError, DataError, AdapterFormatError, IncompatibleAdapterError, MultiPartException):
+        app.add_exception_handler(mapped, _api_error)  # as_api_error
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(DataError, _data_error)
-    app.add_exception_handler(AdapterFormatError, _format_error)
-    app.add_exception_handler(IncompatibleAdapterError, _incompatible)
-    app.add_exception_handler(MultiPartException, _multipart_error)
 
 
 class CatchAllMiddleware:

@@ -26,6 +26,7 @@ from adaptformer.errors import DataError
 from adaptformer.preprocess import InputSpec, preprocess_image
 from adaptformer_server import fast_decode
 from adaptformer_server.errors import ApiError, InvalidInput, PayloadTooLarge, UnsupportedMediaType, data_error
+from adaptformer_server.registry import AdapterEntry
 from adaptformer_server.settings import Settings
 
 __all__ = [
@@ -67,6 +68,24 @@ class PredictBody:
 
     images: list[bytes] = field(default_factory=list)
     frames: list[bytes] = field(default_factory=list)
+
+    def pixels(self, decoder: Decoder) -> int:
+        """What decoding the body will cost, as its image headers declare it (:meth:`Decoder.declared_pixels`)."""
+        return decoder.declared_pixels(self)
+
+    def decode(self, entries: Sequence[AdapterEntry], decoder: Decoder) -> list[list[torch.Tensor]]:
+        """Decodes the images once, preprocesses them once per distinct input spec and gives each entry its
+        inputs; one pixel budget (the decoder's) for the whole request (blocking: see :meth:`Decoder.run`)."""
+        done: list[tuple[InputSpec, list[torch.Tensor]]] = []
+        out = []
+        for entry in entries:
+            spec = entry.spec
+            inputs = next((x for s, x in done if s == spec), None)
+            if inputs is None:
+                inputs = decode_inputs(self, spec, entry.task, decoder.settings, decoder=decoder)
+                done.append((spec, inputs))
+            out.append(inputs)
+        return out
 
 
 def media_type(request: Request) -> str:

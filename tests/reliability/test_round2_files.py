@@ -223,10 +223,10 @@ async def test_a_hostile_file_found_by_the_watcher_is_quarantined(tmp_path):
     store = seed(tmp_path / "store", digits=demo("digits"))
     app = make_app(store)
     async with serving(app) as client:
-        runtime = app.state.runtime
+        adapters = app.state.adapters
         (store / "linear5.safetensors").write_bytes(HOSTILE["1-linear-layers-number"]())
         (store / "surrogate.safetensors").write_bytes(HOSTILE["2-lone-surrogate-label"]())
-        await runtime.sync_store()  # one poll of the watcher
+        await adapters.sync_store()  # one poll of the watcher
         assert await tasks_of(client) == ["digits"]
         assert quarantined(app) == 2
         assert sorted(p.name.split(".")[0] for p in (store / QUARANTINE).glob("*.safetensors")) == [
@@ -236,7 +236,7 @@ async def test_a_hostile_file_found_by_the_watcher_is_quarantined(tmp_path):
         # later uploads, deletes and polls still work
         assert (await client.post("/adapters", **files(demo("fashion")))).status_code == 201
         assert (await client.delete("/adapters/unknown")).status_code == 404
-        assert await runtime.sync_store() == 0
+        assert await adapters.sync_store() == 0
         assert await tasks_of(client) == ["digits", "fashion"]
 
 
@@ -366,7 +366,7 @@ async def test_star_still_runs_its_tasks_in_one_forward_pass(tmp_path):
     async with serving(app) as client:
         r = await client.post("/predict?task=*", **IMAGE)
         assert r.status_code == 200 and len(r.json()["results"]) == 3
-        assert list(app.state.runtime.batcher.recent_batch_sizes) == [3]
+        assert list(app.state.inference.batcher.recent_batch_sizes) == [3]
 
 
 async def test_star_keeps_its_tasks_when_one_is_deleted_meanwhile(tmp_path, monkeypatch):
@@ -378,7 +378,7 @@ async def test_star_keeps_its_tasks_when_one_is_deleted_meanwhile(tmp_path, monk
 
     async def read_then_delete(request, settings):
         body = await read(request, settings)
-        await app.state.runtime.delete("emoji")  # while the request runs: after `*` was expanded
+        await app.state.adapters.delete("emoji")  # while the request runs: after `*` was expanded
         return body
 
     monkeypatch.setattr(predict_route, "read_predict_body", read_then_delete)

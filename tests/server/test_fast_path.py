@@ -169,7 +169,7 @@ def test_only_small_stills_decode_on_the_event_loop():
 async def test_samples_arriving_while_a_batch_runs_fill_the_next_one(vit, tasks_store, make_settings):
     app = create_app(make_settings(max_batch_size=8, max_wait_ms=0), backbone=vit)
     async with serving(app) as client:
-        batcher = app.state.runtime.batcher
+        batcher = app.state.inference.batcher
         started, gate = hold_forward_pass(batcher)
         first = asyncio.create_task(client.post("/predict?task=alpha", files=image_files(png(0))))
         assert await asyncio.to_thread(started.wait, 60)
@@ -191,7 +191,7 @@ async def test_samples_arriving_while_a_batch_runs_fill_the_next_one(vit, tasks_
 async def test_a_full_batch_waits_stacked_behind_the_running_one(vit, tasks_store, make_settings):
     app = create_app(make_settings(max_batch_size=2, max_wait_ms=30_000, queue_size=6), backbone=vit)
     async with serving(app) as client:
-        batcher = app.state.runtime.batcher
+        batcher = app.state.inference.batcher
         started, gate = hold_forward_pass(batcher)
         posts = [asyncio.create_task(client.post("/predict?task=alpha", files=image_files(png(i)))) for i in range(6)]
         assert await asyncio.to_thread(started.wait, 60)

@@ -21,7 +21,7 @@ async def test_multi_task_equals_single_task_answers_in_one_forward(vit, tasks_s
     async with serving(app) as client:
         multi = await client.post("/predict", params={"task": ["alpha", "beta"], "top_k": 10}, files=images)
         assert multi.status_code == 200, multi.text
-        assert list(app.state.runtime.batcher.recent_batch_sizes) == [4]
+        assert list(app.state.inference.batcher.recent_batch_sizes) == [4]
         body = multi.json()
         assert set(body) == {"results", "latency_ms"} and body["latency_ms"] > 0
         assert [r["task"] for r in body["results"]] == ["alpha", "beta"]
@@ -31,7 +31,7 @@ async def test_multi_task_equals_single_task_answers_in_one_forward(vit, tasks_s
         )
         for result, single in zip(body["results"], singles, strict=True):
             task = result["task"]
-            assert result["version"] == app.state.runtime.entry(task).version and result["modality"] == "image"
+            assert result["version"] == app.state.adapters.entry(task).version and result["modality"] == "image"
             assert len(result["predictions"]) == 2
             assert set(single.json()) == {"task", "version", "modality", "predictions", "latency_ms"}
             for got, want in zip(result["predictions"], single.json()["predictions"], strict=True):

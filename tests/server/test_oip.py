@@ -50,7 +50,7 @@ async def test_server_health_and_model_metadata(vit, tasks_store, make_settings)
         assert meta["name"] == "adaptformer-serve" and meta["version"] and isinstance(meta["extensions"], list)
         assert (await client.get("/v2/health/live")).json() == {"live": True}
         assert (await client.get("/v2/health/ready")).json() == {"ready": True}
-        entry = app.state.runtime.entry("clip")
+        entry = app.state.adapters.entry("clip")
         model = (await client.get("/v2/models/clip")).json()
         assert model["name"] == "clip" and model["versions"] == [entry.version] and model["platform"]
         inputs = {i["name"]: i for i in model["inputs"]}
@@ -81,8 +81,8 @@ async def test_server_not_ready_answers_503(vit, tasks_store, make_settings):
 async def test_infer_bytes_and_tensors_match_predict(vit, tasks_store, make_settings):
     app = create_app(make_settings(), backbone=vit)
     async with serving(app) as client:
-        labels = app.state.runtime.entry("alpha").labels
-        version = app.state.runtime.entry("alpha").version
+        labels = app.state.adapters.entry("alpha").labels
+        version = app.state.adapters.entry("alpha").version
         want = await probabilities(client, "alpha", png(1), png(2))
 
         # BYTES, base64 in JSON
@@ -100,7 +100,7 @@ async def test_infer_bytes_and_tensors_match_predict(vit, tasks_store, make_sett
         assert r.json()["id"]  # generated when the request has none
 
         # FP32, the preprocessed tensor, with only the output asked for
-        spec = app.state.runtime.entry("alpha").spec
+        spec = app.state.adapters.entry("alpha").spec
         x = torch.stack([tensor_of(png(1), spec), tensor_of(png(2), spec)])
         tensor = {"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.flatten().tolist()}
         r = await client.post("/v2/models/alpha/infer", json={"inputs": [tensor], "outputs": [{"name": "labels"}]})
@@ -134,7 +134,7 @@ async def test_infer_bytes_and_tensors_match_predict(vit, tasks_store, make_sett
 async def test_infer_clips(vit, tasks_store, make_settings):
     app = create_app(make_settings(), backbone=vit)
     async with serving(app) as client:
-        entry = app.state.runtime.entry("clip")
+        entry = app.state.adapters.entry("clip")
         r = await client.post("/predict?task=clip&top_k=10", files=image_files(gif(4)))
         want = [{p["label"]: p["score"] for p in r.json()["predictions"][0]}]
         animated = await client.post("/v2/models/clip/infer", json={"inputs": [bytes_input(gif(4))]})

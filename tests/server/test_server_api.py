@@ -34,8 +34,8 @@ async def test_mixed_tasks_share_one_batch_and_match_single_runs(vit, tasks_stor
         )
         assert [r.status_code for r in responses] == [200] * 6, [r.text for r in responses]
         # max_wait is 30 s: the answers came back at once only because the six samples filled one batch
-        assert list(app.state.runtime.batcher.recent_batch_sizes) == [6]
-        spec = app.state.runtime.entry("alpha").spec
+        assert list(app.state.inference.batcher.recent_batch_sizes) == [6]
+        spec = app.state.adapters.entry("alpha").spec
         for (task, seed), r in zip(jobs, responses, strict=True):
             body = r.json()
             assert body["task"] == task and body["modality"] == "image"
@@ -56,7 +56,7 @@ async def test_predict_forms(vit, tasks_store, make_settings):
         assert many.status_code == 200
         body = many.json()
         assert len(body["predictions"]) == 2 and all(len(p) == 2 for p in body["predictions"])
-        assert body["version"] == app.state.runtime.entry("alpha").version
+        assert body["version"] == app.state.adapters.entry("alpha").version
         assert body["latency_ms"] > 0
         scores_ = [p["score"] for p in body["predictions"][0]]
         assert scores_ == sorted(scores_, reverse=True)

@@ -220,7 +220,7 @@ async def test_422_invalid_adapter(vit, tasks_store, make_settings):
 async def test_503_overloaded_with_retry_after(vit, tasks_store, make_settings):
     app = create_app(make_settings(max_batch_size=1, queue_size=1), backbone=vit)
     async with serving(app) as client:
-        batcher = app.state.runtime.batcher
+        batcher = app.state.inference.batcher
         started, gate = hold_forward_pass(batcher)
         first = asyncio.create_task(client.post("/predict?task=alpha", files=image_files(png(1))))
         # the first request is in the (blocked) forward pass
@@ -255,7 +255,7 @@ async def test_503_not_ready_while_loading(vit, tasks_store, make_settings):
 async def test_bug_gives_logged_json_500_and_server_recovers(vit, tasks_store, make_settings, caplog):
     app = create_app(make_settings(), backbone=vit)
     async with serving(app) as client:
-        batcher = app.state.runtime.batcher
+        batcher = app.state.inference.batcher
         run = batcher.run
 
         def broken(*args):

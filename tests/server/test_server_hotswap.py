@@ -63,7 +63,7 @@ async def test_request_in_flight_finishes_on_its_version(vit, store, make_settin
     app = create_app(make_settings(), backbone=vit)
     async with serving(app) as client:
         v_old = (await client.post("/adapters", **upload_files(old))).json()["adapter"]["version"]
-        batcher = app.state.runtime.batcher
+        batcher = app.state.inference.batcher
         started, gate = hold_forward_pass(batcher)
         pending = asyncio.create_task(client.post("/predict?task=swap", files=image_files(png(1))))
         assert await asyncio.to_thread(started.wait, 60), "the request never reached the forward pass"

@@ -38,11 +38,11 @@ async def test_load_a_kept_version(vit, store, make_settings):
         first = (await client.post("/adapters", **upload_files(adapter_bytes(vit, "cars", seed=1)))).json()
         await client.post("/adapters", **upload_files(adapter_bytes(vit, "cars", seed=2)))
         pinned = f"cars@{first['adapter']['version']}"
-        runtime = client._transport.app.state.runtime  # type: ignore[attr-defined]
+        adapters = client._transport.app.state.adapters  # type: ignore[attr-defined]
         assert (await client.post(f"/v2/repository/models/{pinned}/load")).status_code == 200
-        assert pinned in runtime.bank
+        assert pinned in adapters.bank
         assert (await client.post(f"/v2/repository/models/{pinned}/unload")).status_code == 200
-        assert pinned not in runtime.bank and runtime.entry("cars").key in runtime.bank
+        assert pinned not in adapters.bank and adapters.entry("cars").key in adapters.bank
 
 
 async def test_load_and_unload_need_the_admin_key(vit, tasks_store, make_settings):

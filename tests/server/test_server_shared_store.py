@@ -34,15 +34,15 @@ async def until(check, what: str = "the change reaches the other server") -> flo
 
 def count_polls(app: FastAPI) -> list[int]:
     """Counts the store polls the app's watcher completes from now on (``[count]``)."""
-    runtime = app.state.runtime
-    sync, done = runtime.sync_store, [0]
+    adapters = app.state.adapters
+    sync, done = adapters.sync_store, [0]
 
     async def counted() -> int:
         changes = await sync()
         done[0] += 1
         return changes
 
-    runtime.sync_store = counted
+    adapters.sync_store = counted
     return done
 
 

@@ -66,9 +66,9 @@ async def test_file_damaged_after_start_gives_4xx_not_500(vit, tasks_store, make
         data[-4:] = b"\xff\xff\xff\x7f"  # a NaN in the last tensor
         (tasks_store / "beta.safetensors").write_bytes(bytes(data))
         client_app = client._transport.app  # type: ignore[attr-defined]
-        runtime = client_app.state.runtime
-        entry = runtime.entry("beta")
-        runtime.registry.put(type(entry)(entry.task, version_of(bytes(data)), entry.size_bytes, entry.header))
+        adapters = client_app.state.adapters
+        entry = adapters.entry("beta")
+        adapters.registry.put(type(entry)(entry.task, version_of(bytes(data)), entry.size_bytes, entry.header))
         r = await client.post("/predict?task=beta", files=image_files(png(1)))
         assert r.status_code == 422 and "POST /adapters" in r.json()["error"]["message"]
         assert (await client.post("/predict?task=alpha", files=image_files(png(1)))).status_code == 200
@@ -114,7 +114,7 @@ async def test_demo_adapters_seeded_once(vit, store, make_settings, tmp_path, mo
     (demo / "shirts.safetensors").write_bytes(adapter_bytes(vit, "shirts", seed=1))
     (demo / "digits.safetensors").write_bytes(adapter_bytes(vit, "digits", seed=2))
     (demo / "foreign.safetensors").write_bytes(adapter_bytes(tiny_vit(seed=5), "foreign"))
-    monkeypatch.setattr("adaptformer_server.runtime.demo_files", lambda: sorted(demo.glob("*.safetensors")))
+    monkeypatch.setattr("adaptformer_server.services.adapters.demo_files", lambda: sorted(demo.glob("*.safetensors")))
     async with serving(create_app(make_settings(seed_demo=True), backbone=vit)) as client:
         tasks = [a["task"] for a in (await client.get("/adapters")).json()["adapters"]]
         assert tasks == ["digits", "shirts"]  # the foreign backbone's demo is left out

@@ -199,7 +199,7 @@ async def test_hand_copied_files_are_kept_when_replaced_or_rolled_back(vit, stor
         assert [v["version"] for v in listed] == [version_of(v1)]  # the current file, listed without a copy
         await client.post("/adapters", **upload_files(v2))
         (store / "cars.safetensors").write_bytes(v3)  # another hand copy over the current file
-        await app.state.runtime.sync_store()
+        await app.state.adapters.sync_store()
         r = await client.post("/adapters/cars/rollback", json={"version": version_of(v1)})
         assert r.status_code == 200, r.text
         listed = (await client.get("/adapters/cars/versions")).json()["versions"]

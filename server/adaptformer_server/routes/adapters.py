@@ -9,10 +9,9 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from adaptformer_server.deps import AdminAuth, PredictAuth, ReadyRuntime
+from adaptformer_server.deps import Adapters, AdminAuth, PredictAuth
 from adaptformer_server.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed, counted
 from adaptformer_server.inputs import media_type, read_form
-from adaptformer_server.runtime import Runtime, Upload
 from adaptformer_server.schemas import (
     AdapterInfo,
     AdapterList,
@@ -24,6 +23,7 @@ from adaptformer_server.schemas import (
     VersionList,
     error_responses,
 )
+from adaptformer_server.services import AdapterManager, Upload
 from adaptformer_server.sources import fetch, scheme_of
 
 router = APIRouter(prefix="/adapters", tags=["adapters"])
@@ -49,13 +49,13 @@ _UPLOAD: dict[str, Any] = {
 
 
 @router.get("", response_model=AdapterList, summary="All tasks, sorted", responses=error_responses(401, 403, 503))
-async def list_adapters(_: PredictAuth, runtime: ReadyRuntime) -> dict:
-    return {"adapters": [runtime.info(e) for e in runtime.registry]}
+async def list_adapters(_: PredictAuth, adapters: Adapters) -> dict:
+    return {"adapters": [adapters.info(e) for e in adapters]}
 
 
 @router.get("/{task}", response_model=AdapterInfo, summary="One task", responses=error_responses(401, 403, 404, 503))
-async def get_adapter(task: str, _: PredictAuth, runtime: ReadyRuntime) -> dict:
-    return runtime.info(runtime.entry(task))
+async def get_adapter(task: str, _: PredictAuth, adapters: Adapters) -> dict:
+    return adapters.info(adapters.entry(task))
 
 
 @router.post(
@@ -66,11 +66,11 @@ async def get_adapter(task: str, _: PredictAuth, runtime: ReadyRuntime) -> dict:
     responses=error_responses(401, 403, 404, 409, 413, 415, 422, 502, 503, 504),
     openapi_extra=_UPLOAD,
 )
-async def upload_adapter(request: Request, _: AdminAuth, runtime: ReadyRuntime) -> dict:
-    settings = runtime.settings
+async def upload_adapter(request: Request, _: AdminAuth, adapters: Adapters) -> dict:
+    settings = adapters.settings
     if media_type(request) == "application/json":
-        return await _register(request, runtime)
-    with counted(lambda status: runtime.metrics.uploads.labels(status).inc(), 201):
+        return await _register(request, adapters)
+    with counted(lambda status: adapters.metrics.uploads.labels(status).inc(), 201):
         if media_type(request) != "multipart/form-data":
             raise UnsupportedMediaType(
                 "upload the adapter as multipart/form-data with a `file` field "
@@ -96,22 +96,22 @@ async def upload_adapter(request: Request, _: AdminAuth, runtime: ReadyRuntime) 
                 raise ValidationFailed("the `task` field must be a plain text field")
         finally:
             await form.close()
-        result = await runtime.upload(data, name.strip() if name and name.strip() else None)
-    return _uploaded(runtime, result)
+        result = await adapters.upload(data, name.strip() if name and name.strip() else None)
+    return _uploaded(adapters, result)
 
 
-def _uploaded(runtime: Runtime, result: Upload) -> dict:
+def _uploaded(adapters: AdapterManager, result: Upload) -> dict:
     return {
-        "adapter": runtime.info(result.entry),
+        "adapter": adapters.info(result.entry),
         "replaced": result.previous is not None,
         "previous_version": result.previous.version if result.previous else None,
     }
 
 
-async def _register(request: Request, runtime: ReadyRuntime) -> dict:
+async def _register(request: Request, adapters: AdapterManager) -> dict:
     """POST /adapters with JSON: fetch the file from its source, then exactly the checks of an upload."""
     scheme = "other"
-    with counted(lambda status: runtime.metrics.source_fetches.labels(scheme, status).inc(), 201):
+    with counted(lambda status: adapters.metrics.source_fetches.labels(scheme, status).inc(), 201):
         try:
             body = RegisterRequest.model_validate(json.loads(await request.body()))
         except (ValueError, RecursionError, ValidationError) as e:
@@ -121,10 +121,10 @@ async def _register(request: Request, runtime: ReadyRuntime) -> dict:
                 f'"sha256": "..."}}: {message}'
             ) from None
         scheme = scheme_of(body.source)
-        data = await fetch(body.source, body.sha256, runtime.settings)
+        data = await fetch(body.source, body.sha256, adapters.settings)
         task = body.task.strip() if body.task and body.task.strip() else None
-        result = await runtime.upload(data, task)
-    return _uploaded(runtime, result)
+        result = await adapters.upload(data, task)
+    return _uploaded(adapters, result)
 
 
 @router.get(
@@ -133,10 +133,8 @@ async def _register(request: Request, runtime: ReadyRuntime) -> dict:
     summary="The versions kept of a task, newest first",
     responses=error_responses(401, 403, 404, 503),
 )
-async def list_versions(task: str, _: PredictAuth, runtime: ReadyRuntime) -> dict:
-    versions = await runtime.versions(task)
-    current = runtime.entry(task).version
-    return {"task": task, "current": current, "keep": runtime.settings.keep_versions, "versions": versions}
+async def list_versions(task: str, _: PredictAuth, adapters: Adapters) -> dict:
+    return await adapters.versions(task)
 
 
 @router.get(
@@ -151,10 +149,10 @@ async def list_versions(task: str, _: PredictAuth, runtime: ReadyRuntime) -> dic
 async def download_adapter(
     task: str,
     _: PredictAuth,
-    runtime: ReadyRuntime,
+    adapters: Adapters,
     version: Annotated[str | None, Query(description="a kept version (default: the current one)")] = None,
 ) -> Response:
-    data, served = await runtime.file(task, version)
+    data, served = await adapters.file(task, version)
     return Response(
         data,
         media_type="application/octet-stream",
@@ -172,11 +170,11 @@ async def download_adapter(
     summary="Make a kept version current again (default: the one before the current)",
     responses=error_responses(401, 403, 404, 409, 422, 503),
 )
-async def rollback_adapter(task: str, _: AdminAuth, runtime: ReadyRuntime, body: RollbackRequest | None = None) -> dict:
-    with counted(lambda status: runtime.metrics.rollbacks.labels(status).inc(), 200):
-        result = await runtime.rollback(task, body.version if body else None)
+async def rollback_adapter(task: str, _: AdminAuth, adapters: Adapters, body: RollbackRequest | None = None) -> dict:
+    with counted(lambda status: adapters.metrics.rollbacks.labels(status).inc(), 200):
+        result = await adapters.rollback(task, body.version if body else None)
     assert result.previous is not None
-    return {"adapter": runtime.info(result.entry), "previous_version": result.previous.version}
+    return {"adapter": adapters.info(result.entry), "previous_version": result.previous.version}
 
 
 @router.delete(
@@ -185,6 +183,6 @@ async def rollback_adapter(task: str, _: AdminAuth, runtime: ReadyRuntime, body:
     summary="Delete a task; requests in flight finish with it",
     responses=error_responses(401, 403, 404, 503),
 )
-async def delete_adapter(task: str, _: AdminAuth, runtime: ReadyRuntime) -> dict:
-    entry = await runtime.delete(task)
+async def delete_adapter(task: str, _: AdminAuth, adapters: Adapters) -> dict:
+    entry = await adapters.delete(task)
     return {"task": task, "deleted": True, "version": entry.version}

@@ -29,7 +29,7 @@ async def readyz(runtime: RuntimeDep) -> Response | dict:
             "status": "ready",
             "backbone": runtime.backbone.name,
             "fingerprint": runtime.backbone.fingerprint,
-            "adapters": len(runtime.registry),
+            "adapters": len(runtime.adapters.registry),
         }
     body: dict = {"status": runtime.state}
     if runtime.error:

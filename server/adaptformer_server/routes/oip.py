@@ -9,13 +9,11 @@ errors are the protocol's ``{"error": "<message>"}`` with the same statuses.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
 import math
 import struct
-import time
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -27,23 +25,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from adaptformer.errors import DataError
 from adaptformer.preprocess import InputSpec
 from adaptformer_server import __version__
-from adaptformer_server.deps import PredictAuth, ReadyRuntime, RuntimeDep
+from adaptformer_server.deps import Inference, PredictAuth, RuntimeDep
 from adaptformer_server.errors import (
-    ApiError,
     InvalidInput,
-    NotFound,
     PayloadTooLarge,
     ValidationFailed,
-    counted,
-    data_error,
+    as_api_error,
 )
-from adaptformer_server.inputs import Decoder, PredictBody, decode_device, decode_inputs
+from adaptformer_server.inputs import Decoder, PredictBody, decode_inputs
 from adaptformer_server.registry import AdapterEntry
-from adaptformer_server.routes.predict import check_task_name, run_tasks
-from adaptformer_server.runtime import Runtime
+from adaptformer_server.settings import Settings
 
 __all__ = ["router"]
 
@@ -61,14 +54,14 @@ class OIPRoute(APIRoute):
         async def route(request: Request) -> Response:
             try:
                 return await handler(request)
-            except ApiError as e:
-                return JSONResponse({"error": e.message}, e.status, headers=e.headers)
-            except DataError as e:
-                err = data_error(e)
-                return JSONResponse({"error": err.message}, err.status)
             except RequestValidationError as e:
                 parts = [f"{'.'.join(str(p) for p in x.get('loc', ()))}: {x.get('msg', 'invalid')}" for x in e.errors()]
                 return JSONResponse({"error": "; ".join(parts) or "invalid request"}, 400)
+            except Exception as e:
+                err = as_api_error(e)  # the mapping of every other route, in the protocol's shape
+                if err is None:
+                    raise
+                return JSONResponse({"error": err.message}, err.status, headers=err.headers)
 
         return route
 
@@ -94,18 +87,7 @@ async def ready(runtime: RuntimeDep) -> Response:
     return JSONResponse({"ready": False}, 503, headers={"Retry-After": "5"})
 
 
-def _entry(runtime: Runtime, task: str, version: str | None) -> AdapterEntry:
-    check_task_name(task)
-    entry = runtime.entry(task)
-    if version is not None and version != entry.version:
-        raise NotFound(
-            f"model {task!r} has no version {version!r}: this server serves version {entry.version} "
-            f"(GET /v2/models/{task} lists it)"
-        )
-    return entry
-
-
-def _model_metadata(runtime: Runtime, entry: AdapterEntry) -> dict:
+def _model_metadata(entry: AdapterEntry) -> dict:
     spec = entry.spec
     s = spec.size
     tensor = [-1, 3, s, s] if spec.modality == "image" else [-1, spec.frames, 3, s, s]
@@ -133,14 +115,14 @@ def _model_metadata(runtime: Runtime, entry: AdapterEntry) -> dict:
 
 @router.get("/models/{task}", summary="Model metadata", responses={404: {}})
 @router.get("/models/{task}/versions/{version}", summary="Model metadata (one version)", responses={404: {}})
-async def model_metadata(task: str, _: PredictAuth, runtime: ReadyRuntime, version: str | None = None) -> dict:
-    return _model_metadata(runtime, _entry(runtime, task, version))
+async def model_metadata(task: str, _: PredictAuth, inference: Inference, version: str | None = None) -> dict:
+    return _model_metadata(inference.lookup(task, version))
 
 
 @router.get("/models/{task}/ready", summary="Model ready", responses={404: {}})
 @router.get("/models/{task}/versions/{version}/ready", summary="Model ready (one version)", responses={404: {}})
-async def model_ready(task: str, _: PredictAuth, runtime: ReadyRuntime, version: str | None = None) -> dict:
-    entry = _entry(runtime, task, version)
+async def model_ready(task: str, _: PredictAuth, inference: Inference, version: str | None = None) -> dict:
+    entry = inference.lookup(task, version)
     return {"name": entry.task, "version": entry.version, "ready": True}
 
 
@@ -256,6 +238,22 @@ class _Infer:
     def count(self) -> int:
         return math.prod(self.shape)
 
+    def pixels(self, decoder: Decoder) -> int:
+        """Always decoded off the event loop (the elements are not probed before decoding)."""
+        return decoder.settings.inline_decode_pixels + 1
+
+    def decode(self, entries: list[AdapterEntry], decoder: Decoder) -> list[list[torch.Tensor]]:
+        """The model inputs of the request's one task (blocking)."""
+        (entry,) = entries
+        if self.datatype == "BYTES":
+            return [_bytes_inputs(self, entry, decoder)]
+        if self.datatype == "FP32":
+            return [_tensor_inputs(self, entry, decoder.settings)]
+        raise InvalidInput(
+            f"input {self.name!r}: datatype {self.datatype!r} is not accepted; send BYTES (encoded images) or FP32 "
+            "(a preprocessed tensor)"
+        )
+
 
 async def _parse(request: Request) -> _Infer:
     raw = await request.body()  # bounded by the body limit middleware, like /predict
@@ -281,7 +279,7 @@ async def _parse(request: Request) -> _Infer:
     return _Infer(doc, binary)
 
 
-def _tensor_inputs(req: _Infer, entry: AdapterEntry, runtime: Runtime) -> list[torch.Tensor]:
+def _tensor_inputs(req: _Infer, entry: AdapterEntry, settings: Settings) -> list[torch.Tensor]:
     """A preprocessed FP32 tensor: [N, 3, S, S] (image task) or [N, T, 3, S, S] (clip task)."""
     spec = entry.spec
     s = spec.size
@@ -291,10 +289,8 @@ def _tensor_inputs(req: _Infer, entry: AdapterEntry, runtime: Runtime) -> list[t
             f"input {req.name!r}: task {entry.task!r} takes FP32 shape [N, {', '.join(map(str, want))}], "
             f"got {req.shape}"
         )
-    if req.shape[0] > runtime.settings.max_images_per_request:
-        raise PayloadTooLarge(
-            f"{req.shape[0]} inputs in one request; the limit is {runtime.settings.max_images_per_request}"
-        )
+    if req.shape[0] > settings.max_images_per_request:
+        raise PayloadTooLarge(f"{req.shape[0]} inputs in one request; the limit is {settings.max_images_per_request}")
     if req.blob is not None:
         if len(req.blob) != 4 * req.count:
             raise InvalidInput(f"input {req.name!r}: {len(req.blob)} bytes of FP32 data for shape {req.shape}")
@@ -333,12 +329,10 @@ def _check_range(name: str, x: torch.Tensor, spec: InputSpec) -> None:
         )
 
 
-def _bytes_inputs(req: _Infer, entry: AdapterEntry, runtime: Runtime) -> list[torch.Tensor]:
+def _bytes_inputs(req: _Infer, entry: AdapterEntry, decoder: Decoder) -> list[torch.Tensor]:
     """Encoded images: one per element for an image task; for a clip task one animated image per element, or
-    rows of frame images (shape [N, T])."""
-    settings = runtime.settings
-    # One decoder, so one pixel budget, for the whole request, whatever its rows.
-    decoder = Decoder(settings, device=decode_device(settings, runtime.backbone.device if runtime.backbone else None))
+    rows of frame images (shape [N, T]). One decoder, so one pixel budget, for the whole request."""
+    settings = decoder.settings
     if req.blob is not None:
         elements = _deserialize_bytes(req.blob)
     else:
@@ -369,17 +363,6 @@ def _bytes_inputs(req: _Infer, entry: AdapterEntry, runtime: Runtime) -> list[to
     return [
         x for row in rows for x in decode_inputs(PredictBody(frames=row), spec, entry.task, settings, decoder=decoder)
     ]
-
-
-def _decode(req: _Infer, entry: AdapterEntry, runtime: Runtime) -> list[torch.Tensor]:
-    if req.datatype == "BYTES":
-        return _bytes_inputs(req, entry, runtime)
-    if req.datatype == "FP32":
-        return _tensor_inputs(req, entry, runtime)
-    raise InvalidInput(
-        f"input {req.name!r}: datatype {req.datatype!r} is not accepted; send BYTES (encoded images) or FP32 "
-        "(a preprocessed tensor)"
-    )
 
 
 def _respond(req: _Infer, entry: AdapterEntry, logits: list[torch.Tensor], latency_ms: float) -> Response:
@@ -422,24 +405,11 @@ def _respond(req: _Infer, entry: AdapterEntry, logits: list[torch.Tensor], laten
 @router.post("/models/{task}/infer", summary="Inference", responses={400: {}, 404: {}, 413: {}, 503: {}})
 @router.post("/models/{task}/versions/{version}/infer", summary="Inference (one version)", responses={404: {}})
 async def infer(
-    request: Request, task: str, _: PredictAuth, runtime: ReadyRuntime, version: str | None = None
+    request: Request, task: str, _: PredictAuth, inference: Inference, version: str | None = None
 ) -> Response:
-    start = time.perf_counter()
-    metrics = runtime.metrics
-    label = "_unknown"
+    async def read() -> _Infer:
+        return await _parse(request)
 
-    def record(status: str) -> None:
-        metrics.predictions.labels(label, status).inc()
-        metrics.predict_latency.observe(time.perf_counter() - start)
-
-    with counted(record, 200):
-        _entry(runtime, task, version)  # 400/404 before reading the body
-        label = task
-        req = await _parse(request)
-        entry, adapter = await runtime.resolve(task)
-        if version is not None and entry.version != version:
-            raise NotFound(f"model {task!r} version {version!r} was replaced while this request was admitted")
-        inputs = await asyncio.to_thread(_decode, req, entry, runtime)
-        (logits,) = await run_tasks(runtime, [(entry, adapter, inputs)])
-        response = _respond(req, entry, logits, round((time.perf_counter() - start) * 1000, 3))
-        return response
+    done = await inference.infer([task], read, version=version)
+    ((entry, logits),) = done.results
+    return _respond(done.payload, entry, logits, done.latency_ms)

@@ -9,7 +9,7 @@ import json
 
 from fastapi import APIRouter, Request
 
-from adaptformer_server.deps import AdminAuth, PredictAuth, ReadyRuntime
+from adaptformer_server.deps import Adapters, AdminAuth, PredictAuth
 from adaptformer_server.errors import InvalidInput
 from adaptformer_server.routes.oip import OIPRoute
 
@@ -19,16 +19,15 @@ router = APIRouter(prefix="/v2/repository", tags=["open inference protocol (v2)"
 
 
 @router.post("/index", summary="Repository index: every task, its current version and whether it is resident")
-async def index(request: Request, _: PredictAuth, runtime: ReadyRuntime) -> list[dict]:
+async def index(request: Request, _: PredictAuth, adapters: Adapters) -> list[dict]:
     body = await request.body()
     try:
         ready = bool(json.loads(body).get("ready", False)) if body.strip() else False
     except (ValueError, AttributeError, RecursionError):
         raise InvalidInput('the index body is optional JSON: {"ready": true} lists only resident tasks') from None
-    assert runtime.bank is not None
     listed = []
-    for entry in runtime.registry:
-        resident = entry.key in runtime.bank
+    for entry in adapters:
+        resident = adapters.resident(entry)
         if ready and not resident:
             continue
         reason = "resident in a bank slot" if resident else "in the store; paged in on its next request"
@@ -37,12 +36,12 @@ async def index(request: Request, _: PredictAuth, runtime: ReadyRuntime) -> list
 
 
 @router.post("/models/{task}/load", summary="Page a task (or task@version) into a bank slot now", responses={404: {}})
-async def load(task: str, _: AdminAuth, runtime: ReadyRuntime) -> dict:
-    await runtime.load(task)
+async def load(task: str, _: AdminAuth, adapters: Adapters) -> dict:
+    await adapters.load(task)
     return {}
 
 
 @router.post("/models/{task}/unload", summary="Take a task (or task@version) out of the bank", responses={404: {}})
-async def unload(task: str, _: AdminAuth, runtime: ReadyRuntime) -> dict:
-    runtime.unload(task)
+async def unload(task: str, _: AdminAuth, adapters: Adapters) -> dict:
+    adapters.unload(task)
     return {}

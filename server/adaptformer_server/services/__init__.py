@@ -1,0 +1,16 @@
+"""The service layer: what routes call. The adapter manager owns the adapters (store, registry, bank, watcher);
+the inference service admits, decodes and runs requests. The runtime builds both and runs their life cycle."""
+
+from adaptformer_server.services.adapters import AdapterManager, Upload, split_pin
+from adaptformer_server.services.inference import ALL_IMAGE_TASKS, Inference, InferenceService, Payload, check_task_name
+
+__all__ = [
+    "ALL_IMAGE_TASKS",
+    "AdapterManager",
+    "Inference",
+    "InferenceService",
+    "Payload",
+    "Upload",
+    "check_task_name",
+    "split_pin",
+]

@@ -1,0 +1,501 @@
+"""The adapter manager: the store, the registry, the bank and the store watcher of one server.
+
+Every change to the adapters a server serves goes through it: uploads, registrations by reference, deletes,
+rollbacks, the watcher's syncs with the shared store, and the page-ins of the bank.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from adaptformer.adapter_file import parse_header, read_head, task_from_bytes
+from adaptformer.embedded import EMBEDDED_NAME
+from adaptformer.engine import MultiTaskViT
+from adaptformer.errors import AdapterFormatError, IncompatibleAdapterError
+from adaptformer.task import TaskAdapter
+from adaptformer_server.backbone import BackboneInfo
+from adaptformer_server.bank import Bank, StaleVersion
+from adaptformer_server.errors import IncompatibleAdapter, InvalidAdapter, NotFound, NotReady
+from adaptformer_server.metrics import Metrics
+from adaptformer_server.registry import AdapterEntry, Registry
+from adaptformer_server.settings import Settings
+from adaptformer_server.store import (
+    SUFFIX,
+    TASK_PATTERN,
+    AdapterStore,
+    Stamp,
+    StoredFile,
+    StoreWatcher,
+    demo_files,
+    valid_task_name,
+    valid_version,
+    version_of,
+)
+
+__all__ = ["AdapterManager", "Upload", "split_pin"]
+
+log = logging.getLogger("adaptformer_server")
+
+_PINNED_HEADERS = 1024  # headers of pinned (non-current) versions kept in memory
+
+
+def split_pin(name: str) -> tuple[str, str | None]:
+    """``task@version`` -> (task, version); a plain task name -> (task, None)."""
+    task, sep, version = name.partition("@")
+    return (task, version) if sep else (name, None)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """The result of storing an adapter."""
+
+    entry: AdapterEntry
+    previous: AdapterEntry | None
+
+
+class AdapterManager:
+    """Owns the store, the registry, the bank and the store watcher; routes reach it as the ``Adapters``
+    dependency once the server is ready.
+
+    Args:
+        settings: Server settings (store, slots, versions kept, watcher period).
+        metrics: The app's metrics.
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.registry = Registry()
+        self.store: AdapterStore | None = None
+        self.bank: Bank | None = None
+        self.watcher: StoreWatcher | None = None
+        self.engine: MultiTaskViT | None = None
+        self.backbone: BackboneInfo | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task] = set()
+        # Serialises this process's uploads, deletes and store syncs (other processes write the store too: the
+        # watcher brings their changes in; the files themselves are replaced atomically).
+        self._write_lock = asyncio.Lock()
+        self._pinned: OrderedDict[str, AdapterEntry] = OrderedDict()  # task@version -> entry of a kept version
+
+    # -- life cycle -------------------------------------------------------------------------------------------
+    async def open(self, engine: MultiTaskViT, backbone: BackboneInfo) -> None:
+        """Opens the store (cleaned, seeded, scanned and fit-checked), fills the registry and sets up the bank."""
+        self.engine, self.backbone = engine, backbone
+        store = self.store = await asyncio.to_thread(
+            AdapterStore, self.settings.store, self._quarantined, self.settings.keep_versions
+        )
+        files, seen = await asyncio.to_thread(self._prepare_store, store, backbone)
+        for f in files:
+            self.registry.put(_entry(f))
+        self.watcher = StoreWatcher(store, self._check_stored, seen)
+        self.metrics.registered.set(len(self.registry))
+        self.bank = Bank(self.settings.slots, self._page_in, self.metrics, self._keep_resident)
+
+    def watch(self) -> None:
+        """Starts polling the store every ``store_poll_ms`` (nothing when it is 0)."""
+        if self.settings.store_poll_ms > 0 and self._watch_task is None:
+            period = self.settings.store_poll_ms / 1000
+            self._watch_task = asyncio.create_task(self._watch(period), name="adaptformer-watch")
+
+    async def close(self) -> None:
+        """Stops the watcher and the prefetches in the background."""
+        for task in [self._watch_task, *self._background]:
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    def _prepare_store(self, store: AdapterStore, info: BackboneInfo) -> tuple[list[StoredFile], dict[str, Stamp]]:
+        store.clean_temp_files()
+        store.clean_history()
+        if self.settings.seed_demo and self.settings.backbone in ("embedded", EMBEDDED_NAME):
+            store.seed(info.fingerprint, demo_files())
+        files = []
+        found, seen = store.scan_stamped()  # the checks of parse_header; broken files are quarantined
+        for f in found:
+            try:
+                self._check_stored(f)
+            except (IncompatibleAdapterError, AdapterFormatError) as e:  # e.g. another backbone's: left in place
+                log.warning("skipping %s.safetensors: %s", f.task, e)
+                continue
+            files.append(f)
+        return files, seen
+
+    def _check_stored(self, f: StoredFile) -> None:
+        """The fit check of start-up, of the store watcher and of every upload."""
+        assert self.backbone is not None
+        self.backbone.check_header(f.header, f"{f.task}.safetensors")
+
+    def _quarantined(self, task: str) -> None:
+        self.metrics.quarantined.inc()
+
+    # -- the shared store -----------------------------------------------------------------------------------
+    async def _watch(self, period: float) -> None:
+        """Polls the store for changes made by other processes (other replicas, a hand copy) until stopped."""
+        failing = False
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.sync_store()
+                if failing:
+                    log.info("the store %s is readable again", self.settings.store)
+                failing = False
+            except Exception as e:  # a vanished network mount must not stop the watching for good
+                if not failing:
+                    log.warning("cannot read the store %s: %s (retrying every %.1f s)", self.settings.store, e, period)
+                failing = True
+
+    async def sync_store(self) -> int:
+        """Brings the registry in line with the store now (the watcher does this every ``store_poll_ms``).
+
+        Returns:
+            The number of tasks added, replaced or removed.
+        """
+        async with self._write_lock:
+            return await self._sync_locked()
+
+    async def _sync_locked(self) -> int:
+        if self.watcher is None or self.bank is None:
+            return 0
+        return self._apply(await asyncio.to_thread(self.watcher.poll))
+
+    def _apply(self, changes: dict[str, StoredFile | None]) -> int:
+        assert self.bank is not None
+        applied = 0
+        for task, f in sorted(changes.items()):
+            current = self.registry.get(task)
+            if f is None:
+                if current is None:
+                    continue
+                self.registry.remove(task)
+                self.bank.drop(task)
+                self.metrics.store_changes.labels("removed").inc()
+                log.info("adapter %s version %s left the store", task, current.version)
+            else:
+                if current is not None and current.version == f.version:
+                    continue  # e.g. this process's own upload
+                entry = _entry(f)
+                was_resident = current is not None and current.key in self.bank
+                self.registry.put(entry)
+                self.bank.drop(task)
+                kind = "replaced" if current is not None else "added"
+                self.metrics.store_changes.labels(kind).inc()
+                log.info(
+                    "adapter %s version %s %s in the store%s",
+                    task,
+                    entry.version,
+                    kind,
+                    f" (was {current.version})" if current is not None else "",
+                )
+                if was_resident:  # a task in use stays hot: page the new version in now, not on a request
+                    self._in_background(self._prefetch(entry))
+            applied += 1
+        self.metrics.registered.set(len(self.registry))
+        return applied
+
+    async def _prefetch(self, entry: AdapterEntry) -> None:
+        assert self.bank is not None
+        try:
+            await self.bank.get(entry)
+        except Exception as e:  # reported to the request that needs it; here it is only a warm-up
+            log.info("prefetch of %s failed: %s", entry.key, e)
+
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- lookups ----------------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[AdapterEntry]:
+        """The current entry of every task, sorted by task."""
+        return iter(self.registry)
+
+    def entry(self, task: str) -> AdapterEntry:
+        """The current entry of ``task``, or of a kept version for ``task@version``; 404 with a hint when unknown."""
+        task, version = split_pin(task)
+        entry = self.registry.get(task) if valid_task_name(task) else None
+        if entry is None:
+            raise NotFound(f"unknown task {task!r}; GET /adapters lists the tasks this server has")
+        if version is None or version == entry.version:
+            return entry
+        return self._pinned_entry(task, version)
+
+    def _pinned_entry(self, task: str, version: str) -> AdapterEntry:
+        """A kept, non-current version: its header read once (the file is named by its content) and checked as
+        start-up checks a file; the file itself must still be there."""
+        assert self.store is not None
+        key = f"{task}@{version}"
+        if not valid_version(version) or not self.store.has_version(task, version):
+            self._pinned.pop(key, None)
+            raise NotFound(
+                f"task {task!r} has no version {version!r}; GET /adapters/{task}/versions lists the versions kept"
+            )
+        entry = self._pinned.get(key)
+        if entry is None:
+            path = self.store.version_path(task, version)
+            try:
+                with path.open("rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    header = parse_header(read_head(f, size, path.name), f"{key}{SUFFIX}", size=size)
+                f = StoredFile(task=task, version=version, size=size, header=header)
+                self._check_stored(f)
+            except FileNotFoundError:
+                raise NotFound(f"task {task!r} has no version {version!r} any more") from None
+            except IncompatibleAdapterError as e:
+                raise IncompatibleAdapter(f"version {version} of task {task!r}: {e}", check=e.check) from None
+            except AdapterFormatError as e:
+                raise InvalidAdapter(f"version {version} of task {task!r} cannot be loaded: {e}") from None
+            entry = _entry(f)
+            self._pinned[key] = entry
+            while len(self._pinned) > _PINNED_HEADERS:
+                self._pinned.popitem(last=False)
+        self._pinned.move_to_end(key)
+        return entry
+
+    def info(self, entry: AdapterEntry) -> dict:
+        """The contract's AdapterInfo of ``entry`` (with whether it is resident in the bank)."""
+        assert self.bank is not None and self.backbone is not None
+        return entry.info(resident=entry.key in self.bank, backbone_params=self.backbone.params)
+
+    def resident(self, entry: AdapterEntry) -> bool:
+        """Whether ``entry`` holds a bank slot now."""
+        assert self.bank is not None
+        return entry.key in self.bank
+
+    # -- page-in ----------------------------------------------------------------------------------------------
+    def _keep_resident(self, entry: AdapterEntry) -> bool:
+        return self.registry.current_version(entry.task) == entry.version or entry.key in self._pinned
+
+    async def resolve(self, task: str) -> tuple[AdapterEntry, TaskAdapter]:
+        """Admission: the current version of ``task`` and its adapter object, which the request keeps."""
+        assert self.bank is not None
+        for _ in range(5):
+            entry = self.entry(task)
+            try:
+                return entry, await self.bank.get(entry)
+            except StaleVersion:
+                # replaced or deleted (here or by another process) since it was registered: read the store now
+                await self.sync_store()
+                continue
+            except IncompatibleAdapterError as e:
+                raise IncompatibleAdapter(
+                    f"the stored adapter of task {task!r} does not fit this backbone: {e}; upload a fitting one "
+                    "with POST /adapters or delete the task",
+                    check=e.check,
+                ) from None
+            except AdapterFormatError as e:
+                raise InvalidAdapter(
+                    f"the stored adapter of task {task!r} cannot be loaded: {e}; upload a valid file with "
+                    "POST /adapters or delete the task"
+                ) from None
+        raise NotReady(f"task {task!r} is being replaced repeatedly; retry", retry_after=1)
+
+    def _page_in(self, entry: AdapterEntry) -> TaskAdapter:
+        """Reads one version from the store, checks it fully and places it on the device (worker thread)."""
+        assert self.store is not None
+        try:
+            if self._pinned.get(entry.key) is entry:  # a kept version a request named: its copy, hash checked
+                data = self.store.read_version(entry.task, entry.version)
+            else:  # the current version: the current file, or the registry is behind the store (sync, retry)
+                data = self.store.read(entry.task)
+                if version_of(data) != entry.version:
+                    raise StaleVersion(entry.key)
+        except FileNotFoundError:
+            raise StaleVersion(entry.key) from None
+        return self._prepare(task_from_bytes(data, source=f"{entry.task}.safetensors"))
+
+    def _prepare(self, task: TaskAdapter) -> TaskAdapter:
+        """Checks a loaded task against the engine and places it on the device in the serving dtype."""
+        assert self.engine is not None and self.backbone is not None
+        spec = task.info.input
+        task = self.engine.prepare(task)  # check_compatible: fingerprint and shapes; device and dtype
+        self.backbone.check_spec(spec, f"adapter {task.name!r}")
+        dtype = str(self.backbone.dtype).removeprefix("torch.")
+        for name, p in task.state_dict().items():
+            if p.is_floating_point() and not torch.isfinite(p).all():
+                raise IncompatibleAdapterError(
+                    f"adapter {task.name!r}: tensor {name!r} overflows {dtype}, the dtype this server runs in",
+                    check="dtype",
+                )
+        if spec.modality == "clip":
+            try:
+                self.engine.video(spec.frames, spec.tubelet)
+            except (ValueError, TypeError) as e:
+                raise IncompatibleAdapterError(f"adapter {task.name!r}: {e}", check="modality") from None
+        return task
+
+    async def load(self, task: str) -> AdapterEntry:
+        """Pages ``task`` (or ``task@version``) into a bank slot now (the repository extension's load)."""
+        entry, _ = await self.resolve(task)
+        return entry
+
+    def unload(self, task: str) -> AdapterEntry:
+        """Takes ``task`` (every resident version) or ``task@version`` out of the bank; the store keeps it."""
+        assert self.bank is not None
+        entry = self.entry(task)
+        if "@" in task:
+            self.bank.discard(entry.key)
+        else:
+            self.bank.drop(entry.task)
+        return entry
+
+    # -- changes ----------------------------------------------------------------------------------------------
+    def _validate_upload(self, data: bytes, name: str | None) -> tuple[str, str, TaskAdapter, AdapterEntry]:
+        """Full check of uploaded bytes (worker thread): the header checks and fit check of start-up and the
+        watcher, then the tensors, their values in the serving dtype and the engine. Returns name, version, ..."""
+        header = parse_header(data, "uploaded file", size=len(data))
+        name = name or str(header.meta["task"])
+        if not valid_task_name(name):
+            raise InvalidAdapter(
+                f"invalid task name {name[:80]!r}: names match {TASK_PATTERN} and never contain '..'; pass a valid "
+                "name in the `task` form field"
+            )
+        version = version_of(data)
+        entry = AdapterEntry(task=name, version=version, size_bytes=len(data), header=header)
+        try:
+            self._check_stored(StoredFile(task=name, version=version, size=len(data), header=header))
+            prepared = self._prepare(task_from_bytes(data, source="uploaded file"))
+        except IncompatibleAdapterError as e:
+            hint = ""
+            if e.check in ("fingerprint", "shapes"):
+                hint = "; train the adapter on the backbone this server runs (GET /readyz shows its fingerprint)"
+            raise IncompatibleAdapter(f"{e}{hint}", check=e.check) from None
+        return name, version, prepared, entry
+
+    async def upload(self, data: bytes, name: str | None) -> Upload:
+        """Validates, stores (atomically) and registers an adapter; it is resident and servable on return."""
+        assert self.store is not None and self.bank is not None
+        if name is not None and not valid_task_name(name):
+            raise InvalidAdapter(f"invalid task name {name!r}: names match {TASK_PATTERN} and never contain '..'")
+        name, version, prepared, entry = await asyncio.to_thread(self._validate_upload, data, name)
+        async with self._write_lock:
+            await self._sync_locked()  # the version this replaces may come from another server, moments ago
+            await asyncio.to_thread(self.store.write, name, data)
+            previous = self.registry.put(entry)
+            self.bank.drop(name)
+            self.bank.put(entry, prepared)
+            self.metrics.registered.set(len(self.registry))
+        log.info("adapter %s version %s stored%s", name, version, f" (replaces {previous.version})" if previous else "")
+        return Upload(entry=entry, previous=previous)
+
+    async def delete(self, task: str) -> AdapterEntry:
+        """Removes a task from the store and the registry; requests in flight finish with their adapter."""
+        assert self.store is not None and self.bank is not None
+        async with self._write_lock:
+            if self.registry.get(task) is None:
+                await self._sync_locked()  # uploaded through another server moments ago?
+            entry = self.entry(task)
+            await asyncio.to_thread(self.store.delete, task)
+            self.registry.remove(task)
+            self.bank.drop(task)
+            self.metrics.registered.set(len(self.registry))
+        log.info("adapter %s version %s deleted", task, entry.version)
+        return entry
+
+    async def rollback(self, task: str, version: str | None = None) -> Upload:
+        """Makes a kept version current again (default: the one before the current); servable on return.
+
+        The kept file gets exactly the checks of an upload; requests in flight finish on the version they
+        started with, and other servers sharing the store see the change as they see an upload.
+        """
+        assert self.store is not None and self.bank is not None
+        store = self.store
+        async with self._write_lock:
+            await self._sync_locked()
+            current = self.entry(task)
+            listed = await asyncio.to_thread(store.versions, task)
+            if version is None:
+                order = [v.version for v in listed]
+                i = order.index(current.version) if current.version in order else -1
+                if i < 0 or i + 1 >= len(order):
+                    raise NotFound(
+                        f"task {task!r} has no version older than the current one ({current.version}); "
+                        f"GET /adapters/{task}/versions lists the versions kept"
+                    )
+                version = order[i + 1]
+            elif not valid_version(version) or version not in {v.version for v in listed}:
+                raise NotFound(
+                    f"task {task!r} has no version {version!r}; GET /adapters/{task}/versions lists the versions kept"
+                )
+            if version == current.version:
+                return Upload(entry=current, previous=current)
+            try:
+                data = await asyncio.to_thread(store.read_version, task, version)
+            except FileNotFoundError:
+                raise NotFound(f"version {version} of task {task!r} is no longer kept") from None
+            name, _, prepared, entry = await asyncio.to_thread(self._validate_upload, data, task)
+            await asyncio.to_thread(store.promote, task, version)
+            previous = self.registry.put(entry)
+            self.bank.drop(name)
+            self.bank.put(entry, prepared)
+        log.info("adapter %s rolled back to version %s (was %s)", task, version, current.version)
+        return Upload(entry=entry, previous=previous)
+
+    # -- versions and files -----------------------------------------------------------------------------------
+    async def versions(self, task: str) -> dict[str, Any]:
+        """The contract's VersionList: the kept versions of ``task``, newest first, with what their headers
+        record, and which one is current."""
+        assert self.store is not None
+        current = self.entry(task)
+        versions = await asyncio.to_thread(self._describe_versions, task, current.version)
+        return {"task": task, "current": current.version, "keep": self.settings.keep_versions, "versions": versions}
+
+    def _describe_versions(self, task: str, current: str) -> list[dict[str, Any]]:
+        assert self.store is not None
+        out = []
+        for v in self.store.versions(task):
+            meta: dict[str, Any] = {}
+            path = self.store.path(task) if v.current else self.store.version_path(task, v.version)
+            try:
+                with path.open("rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    meta = parse_header(read_head(f, size, path.name), path.name, size=size).meta
+            except (OSError, AdapterFormatError) as e:
+                log.warning("version %s of %s: cannot read its header: %s", v.version, task, e)
+            metrics = meta.get("metrics")
+            out.append(
+                {
+                    "version": v.version,
+                    "current": v.version == current,
+                    "size_bytes": v.size,
+                    "stored": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(v.stored_ns / 1e9)),
+                    "created": str(meta.get("created", "")),
+                    "description": str(meta.get("description", "")),
+                    "metrics": metrics if isinstance(metrics, dict) else {},
+                }
+            )
+        return out
+
+    async def file(self, task: str, version: str | None = None) -> tuple[bytes, str]:
+        """The exact bytes of the current version of ``task`` (or of a kept one) and their version."""
+        assert self.store is not None
+        store = self.store
+        current = self.entry(task)
+        want = version or current.version
+        if not valid_version(want):
+            raise NotFound(f"task {task!r} has no version {want!r}; GET /adapters/{task}/versions lists them")
+        try:
+            data = await asyncio.to_thread(store.read_version, task, want)
+        except FileNotFoundError:
+            if version is None:  # replaced by another server meanwhile: its current bytes
+                await self.sync_store()
+                return await self.file(task, self.entry(task).version)
+            raise NotFound(
+                f"task {task!r} has no version {want!r}; GET /adapters/{task}/versions lists the versions kept"
+            ) from None
+        return data, want
+
+
+def _entry(f: StoredFile) -> AdapterEntry:
+    return AdapterEntry(task=f.task, version=f.version, size_bytes=f.size, header=f.header)
