@@ -22,11 +22,13 @@ from adaptformer_client.errors import (
     UnsupportedMediaTypeError,
     parse_error,
 )
+from adaptformer_client.jobs import AsyncJob, Job, JobFailedError
 from adaptformer_client.types import (
     AdapterInfo,
     DeleteResult,
     Health,
     InputInfo,
+    JobInfo,
     MultiPredictResponse,
     Prediction,
     PredictResponse,
@@ -44,6 +46,7 @@ __all__ = [
     "AdapterInfo",
     "AdaptformerClientError",
     "AsyncClient",
+    "AsyncJob",
     "AuthError",
     "Client",
     "DeleteResult",
@@ -52,6 +55,9 @@ __all__ = [
     "InputInfo",
     "InvalidAdapterError",
     "InvalidInputError",
+    "Job",
+    "JobFailedError",
+    "JobInfo",
     "MultiPredictResponse",
     "NotFoundError",
     "OverloadedError",

@@ -11,6 +11,9 @@
     adaptformer-client download cars [PATH] [--version V]
     adaptformer-client rollback cars [--version V]
     adaptformer-client delete cars
+    adaptformer-client train defects photos/ [--epochs 15] [--method linear] [--no-wait]   (photos/<class>/<image>)
+    adaptformer-client jobs [JOB]
+    adaptformer-client cancel JOB
     adaptformer-client health
 
 The server is ``--url`` (or $ADAPTFORMER_URL, default http://127.0.0.1:8000), the key ``--api-key`` (or
@@ -32,7 +35,7 @@ from pydantic import BaseModel
 
 from adaptformer_client.client import DEFAULT_URL, Client
 from adaptformer_client.errors import AdaptformerClientError
-from adaptformer_client.types import AdapterInfo, MultiPredictResponse, PredictResponse, VersionList
+from adaptformer_client.types import AdapterInfo, JobInfo, MultiPredictResponse, PredictResponse, VersionList
 
 __all__ = ["build_parser", "main"]
 
@@ -105,6 +108,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     delete = commands.add_parser("delete", parents=[common], help="remove an adapter (admin)")
     delete.add_argument("task")
+
+    train = commands.add_parser(
+        "train", parents=[common], help="have the server train a task from labelled examples (admin)"
+    )
+    train.add_argument("task", help="the task to train (a new one, or a new version)")
+    train.add_argument("examples", help="a folder of <class>/<image> (or clips), or a .zip of one")
+    train.add_argument("--method", choices=["adaptformer", "linear"], default=None)
+    for flag, kind in (
+        ("--epochs", int),
+        ("--bottleneck", int),
+        ("--scale", float),
+        ("--lr", float),
+        ("--batch-size", int),
+        ("--frames", int),
+        ("--val-fraction", float),
+        ("--seed", int),
+    ):
+        train.add_argument(flag, type=kind, default=None, help="as adaptformer train's (default: the server's)")
+    train.add_argument("--layers", default=None, help="all, first:k, last:k or 0,1,2 (default all)")
+    train.add_argument("--description", default=None, help="what the task answers (adapter metadata)")
+    train.add_argument("--no-wait", action="store_true", help="print the queued job and return")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar while waiting")
+
+    jobs = commands.add_parser("jobs", parents=[common], help="training jobs, or one job (admin)")
+    jobs.add_argument("job", nargs="?", help="show this job")
+    cancel = commands.add_parser("cancel", parents=[common], help="cancel a training job (admin)")
+    cancel.add_argument("job")
 
     commands.add_parser("health", parents=[common], help="is the server up and ready? (exit 1 while loading)")
     return parser
@@ -192,6 +222,21 @@ def _print_versions(listed: VersionList, out: TextIO) -> None:
     print(f"{listed.task}: {len(listed.versions)} versions kept (at most {listed.keep})", file=out)
 
 
+def _print_job(job: JobInfo, out: TextIO) -> None:
+    parts = [f"{job.job}  {job.task}  {job.status}", f"epoch {job.epoch}/{job.epochs}"]
+    if job.loss is not None:
+        parts.append(f"loss {job.loss:.4f}")
+    if job.val_top1 is not None:
+        parts.append(f"val top-1 {job.val_top1:.4f}")
+    if job.version:
+        parts.append(f"version {job.version}")
+    if job.eta_s:
+        parts.append(f"ETA {job.eta_s:.0f} s")
+    if job.error:
+        parts.append(f"error: {job.error}")
+    print(", ".join(parts), file=out)
+
+
 def _show(value: BaseModel | Sequence[BaseModel], as_json: bool, print_table: Callable[[], None], out: TextIO) -> None:
     if not as_json:
         print_table()
@@ -260,6 +305,23 @@ def _run(args: argparse.Namespace, client: Client, out: TextIO) -> int:
         deleted = client.delete_adapter(args.task)
         line = f"deleted {deleted.task} (version {deleted.version})"
         _show(deleted, args.json, lambda: print(line, file=out), out)
+    elif args.command == "train":
+        options = {k: getattr(args, k) for k in ("method", "epochs", "bottleneck", "scale", "lr", "batch_size",
+                                                 "frames", "val_fraction", "seed", "layers", "description")}  # fmt: skip
+        job = client.train(args.task, args.examples, **options)
+        if not args.no_wait:
+            job.wait(progress=not args.no_progress and not args.json)
+        _show(job.info, args.json, lambda: _print_job(job.info, out), out)
+    elif args.command == "jobs":
+        if args.job:
+            info = client.job(args.job).info
+            _show(info, args.json, lambda: _print_job(info, out), out)
+        else:
+            listed = client.jobs()
+            _show(listed, args.json, lambda: [_print_job(j, out) for j in listed] or print("no jobs", file=out), out)
+    elif args.command == "cancel":
+        info = client.job(args.job).cancel()
+        _show(info, args.json, lambda: _print_job(info, out), out)
     elif args.command == "health":
         health = client.health()
         ready = client.ready()

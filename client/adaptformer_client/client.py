@@ -25,10 +25,12 @@ from pydantic import BaseModel, ValidationError
 from adaptformer_client._version import __version__
 from adaptformer_client.errors import APIConnectionError, APITimeoutError, ServerError, parse_error
 from adaptformer_client.inputs import ImageInput, encode_clip, encode_image
+from adaptformer_client.jobs import AsyncJob, Examples, Job, zip_examples
 from adaptformer_client.types import (
     AdapterInfo,
     DeleteResult,
     Health,
+    JobInfo,
     MultiPredictResponse,
     PredictResponse,
     Ready,
@@ -71,6 +73,14 @@ class _Call(Generic[T]):
 
 class _AdapterList(BaseModel):
     adapters: list[AdapterInfo]
+
+
+class _JobList(BaseModel):
+    jobs: list[JobInfo]
+
+
+def _train_params(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -349,6 +359,21 @@ class _BaseClient:
     def _delete_adapter(self, task: str) -> _Call[DeleteResult]:
         return _Call(self._build("DELETE", f"/adapters/{quote(task, safe='')}"), _model(DeleteResult))
 
+    def _train(self, task: str, examples: Examples, params: Mapping[str, Any], timeout: Timeout) -> _Call[JobInfo]:
+        files = {"examples": ("examples.zip", zip_examples(examples), "application/zip")}
+        request = self._build("POST", f"/tasks/{quote(task, safe='')}/train", timeout, params=params, files=files)
+        # Not idempotent once sent (a second job would train); 429/503 mean not accepted, so those are retried.
+        return _Call(request, _model(JobInfo), idempotent=False)
+
+    def _job(self, job_id: str) -> _Call[JobInfo]:
+        return _Call(self._build("GET", f"/jobs/{quote(job_id, safe='')}"), _model(JobInfo))
+
+    def _jobs(self) -> _Call[list[JobInfo]]:
+        return _Call(self._build("GET", "/jobs"), lambda r: _json(r, _JobList).jobs)
+
+    def _cancel_job(self, job_id: str) -> _Call[JobInfo]:
+        return _Call(self._build("DELETE", f"/jobs/{quote(job_id, safe='')}"), _model(JobInfo))
+
     def _health(self) -> _Call[Health]:
         return _Call(self._build("GET", "/healthz"), _model(Health))
 
@@ -566,6 +591,53 @@ class Client(_BaseClient):
         """Removes an adapter. Raises ``NotFoundError`` for an unknown task."""
         return self._run(self._delete_adapter(task))
 
+    def train(
+        self,
+        task: str,
+        examples: Examples,
+        *,
+        method: str | None = None,
+        epochs: int | None = None,
+        bottleneck: int | None = None,
+        scale: float | None = None,
+        layers: str | None = None,
+        lr: float | None = None,
+        batch_size: int | None = None,
+        frames: int | None = None,
+        val_fraction: float | None = None,
+        seed: int | None = None,
+        description: str | None = None,
+        timeout: Timeout = _DEFAULT,
+    ) -> Job:
+        """Has the server train ``task`` (a new task, or a new version of one) from labelled examples (admin key).
+
+        Args:
+            task: The task name to register the adapter under.
+            examples: A folder of ``<class>/<image>`` (or ``<class>/<clip>/<frames>``, or GIF clips), zipped here;
+                or a ``.zip`` path, zip bytes or a binary file object.
+            method: ``adaptformer`` (server default) or ``linear``; the other knobs are ``adaptformer train``'s
+                (unset: the server's defaults, made for 20-200 examples per class).
+
+        Returns:
+            The queued job: ``wait(progress=True)``, ``status()``, ``cancel()``.
+        """
+        params = _train_params(dict(method=method, epochs=epochs, bottleneck=bottleneck, scale=scale, layers=layers,
+                                    lr=lr, batch_size=batch_size, frames=frames, val_fraction=val_fraction,
+                                    seed=seed, description=description))  # fmt: skip
+        info = self._run(self._train(task, examples, params, timeout))
+        return self._handle(info)
+
+    def job(self, job_id: str) -> Job:
+        """A handle on an existing job (``jobs()`` lists them)."""
+        return self._handle(self._run(self._job(job_id)))
+
+    def jobs(self) -> list[JobInfo]:
+        """The server's training jobs, newest first (admin key)."""
+        return self._run(self._jobs())
+
+    def _handle(self, info: JobInfo) -> Job:
+        return Job(info, lambda i: self._run(self._job(i)), lambda i: self._run(self._cancel_job(i)), self._sleep)
+
     def health(self) -> Health:
         """Liveness (``/healthz``): the process answers."""
         return self._run(self._health())
@@ -733,6 +805,28 @@ class AsyncClient(_BaseClient):
 
     async def delete_adapter(self, task: str) -> DeleteResult:
         return await self._run(self._delete_adapter(task))
+
+    async def train(self, task: str, examples: Examples, *, timeout: Timeout = _DEFAULT, **options: Any) -> AsyncJob:
+        """See ``Client.train`` (the same keyword options); the examples are zipped in a worker thread."""
+        call = await asyncio.to_thread(self._train, task, examples, _train_params(options), timeout)
+        return self._handle(await self._run(call))
+
+    async def job(self, job_id: str) -> AsyncJob:
+        """See ``Client.job``."""
+        return self._handle(await self._run(self._job(job_id)))
+
+    async def jobs(self) -> list[JobInfo]:
+        """See ``Client.jobs``."""
+        return await self._run(self._jobs())
+
+    def _handle(self, info: JobInfo) -> AsyncJob:
+        async def status(i: str) -> JobInfo:
+            return await self._run(self._job(i))
+
+        async def cancel(i: str) -> JobInfo:
+            return await self._run(self._cancel_job(i))
+
+        return AsyncJob(info, status, cancel, self._sleep)
 
     async def health(self) -> Health:
         return await self._run(self._health())

@@ -11,6 +11,7 @@ __all__ = [
     "DeleteResult",
     "Health",
     "InputInfo",
+    "JobInfo",
     "MultiPredictResponse",
     "PredictResponse",
     "Prediction",
@@ -158,3 +159,31 @@ class Ready(BaseModel):
     @property
     def is_ready(self) -> bool:
         return self.status == "ready"
+
+
+class JobInfo(BaseModel):
+    """A training job (``POST /tasks/{task}/train``, ``GET /jobs/{id}``): status ``queued``, ``running``,
+    ``registering``, ``succeeded``, ``failed`` or ``cancelled``."""
+
+    job: str
+    task: str
+    status: str
+    created: str
+    started: str | None = None
+    finished: str | None = None
+    epoch: int = 0
+    epochs: int
+    loss: float | None = None  # training loss of the last epoch
+    train_top1: float | None = None
+    val_top1: float | None = None  # validation accuracy of the last validated epoch
+    val_loss: float | None = None
+    eta_s: float | None = None  # seconds left (running jobs), 0 once ended
+    error: str | None = None  # why it failed
+    version: str | None = None  # the adapter version registered
+    params: dict[str, Any] = Field(default_factory=dict)
+    examples: dict[str, Any] = Field(default_factory=dict)
+    history: list[dict[str, Any]] = Field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("succeeded", "failed", "cancelled")
