@@ -13,7 +13,7 @@ from adaptformer.errors import AdaptformerError
 from adaptformer.model import check_supported
 from adaptformer.preprocess import InputSpec, spec_from_model
 
-__all__ = ["EMBEDDED", "Backbone", "load_backbone"]
+__all__ = ["EMBEDDED", "Backbone", "load_backbone", "resolve_device"]
 
 EMBEDDED = "embedded"
 
@@ -77,3 +77,16 @@ def load_backbone(name: str = EMBEDDED, weights: str | Path | None = None) -> Ba
             )
     check_supported(model)
     return Backbone(model.eval(), name, spec_from_model(model))
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a ``--device`` value names: ``auto`` (a GPU when there is one, else the CPU), ``cpu``, ``cuda``...
+
+    Raises:
+        ValueError: a CUDA device asked for where there is none.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for but CUDA is not available; use --device cpu or auto")
+    return torch.device(name)

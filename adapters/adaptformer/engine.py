@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from adaptformer.adapter_file import check_compatible, load_adapter
+from adaptformer.adapter_file import BackboneSpec, load_adapter
 from adaptformer.fingerprint import backbone_fingerprint
 from adaptformer.gathered import (
     BankWeights,
@@ -75,6 +75,7 @@ class MultiTaskViT(nn.Module):
         vit.requires_grad_(False)
         self.vit = vit.eval()
         self.fingerprint = fingerprint or backbone_fingerprint(vit)
+        self.spec = BackboneSpec.of(vit, self.fingerprint)  # what a task must match (prepare checks it)
         self._tasks: Mapping[str, TaskAdapter] = {}
         self._lock = threading.Lock()
         self._video: dict[tuple[int, int], VideoViT] = {}
@@ -95,9 +96,14 @@ class MultiTaskViT(nn.Module):
             self._tasks = table
         return task
 
-    def prepare(self, task: TaskAdapter) -> TaskAdapter:
-        """Checks that ``task`` fits the backbone and moves it to the backbone's device and dtype, frozen."""
-        check_compatible(task, self.vit, self.fingerprint)
+    def prepare(self, task: TaskAdapter, spec: BackboneSpec | None = None) -> TaskAdapter:
+        """Checks that ``task`` fits the backbone and moves it to the backbone's device and dtype, frozen.
+
+        Args:
+            task: The loaded task.
+            spec: The rules to check (default :attr:`spec`; a server passes its own, with its frame limit).
+        """
+        (spec or self.spec).check_task(task)
         ref = next(self.vit.parameters())
         task = task.to(device=ref.device, dtype=ref.dtype).eval()
         task.requires_grad_(False)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from adaptformer.adapter_file import load_adapter, read_head, read_metadata, safetensors_header
+from adaptformer.adapter_file import load_adapter, read_header, read_safetensors_header
 from adaptformer.backbone import Backbone
 from adaptformer.config import AdapterConfig
 from adaptformer.data import Splits
@@ -18,15 +18,9 @@ from adaptformer.errors import AdapterFormatError
 from adaptformer.preprocess import InputSpec
 from adaptformer.train import TrainConfig, build_model, evaluate
 
-__all__ = ["describe_file", "evaluate_file", "read_header"]
+__all__ = ["describe_file", "evaluate_file"]
 
 DataLoader = Callable[[InputSpec, int | None], Splits]
-
-
-def read_header(path: Path) -> dict:
-    """The safetensors header of a file (tensor shapes and ``__metadata__``), reading only the header."""
-    with open(path, "rb") as f:
-        return safetensors_header(read_head(f, os.fstat(f.fileno()).st_size, str(path)), str(path))
 
 
 def _is_checkpoint(header: dict) -> bool:
@@ -36,7 +30,7 @@ def _is_checkpoint(header: dict) -> bool:
 @torch.no_grad()
 def evaluate_file(path: Path, backbone: Backbone, load: DataLoader) -> dict:
     """Top-1 of an adapter file (through the serving engine) or a VPT/full checkpoint on the validation split."""
-    header = read_header(path)
+    header = read_safetensors_header(path)
     if _is_checkpoint(header):
         meta = header["__metadata__"]
         recipe = json.loads(meta["recipe"])
@@ -52,9 +46,9 @@ def evaluate_file(path: Path, backbone: Backbone, load: DataLoader) -> dict:
 
         state = load_file(str(path))
         params = dict(model.named_parameters())
-        missing = sorted(set(params[k] is not None and k for k in state) - set(params))
-        if missing:
-            raise AdapterFormatError(f"{path}: checkpoint tensors {missing[:3]} do not fit the rebuilt model")
+        misfits = sorted(k for k, v in state.items() if k not in params or params[k].shape != v.shape)
+        if misfits:
+            raise AdapterFormatError(f"{path}: checkpoint tensors {misfits[:3]} do not fit the rebuilt model")
         for k, v in state.items():
             params[k].data.copy_(v)
         metrics = evaluate(model, splits.val)
@@ -79,23 +73,14 @@ def evaluate_file(path: Path, backbone: Backbone, load: DataLoader) -> dict:
 def describe_file(path: Path) -> dict:
     """Metadata, parameter count, size and share of the backbone of an adapter file or checkpoint."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"file not found: {path}")
-    header = read_header(path)
+    header = read_safetensors_header(path)
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    params = 0
-    for v in tensors.values():
-        n = 1
-        for d in v.get("shape", []):
-            n *= int(d)
-        params += n
+    params = sum(math.prod(int(d) for d in v.get("shape", [])) for v in tensors.values())
     if _is_checkpoint(header):
         meta = dict(header["__metadata__"])
         meta["servable"] = "no: a training checkpoint for evaluation (the server serves adaptformer and linear)"
     else:
-        with open(path, "rb") as f:
-            meta = read_metadata(read_head(f, os.fstat(f.fileno()).st_size, str(path)), str(path))
-        meta["servable"] = "yes"
+        meta = {**read_header(path).meta, "servable": "yes"}
     info = {"file": str(path), "size_bytes": path.stat().st_size, "tensors": len(tensors), "parameters": params}
     backbone_params = int(meta.get("backbone_params") or 0)
     if backbone_params:

@@ -1,73 +1,22 @@
-"""Input specification and the one preprocessing path shared by training, evaluation and serving."""
+"""The one preprocessing path shared by training, evaluation and serving (:class:`InputSpec` says how)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from adaptformer.input_spec import InputSpec
+
 __all__ = ["InputSpec", "preprocess_clip", "preprocess_image", "spec_from_model"]
 
-_RESAMPLE = {
+_RESAMPLE = {  # InputSpec's interpolation names (input_spec.INTERPOLATIONS)
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
     "nearest": Image.Resampling.NEAREST,
 }
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What a model expects as input.
-
-    Args:
-        size: Square side in pixels the image is resized to.
-        mean: Per-channel mean subtracted after scaling to [0, 1].
-        std: Per-channel standard deviation divided by.
-        interpolation: Resampling filter name (``bicubic``, ``bilinear``, ``nearest``).
-        modality: ``image`` or ``clip``.
-        frames: Frames per clip (1 for images).
-        tubelet: Frames per space-time token (clips only).
-    """
-
-    size: int = 224
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    interpolation: str = "bicubic"
-    modality: str = "image"
-    frames: int = 1
-    tubelet: int = 1
-    extra: dict = field(default_factory=dict, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.modality not in ("image", "clip"):
-            raise ValueError(f"modality must be 'image' or 'clip', got {self.modality!r}")
-        if self.interpolation not in _RESAMPLE:
-            raise ValueError(f"interpolation must be one of {sorted(_RESAMPLE)}, got {self.interpolation!r}")
-        if self.modality == "clip" and (self.frames < 1 or self.frames % max(self.tubelet, 1)):
-            raise ValueError(f"frames ({self.frames}) must be a positive multiple of tubelet ({self.tubelet})")
-
-    def to_json(self) -> str:
-        d = asdict(self)
-        d.pop("extra")
-        return json.dumps(d)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> InputSpec:
-        known = {k: d[k] for k in ("size", "interpolation", "modality", "frames", "tubelet") if k in d}
-        for k in ("mean", "std"):
-            if k in d:
-                known[k] = tuple(float(v) for v in d[k])
-        return cls(**known)
-
-    def as_clip(self, frames: int, tubelet: int) -> InputSpec:
-        return InputSpec(self.size, self.mean, self.std, self.interpolation, "clip", frames, tubelet)
-
-    def as_image(self) -> InputSpec:
-        return InputSpec(self.size, self.mean, self.std, self.interpolation, "image", 1, 1)
 
 
 def spec_from_model(model: torch.nn.Module) -> InputSpec:

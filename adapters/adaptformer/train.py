@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from adaptformer.adapter_file import atomic_write, save_adapter
-from adaptformer.backbone import Backbone
+from adaptformer.backbone import Backbone, resolve_device
 from adaptformer.config import AdapterConfig
 from adaptformer.data import LabeledData, Splits
 from adaptformer.fingerprint import backbone_fingerprint
@@ -108,14 +108,6 @@ class TrainResult:
     metrics: dict
     config: TrainConfig
     seconds: float
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but no GPU is available")
-    return torch.device(name)
 
 
 def build_model(backbone: Backbone, cfg: TrainConfig, num_classes: int, frames: int = 1) -> nn.Module:

@@ -14,7 +14,7 @@ from adaptformer.errors import UnsupportedModelError
 from adaptformer.model import base_vit
 from adaptformer.temporal import TemporalConfig, TemporalPart
 
-__all__ = ["TemporalRows", "VideoViT", "video_vit"]
+__all__ = ["TemporalRows", "VideoViT", "clip_support", "video_vit"]
 
 # Rows of a batch and the temporal part they use (``None`` rows: all; ``None`` part: the format-1 embedding).
 TemporalRows = Sequence[tuple[slice | None, TemporalPart | None]]
@@ -28,6 +28,16 @@ def _sinusoid(positions: int, dim: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(pos * freq)
     table[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
     return table.float()
+
+
+def clip_support(vit: nn.Module) -> str | None:
+    """Why ``vit`` cannot read clips (``None`` when it can): the rule of :class:`VideoViT` and of ``BackboneSpec``."""
+    proj = getattr(getattr(vit, "patch_embed", None), "proj", None)
+    if not isinstance(proj, nn.Conv2d) or tuple(proj.kernel_size) != tuple(proj.stride):
+        return "video_vit needs a ViT whose patch embedding is a Conv2d with stride = kernel"
+    if getattr(vit, "pos_embed", None) is None or getattr(vit, "dynamic_img_size", False):
+        return "video_vit needs a ViT with a fixed absolute position embedding"
+    return None
 
 
 class VideoViT(nn.Module):
@@ -56,11 +66,10 @@ class VideoViT(nn.Module):
         self, vit: VisionTransformer, frames: int, tubelet: int = 2, temporal: TemporalConfig | None = None
     ) -> None:
         super().__init__()
-        proj = getattr(getattr(vit, "patch_embed", None), "proj", None)
-        if not isinstance(proj, nn.Conv2d) or tuple(proj.kernel_size) != tuple(proj.stride):
-            raise UnsupportedModelError("video_vit needs a ViT whose patch embedding is a Conv2d with stride = kernel")
-        if vit.pos_embed is None or getattr(vit, "dynamic_img_size", False):
-            raise UnsupportedModelError("video_vit needs a ViT with a fixed absolute position embedding")
+        why = clip_support(vit)
+        if why:
+            raise UnsupportedModelError(why)
+        proj = vit.patch_embed.proj
         if frames < 1 or tubelet < 1 or frames % tubelet:
             raise ValueError(f"frames ({frames}) must be a positive multiple of tubelet ({tubelet})")
         self.vit = vit

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from adaptformer.adapter_file import BackboneSpec, Header
+from adaptformer.adapter_header import BackboneSpec
 from adaptformer.backbone import load_backbone as _load
+from adaptformer.backbone import resolve_device as _resolve_device
 from adaptformer.engine import MultiTaskViT
 from adaptformer.errors import AdaptformerError, UnsupportedModelError
 from adaptformer.fingerprint import backbone_fingerprint
-from adaptformer.preprocess import InputSpec
-from adaptformer.video import VideoViT
+from adaptformer.input_spec import InputSpec
 from adaptformer_server.settings import Settings
 
-__all__ = ["BackboneError", "BackboneInfo", "build_engine", "load_backbone"]
+__all__ = ["BackboneError", "BackboneInfo", "build_engine", "load_backbone", "resolve_device"]
 
 log = logging.getLogger("adaptformer_server.backbone")
 
@@ -29,42 +30,23 @@ class BackboneError(RuntimeError):
     """The backbone cannot be loaded as configured; the message says which setting to change."""
 
 
-@dataclass(frozen=True)
-class BackboneInfo:
-    """The served backbone: what an adapter must match (``spec``), and where and how it runs."""
+@dataclass(frozen=True, kw_only=True)
+class BackboneInfo(BackboneSpec):
+    """The served backbone: a :class:`BackboneSpec` (every rule an adapter must fit, the server's frame limit
+    included), and its name, size, device and dtype."""
 
     name: str
-    fingerprint: str
     params: int
-    depth: int
-    embed_dim: int
-    num_features: int
-    img_size: int | None  # None: the backbone takes any size
-    supports_clips: bool
     device: torch.device
     dtype: torch.dtype
-    max_frames: int | None = None  # the server's clip limit: a task with more frames can never be served
 
     @property
     def spec(self) -> BackboneSpec:
-        """The fit rules of ``adaptformer.adapter_file`` for this backbone and the server's frame limit."""
-        return BackboneSpec(
-            fingerprint=self.fingerprint,
-            depth=self.depth,
-            embed_dim=self.embed_dim,
-            num_features=self.num_features,
-            img_size=self.img_size,
-            supports_clips=self.supports_clips,
-            max_frames=self.max_frames,
-        )
-
-    def check_header(self, header: Header, source: str) -> None:
-        """Checks a checked file header against the backbone without loading tensors (start, watcher, upload)."""
-        self.spec.check_header(header, source)
+        return self
 
     def check_spec(self, spec: InputSpec, source: str) -> None:
-        """Checks the adapter's input size, modality and frames against the backbone."""
-        self.spec.check_input(spec, source)
+        """:meth:`BackboneSpec.check_input` (kept for the runtime's call sites; call that instead)."""
+        self.check_input(spec, source)
 
 
 def load_backbone(settings: Settings) -> tuple[nn.Module, str]:
@@ -81,11 +63,11 @@ def load_backbone(settings: Settings) -> tuple[nn.Module, str]:
 
 
 def resolve_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting.startswith("cuda") and not torch.cuda.is_available():
-        raise BackboneError(f"device {setting!r} asked for but CUDA is not available; use --device cpu or auto")
-    return torch.device(setting)
+    """The library's :func:`adaptformer.backbone.resolve_device`, its refusal as a BackboneError."""
+    try:
+        return _resolve_device(setting)
+    except ValueError as e:
+        raise BackboneError(str(e)) from None
 
 
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
@@ -118,27 +100,13 @@ def build_engine(settings: Settings, backbone: nn.Module | None = None) -> tuple
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     engine.to(device=device, dtype=dtype)
-    v = engine.vit
-    fixed = not getattr(v, "dynamic_img_size", False)
-    img = getattr(v.patch_embed, "img_size", None)
-    img_size = int(img[0]) if fixed and img is not None and img[0] == img[1] else None
-    try:
-        VideoViT(v, frames=2, tubelet=1)
-        clips = True
-    except (UnsupportedModelError, ValueError):
-        clips = False
+    rules = {f.name: getattr(engine.spec, f.name) for f in dataclasses.fields(BackboneSpec)}
     info = BackboneInfo(
+        **{**rules, "max_frames": settings.max_frames},
         name=name,
-        fingerprint=fingerprint,
-        params=sum(p.numel() for p in v.parameters()),
-        depth=len(v.blocks),
-        embed_dim=v.embed_dim,
-        num_features=v.num_features,
-        img_size=img_size,
-        supports_clips=clips,
+        params=sum(p.numel() for p in engine.vit.parameters()),
         device=device,
         dtype=dtype,
-        max_frames=settings.max_frames,
     )
     log.info(
         "backbone %s: %s parameters, fingerprint %s, on %s as %s",

@@ -30,7 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from adaptformer.adapter_file import Header, IncompleteFile, NewerFormatError, atomic_write, parse_header, read_head
+from adaptformer.adapter_header import Header, IncompleteFile, NewerFormatError, atomic_write, parse_header, read_header
 from adaptformer.errors import AdapterFormatError
 
 __all__ = [
@@ -398,14 +398,14 @@ class AdapterStore:
 
         Raises:
             FileNotFoundError: no such file (any more).
-            AdapterFormatError: not a complete adapter file (the checks of ``adaptformer.parse_header``).
+            AdapterFormatError: not a complete adapter file (the checks of ``adaptformer.adapter_header``).
         """
         path = self.path(task)
         with path.open("rb") as f:
             st = os.fstat(f.fileno())
             stamp = Stamp.of(st)
             size = st.st_size
-            header = parse_header(read_head(f, size, path.name), path.name, size=size)
+            header = read_header(f, path.name)
             if (
                 cached
                 and Stamp(cached.get("size"), cached.get("mtime_ns"), cached.get("ino")) == stamp
@@ -529,8 +529,7 @@ class AdapterStore:
         for src in sources:
             task = src.name[: -len(SUFFIX)]
             try:
-                with src.open("rb") as f:
-                    meta = parse_header(read_head(f, os.fstat(f.fileno()).st_size, src.name), src.name).meta
+                meta = read_header(src, src.name).meta
             except (OSError, AdapterFormatError) as e:
                 log.warning("demo adapter %s is unreadable: %s", src.name, e)
                 continue

@@ -83,6 +83,14 @@ def test_vpt_gives_a_checkpoint_that_inspect_marks_not_servable(tmp_path: Path, 
     assert json.loads(capsys.readouterr().out)["servable"].startswith("no")
     main(["eval", "--adapter", str(out), "--data", "digits", "--limit", "32", "--weights", str(weights)])
     assert json.loads(capsys.readouterr().out)["method"] == "vpt"
+    # a checkpoint holding a tensor the rebuilt model lacks is refused by name, not with a bare KeyError
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    save_file({**state, "stray.weight": torch.zeros(2)}, str(out), metadata=meta)
+    message = run_error(["eval", "--adapter", str(out), "--data", "digits", "--limit", "32", "--weights", str(weights)])
+    assert "stray.weight" in message and "do not fit" in message
 
 
 @pytest.mark.parametrize(

@@ -303,3 +303,108 @@ def test_weights_beyond_float32_are_refused(good_file: Path, tmp_path: Path) -> 
         return {**t, "head.weight": w}
 
     _refused(rewrite(good_file, tmp_path / "big.safetensors", tensors=widen), af.AdapterFormatError, "head.weight")
+
+
+# -- one header module: torch-free, one bounded reader, the fit rules ------------------------------------------
+
+
+def test_header_module_needs_no_torch(good_file: Path) -> None:
+    """The store and ``adaptformer inspect`` read and check headers with torch blocked from importing."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for name in ('torch', 'timm', 'safetensors.torch', 'numpy', 'PIL'):\n"
+        "    sys.modules[name] = None\n"
+        "from adaptformer.adapter_header import BackboneSpec, read_header\n"
+        f"h = read_header({str(good_file)!r})\n"
+        "spec = BackboneSpec(h.meta['backbone_fingerprint'], depth=4, embed_dim=64, num_features=64)\n"
+        "spec.check_header(h, 'pets')\n"
+        "print(h.meta['task'], sorted(h.meta['labels']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["pets", "['cat',", "'dog',", "'emu']"]
+
+
+def test_one_reader_for_paths_files_and_bytes(good_file: Path, tmp_path: Path) -> None:
+    """read_header gives the same checked header from a path, an open file or the bytes; size is always checked."""
+    from adaptformer.adapter_header import IncompleteFile, read_header, read_safetensors_header
+
+    data = good_file.read_bytes()
+    with good_file.open("rb") as f:
+        headers = [read_header(good_file), read_header(f), read_header(data)]
+    assert headers[0] == headers[1] == headers[2]
+    assert headers[0].data_end == len(data)
+    assert read_safetensors_header(good_file)["__metadata__"]["task"] == "pets"
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[:-4])
+    with pytest.raises(IncompleteFile, match=r"cut\.safetensors"):
+        read_header(cut)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        read_header(tmp_path / "nowhere.safetensors")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        af.AdapterConfig(bottleneck=8),
+        af.AdapterConfig(bottleneck=3, learnable_scale=True),
+        af.AdapterConfig(adapter_input="own_ln"),
+        af.AdapterConfig(mode="sequential", learnable_scale=True),
+        af.AdapterConfig(mode="sequential", adapter_input="raw"),
+    ],
+)
+def test_header_branch_shapes_are_the_modules(config: af.AdapterConfig) -> None:
+    """The header checks expect exactly the tensors an AdaptMLP has (the torch-free rule and the module agree)."""
+    from adaptformer.adapter_header import branch_shapes
+
+    module = {name: tuple(t.shape) for name, t in af.AdaptMLP(48, config).state_dict().items()}
+    assert branch_shapes(48, config) == module
+
+
+def _failed_check(check: Callable[[], object]) -> str | None:
+    try:
+        check()
+    except af.IncompatibleAdapterError as e:
+        return e.check
+    return None
+
+
+def test_header_and_task_checks_agree(good_file: Path, tmp_path: Path) -> None:
+    """check_header (before the tensors are read) and check_task (after) accept and refuse the same files."""
+    from adaptformer.adapter_header import BackboneSpec, read_header
+
+    for overrides, expected in (
+        ({}, None),
+        ({"embed_dim": 96}, "shapes"),
+        ({"depth": 2}, "shapes"),
+        ({}, "fingerprint"),
+    ):
+        spec = BackboneSpec.of(make_vit(**overrides))
+        fp = spec.fingerprint if expected != "fingerprint" else "sha256:other"
+        forged = rewrite(good_file, tmp_path / "f.safetensors", meta=lambda m, fp=fp: {**m, "backbone_fingerprint": fp})
+        header, task = read_header(forged), af.load_adapter(forged)
+        outcomes = (
+            _failed_check(lambda: spec.check_header(header, "f")),  # noqa: B023 (called at once)
+            _failed_check(lambda: spec.check_task(task)),  # noqa: B023
+        )
+        assert outcomes == (expected, expected), overrides
+
+
+def test_input_spec_refuses_what_the_server_refuses() -> None:
+    """InputSpec itself refuses a spec no request could be served with, so the library never writes one."""
+    for bad, words in [
+        ({"size": 28.0}, "size"),
+        ({"size": 0}, "size"),
+        ({"mean": (0.5, 0.5)}, "mean"),
+        ({"std": (0.5, 0.0, 0.5)}, "std"),
+        ({"std": (0.5, float("nan"), 0.5)}, "std"),
+        ({"frames": 5000, "modality": "clip"}, "frames"),
+        ({"frames": 3, "tubelet": 2, "modality": "clip"}, "multiple"),
+        ({"interpolation": "lanczos"}, "interpolation"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            af.InputSpec(**bad)
+    assert af.InputSpec(size=28, frames=4, tubelet=2, modality="clip").frames == 4
