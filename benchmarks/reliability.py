@@ -31,20 +31,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import copy
+import functools
 import io
 import json
 import os
 import platform
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +51,7 @@ import torch
 from PIL import Image
 
 import adaptformer as af
-from adaptformer.adapter_file import task_to_bytes
-from adaptformer.embedded import build_embedded
-from adaptformer.preprocess import spec_from_model
-from benchmarks.process import free_port, wait_ready
+from tests.support import ServerProcess, adapter_bytes, embedded_backbone
 
 __all__ = [
     "Kit",
@@ -77,30 +72,6 @@ PREDICT_KEY = "rel-predict-key"
 
 
 # -- set-up ----------------------------------------------------------------------------------------------------
-class AdapterFactory:
-    """Adapter files on one backbone: one adapted copy of the ViT, its trainable weights redrawn per file."""
-
-    def __init__(self, vit: torch.nn.Module, num_classes: int, bottleneck: int = 8) -> None:
-        self.num_classes = num_classes
-        self.model = copy.deepcopy(vit)
-        af.add_adapters(self.model, af.AdapterConfig(bottleneck=bottleneck), num_classes=num_classes)
-        self.spec = spec_from_model(vit)
-
-    def make(self, name: str, seed: int, winner: int | None = None, scale: float = 0.5, clip_frames: int = 0) -> bytes:
-        """``winner``: that class wins on every input (its head bias gets +1000), so the argmax names the file.
-        ``clip_frames``: a clip task of that many frames (tubelet 2)."""
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in self.model.parameters():
-                if p.requires_grad:
-                    p.copy_(torch.randn(p.shape, generator=g) * scale)
-            if winner is not None:
-                self.model.head.bias[winner] += 1000.0
-        labels = [f"{name}-{i}" for i in range(self.num_classes)]
-        spec = self.spec.as_clip(frames=clip_frames, tubelet=2) if clip_frames else self.spec
-        return task_to_bytes(af.extract_task(self.model, name, labels=labels, input_spec=spec))
-
-
 @dataclass
 class Kit:
     """A backbone weights file, the same backbone in memory, and adapter files made on it."""
@@ -109,34 +80,26 @@ class Kit:
     weights: Path
     vit: torch.nn.Module
     tasks: dict[str, bytes]  # the 16 load tasks
-    _factories: dict[tuple[int, int], AdapterFactory] = field(default_factory=dict)
 
     def clip_task(self, name: str = "clip4", frames: int = 4) -> bytes:
-        return self.factory(4).make(name, seed=7, clip_frames=frames)
+        return adapter_bytes(self.vit, name, seed=7, clip=True, frames=frames)
 
-    def factory(self, num_classes: int, bottleneck: int = 8) -> AdapterFactory:
-        key = (num_classes, bottleneck)
-        if key not in self._factories:
-            self._factories[key] = AdapterFactory(self.vit, num_classes, bottleneck)
-        return self._factories[key]
+    def factory(self, num_classes: int, bottleneck: int = 8) -> Callable[..., bytes]:
+        """``make(name, seed, winner=None)``: an adapter file on this backbone with random trainable weights
+        (:func:`tests.support.adapter_bytes`); with ``winner``, that class wins on every input."""
+        return functools.partial(adapter_bytes, self.vit, num_classes=num_classes, bottleneck=bottleneck)
 
 
 def build_kit(workdir: Path, tasks: int = TASKS) -> Kit:
     """The embedded architecture with random weights (seed 0) and ``tasks`` adapters of 4-10 classes."""
-    from safetensors.torch import save_file
-
     workdir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    model = build_embedded(num_classes=10).eval()
     weights = workdir / "backbone.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-    vit = copy.deepcopy(model)
-    vit.reset_classifier(0)
+    vit = embedded_backbone(weights, seed=0)
     vit.pretrained_cfg = {**(getattr(vit, "pretrained_cfg", None) or {}), "architecture": "adaptformer-embedded-vit"}
     kit = Kit(workdir=workdir, weights=weights, vit=vit, tasks={})
     for i in range(tasks):
         name = f"t{i:02d}"
-        kit.tasks[name] = kit.factory(4 + i % 7).make(name, seed=100 + i)
+        kit.tasks[name] = adapter_bytes(vit, name, num_classes=4 + i % 7, seed=100 + i)
     return kit
 
 
@@ -160,8 +123,9 @@ def make_images(n: int, seed: int = 0) -> list[tuple[str, bytes, str]]:
     return out
 
 
-class Server:
-    """A ``python -m adaptformer_server`` process on a free loopback port; its log goes to a file."""
+class Server(ServerProcess):
+    """A ``python -m adaptformer_server`` process on a free loopback port (:class:`tests.support.ServerProcess`);
+    its log goes to (is appended to) ``log``."""
 
     def __init__(
         self,
@@ -173,67 +137,23 @@ class Server:
         ready_timeout: float = 300,
         **settings: object,
     ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.store = store
-        self.log = log
-        cmd = [sys.executable, "-m", "adaptformer_server", "serve", "--weights", str(weights), "--store", str(store)]
-        cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--no-seed-demo", "--log-level", "warning"]
+        args = ["--weights", weights, "--store", store, "--host", "127.0.0.1", "--no-seed-demo"]
+        args += ["--log-level", "warning"]
         for key, value in settings.items():
-            cmd += [f"--{key.replace('_', '-')}", str(value)]
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTFORMER_")}
-        full_env.update(env or {})
-        start = time.perf_counter()
-        self._log_file = log.open("ab")
-        self.proc = subprocess.Popen(cmd, env=full_env, stdout=self._log_file, stderr=subprocess.STDOUT)
-        try:
-            self._wait_ready(ready_timeout)
-        except BaseException:
-            self.close()
-            raise
-        self.ready_s = time.perf_counter() - start
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def _wait_ready(self, timeout: float) -> None:
-        wait_ready(self.url, self.proc, timeout=timeout, interval=0.1, output=self.log_tail)
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        super().__init__(args, log=log, env=env, ready_timeout=ready_timeout, interval=0.1)
 
     def rss_mb(self) -> float:
         """Resident memory of the server process (VmRSS in /proc/<pid>/status), MiB."""
         return rss_mb(self.pid)
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
     def kill9(self) -> None:
         """``kill -9`` this server's pid (only this process, never by name)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        self.proc.wait(30)
-        self._log_file.close()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log_file.close()
+        self.kill()
 
     def log_tail(self, n: int = 3000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log.read_bytes()[-n:].decode(errors="replace")
-        return ""
-
-    def __enter__(self) -> Server:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return self.output(n)
 
 
 def rss_mb(pid: int) -> float:
@@ -509,7 +429,7 @@ async def hotswap_run(
     # version v of any task makes class v win; the label of an answer names the version of the head that ran
     pool = [f"swap-{i}" for i in range(swap_tasks)]
     files: dict[str, list[bytes]] = {
-        name: [factory.make(name, seed=1000 * k + v, winner=v) for v in range(versions)]
+        name: [factory(name, seed=1000 * k + v, winner=v) for v in range(versions)]
         for k, name in enumerate(pool + [f"new-{j}" for j in range(swap_tasks)])
     }
     winner_of: dict[str, int] = {}  # version hash -> winning class index
@@ -685,7 +605,7 @@ def crash_run(
                     # half new tasks, half replacements of a few fixed names
                     name = f"u{w}-{counter}" if i % 2 == 0 else f"fixed-{w}"
                     winner = counter % 6
-                    data = factory.make(name, seed=counter, winner=winner)
+                    data = factory(name, seed=counter, winner=winner)
                     version = _version(data)
                     versions_of[version] = winner
                     in_flight_after_ack.setdefault(name, set()).add(version)

@@ -6,9 +6,6 @@ import copy
 import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,32 +13,24 @@ from pathlib import Path
 
 import httpx
 import pytest
-from doc_blocks import ROOT, MarkerError, all_blocks
 from PIL import Image, ImageSequence
 
-from benchmarks.process import wait_ready
+from tests.docs.doc_blocks import ROOT, MarkerError, all_blocks
+from tests.support import ServerProcess
 
 VENV_BIN = Path(sys.executable).parent
 DEMO = ROOT / "adapters" / "adaptformer" / "demo"
 
 
 @dataclass
-class Server:
-    url: str
-    port: int
-    proc: subprocess.Popen
-    log: Path
-
-
-@dataclass
 class DocWorld:
     workdir: Path
-    open: Server  # no keys: the server `make serve` starts
-    keyed: Server  # a predict key and an admin key
+    open: ServerProcess  # no keys: the server `make serve` starts
+    keyed: ServerProcess  # a predict key and an admin key
     predict_key: str
     admin_key: str
 
-    def install_cars(self, server: Server) -> None:
+    def install_cars(self, server: ServerProcess) -> None:
         """Installs the docs' example task ``cars`` (4 classes) unless the server has it: API.md reads it before
         its upload example, and several blocks delete it."""
         if httpx.get(f"{server.url}/adapters/cars", headers=self._auth, timeout=30).status_code == 200:
@@ -55,7 +44,7 @@ class DocWorld:
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_key}"}
 
-    def env(self, server: Server) -> dict[str, str]:
+    def env(self, server: ServerProcess) -> dict[str, str]:
         """The environment a block runs in: the venv's commands first on PATH, the server's URL for the client
         (whose default is port 8000), and the key variables the docs use."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTFORMER_")}
@@ -66,34 +55,10 @@ class DocWorld:
         return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(tmp: Path, name: str, *args: str) -> Server:
-    port = _free_port()
-    log = tmp / f"{name}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTFORMER_")}
-    cmd = [str(VENV_BIN / "adaptformer"), "serve", "--port", str(port), "--store", str(tmp / f"{name}-store")]
-    cmd += ["--log-level", "warning", "--max-wait-ms", "2", *args]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    return Server(f"http://127.0.0.1:{port}", port, proc, log)
-
-
-def _wait_ready(server: Server, timeout: float = 300) -> None:
-    wait_ready(server.url, server.proc, timeout=timeout, output=lambda: server.log.read_text()[-3000:])
-
-
-def _stop(server: Server) -> None:
-    server.proc.send_signal(signal.SIGINT)
-    try:
-        server.proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait()
+def _start(tmp: Path, name: str, *args: str) -> ServerProcess:
+    """``adaptformer serve`` (the command the docs name) on a free port; not waited for, so that both start at once."""
+    flags = ["--store", tmp / f"{name}-store", "--log-level", "warning", "--max-wait-ms", "2", *args]
+    return ServerProcess(flags, log=tmp / f"{name}.log", command=[VENV_BIN / "adaptformer", "serve"], ready=False)
 
 
 def _files(work: Path) -> None:
@@ -146,14 +111,14 @@ def doc_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DocWorld]:
         work.mkdir()
         _files(work)
         for server in servers:
-            _wait_ready(server)
+            server.wait_ready(timeout=300)
         world = DocWorld(work, servers[0], servers[1], predict_key, admin_key)
         for server in servers:
             world.install_cars(server)
         yield world
     finally:
         for server in servers:
-            _stop(server)
+            server.stop()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:

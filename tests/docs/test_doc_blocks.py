@@ -28,7 +28,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from doc_blocks import ROOT, Block, MarkerError, all_blocks, parse
+
+from tests.docs.doc_blocks import ROOT, Block, MarkerError, all_blocks, parse
 
 BLOCKS = [b for b in all_blocks() if b.kind != "output"]
 RUN = [b for b in BLOCKS if not b.skip]

@@ -7,17 +7,12 @@ its log in the session's temporary directory.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # `benchmarks` is a top-level package of the repository, not an installed one
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.reliability import (  # noqa: E402
+from benchmarks.reliability import (
     ADMIN_KEY,
     PREDICT_KEY,
     Kit,

@@ -30,12 +30,12 @@ from PIL import Image
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from starlette.testclient import TestClient
-from support import serving
 
 from adaptformer.adapter_file import parse_header, task_from_bytes
 from adaptformer.errors import AdapterFormatError, IncompatibleAdapterError
 from adaptformer_server import create_app
 from adaptformer_server.settings import Settings
+from tests.support import serving
 
 DEMO = Path(__file__).resolve().parents[2] / "adapters" / "adaptformer" / "demo"
 QUARANTINE = ".quarantine"

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from PIL import Image
-from support import serving
 
 from adaptformer_server import create_app
 from adaptformer_server.settings import Settings
 from adaptformer_server.store import HISTORY, AdapterStore, version_of
+from tests.support import serving
 
 DEMO = Path(__file__).resolve().parents[2] / "adapters" / "adaptformer" / "demo"
 

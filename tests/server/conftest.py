@@ -7,10 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from server_support import adapter_bytes, tiny_vit
 from timm.models.vision_transformer import VisionTransformer
 
 from adaptformer_server.settings import Settings
+from tests.support import adapter_bytes, tiny_vit
 
 
 @pytest.fixture(autouse=True)

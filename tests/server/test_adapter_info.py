@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from server_support import make_task, serving
-
 from adaptformer.adapter_file import task_to_bytes
 from adaptformer_server.app import create_app
+from tests.support import make_task, serving
 
 
 async def test_adapter_info_has_description_and_input(vit, store, make_settings):

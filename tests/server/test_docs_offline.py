@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from live_support import live_server
-from server_support import adapter_bytes, serving
-from test_ui import browser_missing, make_driver
 
 from adaptformer_server.app import create_app
+from tests.server.test_ui import browser_missing, make_driver
+from tests.support import adapter_bytes, live_server, serving
 
 
 async def test_docs_pages_load_only_local_assets(vit, tasks_store, make_settings):

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 from safetensors import safe_open
-from server_support import serving
 
 from adaptformer_server.app import create_app
 from adaptformer_server.settings import Settings
+from tests.support import serving
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from server_support import gif, hold_forward_pass, image_files, png, serving, tensor_of
 
 from adaptformer.data.decode import open_image
 from adaptformer.preprocess import InputSpec, preprocess_image
@@ -19,6 +18,7 @@ from adaptformer_server.app import create_app
 from adaptformer_server.errors import InvalidInput, PayloadTooLarge
 from adaptformer_server.inputs import Decoder, PredictBody, decode_inputs
 from adaptformer_server.settings import Settings
+from tests.support import gif, hold_forward_pass, image_files, png, serving, tensor_of
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision.io's notice about torchcodec
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from server_support import adapter_bytes, image_files, png, serving
 
 from adaptformer_server import create_app
+from tests.support import adapter_bytes, image_files, png, serving
 
 
 def scores(prediction: list[dict]) -> dict[str, float]:

@@ -11,11 +11,10 @@ import struct
 import numpy as np
 import pytest
 import torch
-from live_support import live_server
-from server_support import adapter_bytes, gif, image_files, png, serving, tensor_of
 
 from adaptformer.preprocess import preprocess_clip
 from adaptformer_server import create_app
+from tests.support import adapter_bytes, gif, image_files, live_server, png, serving, tensor_of
 
 
 def b64(data: bytes) -> str:

@@ -6,10 +6,10 @@ import re
 
 import pytest
 from pydantic import ValidationError
-from server_support import image_files, png, serving
 
 from adaptformer_server.app import create_app
 from adaptformer_server.settings import Settings
+from tests.support import image_files, png, serving
 
 TASK_SERIES = re.compile(r'^adaptformer_task_request_seconds_count\{outcome="(\w+)",task="([^"]*)"\} (\S+)$', re.M)
 

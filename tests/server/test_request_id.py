@@ -6,10 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import re
-import signal
-import subprocess
 import sys
 import types
 from collections.abc import Iterator
@@ -18,13 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live_support import free_port, wait_ready
-from safetensors.torch import save_file
-from server_support import adapter_bytes, image_files, png, serving, upload_files
 
-from adaptformer.embedded import build_embedded
 from adaptformer_server.app import create_app
 from adaptformer_server.observability import JsonFormatter, RequestIdFilter, TextFormatter
+from tests.support import ServerProcess, adapter_bytes, embedded_backbone, image_files, png, serving, upload_files
 
 HEX_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -117,33 +111,21 @@ async def test_in_a_ray_replica_the_proxy_sets_the_header(vit, tasks_store, make
 def test_serve_json_logs_every_line_parses_and_carries_the_request_id(tmp_path: Path):
     """A real server: every line it writes is JSON, and uvicorn's access line and the app's lines of one request
     name that request's id."""
-    weights = tmp_path / "backbone.safetensors"
-    backbone = build_embedded(num_classes=10).eval()
-    save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(weights))
-    backbone.reset_classifier(0)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTFORMER_")}
-    cmd = [sys.executable, "-m", "adaptformer_server", "serve", "--weights", str(weights), "--threads", "1"]
-    cmd += ["--store", str(tmp_path / "store"), "--port", str(port), "--no-seed-demo", "--log-format", "json"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    backbone = embedded_backbone(tmp_path / "backbone.safetensors")
+    args = ["--weights", tmp_path / "backbone.safetensors", "--threads", "1", "--store", tmp_path / "store"]
+    server = ServerProcess([*args, "--no-seed-demo", "--log-format", "json"], log=tmp_path / "server.log")
     try:
-        wait_ready(url, proc)
-        with httpx.Client(base_url=url, timeout=30) as client:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
             data = adapter_bytes(backbone, "fashion", seed=1)
             up = client.post("/adapters", headers={"X-Request-ID": "up-1"}, **upload_files(data))
             assert up.status_code == 201, up.text
             r = client.post("/predict?task=fashion", headers={"X-Request-ID": "pr-2"}, files=image_files(png(1)))
             assert r.status_code == 200 and r.headers["x-request-id"] == "pr-2"
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-    assert proc.returncode == 0, err[-2000:]
-    lines = [json.loads(line) for line in (out + err).splitlines() if line.strip()]  # each line parses
+        returncode = server.stop(timeout=30)
+    output = server.log.read_text()  # stdout and stderr
+    assert returncode == 0, output[-2000:]
+    lines = [json.loads(line) for line in output.splitlines() if line.strip()]  # each line parses
     assert any(
         line["logger"] == "uvicorn.error" and "Application startup complete" in line["message"] for line in lines
     )

@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 import torch
-from server_support import adapter_bytes, gif, image_files, png, serving, tensor_of, upload_files
 
 from adaptformer.adapter_file import task_from_bytes
 from adaptformer.engine import MultiTaskViT
 from adaptformer_server import create_app
+from tests.support import adapter_bytes, gif, image_files, png, serving, tensor_of, upload_files
 
 
 def reference_scores(vit, store, task: str, x: torch.Tensor) -> dict[str, float]:

@@ -2,42 +2,35 @@
 
 from __future__ import annotations
 
-import copy
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
-import torch
-from live_support import free_port, wait_ready
-from safetensors.torch import save_file
-from server_support import adapter_bytes, image_files, png, upload_files
 
-from adaptformer.embedded import build_embedded
+from tests.support import (
+    ServerProcess,
+    adapter_bytes,
+    clean_env,
+    embedded_backbone,
+    free_port,
+    image_files,
+    png,
+    upload_files,
+)
 
 pytestmark = pytest.mark.e2e
 
 
 def test_serve_upload_predict_replace_delete(tmp_path: Path):
-    torch.manual_seed(0)
-    backbone = build_embedded(num_classes=10).eval()  # the embedded architecture, random weights
-    weights = tmp_path / "backbone.safetensors"
-    save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(weights))
-    vit = copy.deepcopy(backbone)
-    vit.reset_classifier(0)
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTFORMER_")}
-    env["ADAPTFORMER_MAX_WAIT_MS"] = "2"
-    cmd = [sys.executable, "-m", "adaptformer_server", "serve", "--weights", str(weights)]
-    cmd += ["--store", str(tmp_path / "store"), "--port", str(port), "--no-seed-demo", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    vit = embedded_backbone(tmp_path / "backbone.safetensors")  # the embedded architecture, random weights
+    args = ["--weights", tmp_path / "backbone.safetensors", "--store", tmp_path / "store", "--no-seed-demo"]
+    server = ServerProcess([*args, "--log-level", "warning"], log=tmp_path / "server.log", ready=False,
+                           env={"ADAPTFORMER_MAX_WAIT_MS": "2"})  # fmt: skip
+    url = server.url
     try:
-        ready = wait_ready(url, proc)
+        ready = server.wait_ready()
         assert ready["backbone"] == "adaptformer-embedded-vit" and ready["adapters"] == 0
         with httpx.Client(base_url=url, timeout=30) as client:
             up = client.post("/adapters", **upload_files(adapter_bytes(vit, "fashion", seed=1, winner=2)))
@@ -59,17 +52,12 @@ def test_serve_upload_predict_replace_delete(tmp_path: Path):
             assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
             assert "adaptformer_predict_requests_total" in client.get("/metrics").text
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-    assert proc.returncode == 0, out.decode(errors="replace")[-2000:]
+        returncode = server.stop()
+    assert returncode == 0, server.output(2000)
 
 
 def test_bad_backbone_exits_with_clear_error(tmp_path: Path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTFORMER_")}
+    env = clean_env()
     cmd = [sys.executable, "-m", "adaptformer_server", "--weights", str(tmp_path / "missing.safetensors")]
     cmd += ["--store", str(tmp_path / "store"), "--port", str(free_port())]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -8,8 +8,12 @@ import math
 import httpx
 import pytest
 import torch
-from server_support import (
+
+from adaptformer.adapter_file import task_to_bytes
+from adaptformer_server import create_app
+from tests.support import (
     adapter_bytes,
+    async_wait_until,
     hold_forward_pass,
     image_files,
     make_task,
@@ -18,10 +22,6 @@ from server_support import (
     tiny_vit,
     upload_files,
 )
-from support import async_wait_until
-
-from adaptformer.adapter_file import task_to_bytes
-from adaptformer_server import create_app
 
 
 async def healthy(client: httpx.AsyncClient) -> None:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from server_support import adapter_bytes, hold_forward_pass, image_files, png, serving, upload_files
-from support import async_wait_until
-
 from adaptformer_server import create_app
+from tests.support import adapter_bytes, async_wait_until, hold_forward_pass, image_files, png, serving, upload_files
 
 # Version i of the task makes class i win on every input, so an answer names the version it came from.
 VERSIONS = 3

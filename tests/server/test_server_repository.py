@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from server_support import adapter_bytes, image_files, png, serving, upload_files
-
 from adaptformer_server import create_app
+from tests.support import adapter_bytes, image_files, png, serving, upload_files
 
 
 async def resident(client, ready: bool = True) -> list[str]:

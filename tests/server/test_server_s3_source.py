@@ -10,9 +10,9 @@ from pathlib import Path
 import boto3
 import pytest
 from moto import server as moto_server
-from server_support import adapter_bytes, image_files, png, serving, upload_files
 
 from adaptformer_server import create_app
+from tests.support import adapter_bytes, image_files, png, serving, upload_files
 
 BUCKET = "adapters"
 
@@ -20,7 +20,7 @@ BUCKET = "adapters"
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     """A moto S3 server on 127.0.0.1 with an empty bucket; AWS_* variables point every client at it."""
-    from benchmarks.process import free_port
+    from tests.support import free_port
 
     port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

@@ -11,13 +11,12 @@ from contextlib import AsyncExitStack
 import httpx
 import pytest
 from fastapi import FastAPI
-from server_support import adapter_bytes, image_files, png, serving, tiny_vit, upload_files
-from support import async_wait_until
 
 from adaptformer_server import create_app
 from adaptformer_server.app import REPLICA_HEADER
 from adaptformer_server.settings import Settings
 from adaptformer_server.store import AdapterStore, StoreWatcher, version_of
+from tests.support import adapter_bytes, async_wait_until, image_files, png, serving, tiny_vit, upload_files
 
 
 async def predict(client: httpx.AsyncClient, task: str) -> httpx.Response:

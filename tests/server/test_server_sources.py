@@ -12,10 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from server_support import adapter_bytes, image_files, png, serving, upload_files
 
 from adaptformer_server import create_app
 from adaptformer_server.store import HISTORY
+from tests.support import adapter_bytes, image_files, png, serving, upload_files
 
 
 class Remote:

@@ -8,10 +8,9 @@ import shutil
 import subprocess
 import time
 
-from server_support import adapter_bytes, image_files, png, serving, tiny_vit, upload_files
-
 from adaptformer_server import create_app
 from adaptformer_server.store import _HOST, AdapterStore, version_of
+from tests.support import adapter_bytes, image_files, png, serving, tiny_vit, upload_files
 
 
 async def test_uploads_survive_a_restart(vit, store, make_settings):

@@ -7,12 +7,11 @@ import hashlib
 from contextlib import AsyncExitStack
 
 import httpx
-from server_support import adapter_bytes, image_files, png, serving, upload_files
-from support import async_wait_until
 
 from adaptformer_client import AsyncClient
 from adaptformer_server import create_app
 from adaptformer_server.store import HISTORY, version_of
+from tests.support import adapter_bytes, async_wait_until, image_files, png, serving, upload_files
 
 
 async def predict(client, task: str):

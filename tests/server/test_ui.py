@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live_support import live_server
-from server_support import adapter_bytes, png
+
+from tests.support import adapter_bytes, live_server, png
 
 pytestmark = pytest.mark.e2e
 

@@ -6,12 +6,11 @@ import json
 
 import httpx
 import pytest
-from live_support import live_server
-from server_support import adapter_bytes, serving
-from test_ui import browser_missing, make_driver
 
 from adaptformer_server.app import create_app
 from adaptformer_server.routes.ui import EXAMPLES_DIR
+from tests.server.test_ui import browser_missing, make_driver
+from tests.support import adapter_bytes, live_server, serving
 
 MANIFEST = json.loads((EXAMPLES_DIR / "manifest.json").read_text())
 

@@ -1,12 +1,69 @@
-"""Helpers shared by the test folders (``tests`` is on pytest's ``pythonpath``): ``from support import wait_until``.
+"""Helpers shared by the tests and the benchmarks, imported one way everywhere: ``from tests.support import png``.
 
-Tests synchronise on what they wait for (an event, a metric, an answer), never on a fixed sleep: a condition is
-polled until it holds, and only a generous bound turns a wait into a failure that names what was awaited.
+(The repository root is on pytest's ``pythonpath``; a benchmark runs from it with ``python -m benchmarks.x``.)
+
+- :mod:`.wait`: bounded waits. Tests synchronise on what they wait for (an event, a metric, an answer), never on
+  a fixed sleep: a condition is polled until it holds, and only a generous bound turns a wait into a failure that
+  names what was awaited.
+- :mod:`.app`: an app's lifespan run in-process with an httpx client on it.
+- :mod:`.process`: server processes on loopback (a free port, spawn, wait for /readyz, clean stop).
+- :mod:`.media`: image bytes for requests.
+- :mod:`.adapters`: backbones and adapter files with random weights, for the server and the benchmarks.
+- :mod:`.models`: tiny timm ViTs, random adapters on them, and reference formulas for the library's unit tests.
 """
 
 from __future__ import annotations
 
-from support.app import serving
-from support.wait import DEFAULT_TIMEOUT, async_wait_until, wait_until
+from .adapters import CLIP_FRAMES, adapter_bytes, embedded_backbone, make_task, tiny_vit, upload_files
+from .app import hold_forward_pass, serving
+from .media import encode, gif, image_files, png, tensor_of
+from .models import (
+    IMG,
+    adapted,
+    clips,
+    images,
+    make_vit,
+    max_diff,
+    randomize_adapters,
+    read_file,
+    reference_block,
+    rewrite,
+)
+from .process import SERVE, ServerProcess, clean_env, free_port, live_server, stop, wait_ready
+from .wait import DEFAULT_TIMEOUT, async_wait_until, wait_until
 
-__all__ = ["DEFAULT_TIMEOUT", "async_wait_until", "serving", "wait_until"]
+__all__ = [
+    "CLIP_FRAMES",
+    "DEFAULT_TIMEOUT",
+    "IMG",
+    "SERVE",
+    "ServerProcess",
+    "adapted",
+    "adapter_bytes",
+    "async_wait_until",
+    "clean_env",
+    "clips",
+    "embedded_backbone",
+    "encode",
+    "free_port",
+    "gif",
+    "hold_forward_pass",
+    "image_files",
+    "images",
+    "live_server",
+    "make_task",
+    "make_vit",
+    "max_diff",
+    "png",
+    "randomize_adapters",
+    "read_file",
+    "reference_block",
+    "rewrite",
+    "serving",
+    "stop",
+    "tensor_of",
+    "tiny_vit",
+    "upload_files",
+    "wait_ready",
+    "wait_until",
+]

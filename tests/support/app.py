@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
 
-__all__ = ["serving"]
+__all__ = ["hold_forward_pass", "serving"]
 
 
 @asynccontextmanager
@@ -20,3 +21,16 @@ async def serving(app: FastAPI, *, ready: bool = True) -> AsyncIterator[httpx.As
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as client:
             yield client
+
+
+def hold_forward_pass(batcher) -> tuple[threading.Event, threading.Event]:
+    """Makes the batcher's forward passes wait until ``gate`` is set (then they run as before); returns (started, gate)."""
+    run, started, gate = batcher.run, threading.Event(), threading.Event()
+
+    def held(*args):
+        started.set()
+        gate.wait(30)
+        return run(*args)
+
+    batcher.run = held
+    return started, gate

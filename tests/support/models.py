@@ -1,4 +1,4 @@
-"""Tiny random-weight timm ViTs and small utilities shared by the unit tests (nothing is ever downloaded)."""
+"""Tiny random-weight timm ViTs and small utilities for the library's unit tests (nothing is ever downloaded)."""
 
 from __future__ import annotations
 
