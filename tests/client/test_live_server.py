@@ -50,7 +50,7 @@ from adaptformer_client import (
     parse_error,
 )
 from adaptformer_client.cli import main as cli_main
-from benchmarks.process import free_port
+from tests.support import free_port
 
 pytest.importorskip("adaptformer_server.app")  # the server runs in a subprocess; skip where it is not installed
 pytestmark = pytest.mark.e2e

@@ -8,8 +8,8 @@ test-ray`` also runs the tests in a network namespace of their own with only a l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
-import io
 import os
 import shutil
 import signal
@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from PIL import Image
 
-from benchmarks.process import free_port, wait_ready
+from tests.support import ServerProcess, free_port, png
 
 REPLICA_HEADER = "X-AdaptFormer-Replica"
 
@@ -63,18 +62,6 @@ def replica_pid(replica: str) -> int:
     return int(replica.rpartition(":")[2])
 
 
-def png(seed: int) -> bytes:
-    """A 28x28 RGB image (the embedded backbone's input size)."""
-    import random
-
-    rng = random.Random(seed)
-    img = Image.new("RGB", (28, 28))
-    img.putdata([(rng.randrange(256), rng.randrange(256), rng.randrange(256)) for _ in range(28 * 28)])
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
-
-
 @dataclass
 class Cluster:
     address: str  # 127.0.0.1:<gcs port>
@@ -91,7 +78,10 @@ def _ray(*args: str, env: dict[str, str], log: Path, timeout: float) -> None:
 
 @contextmanager
 def ray_cluster(num_cpus: int = 4) -> Iterator[Cluster]:
-    """``ray start --head`` on 127.0.0.1 in a temp dir; ``ray stop`` (same environment) on exit.
+    """``ray start --head`` on 127.0.0.1 in a temp dir; on exit its processes, and only those, are stopped.
+
+    Not ``ray stop``: that stops every Ray process of the machine's user, including another run's cluster (two
+    Ray test runs or benchmarks at once on one machine would stop each other's).
 
     ``num_cpus`` is what Ray may hand out, not the machine's cores: a replacement replica can then be placed
     while a killed one's reservation is still being released.
@@ -110,42 +100,74 @@ def ray_cluster(num_cpus: int = 4) -> Iterator[Cluster]:
         yield Cluster(address=address, env=env, log=log, http_port=free_port())
     finally:
         try:
-            _ray("stop", "--force", env=env, log=log, timeout=120)
+            stop_cluster(temp)
         finally:
             shutil.rmtree(temp, ignore_errors=True)
 
 
-@dataclass
-class Server:
-    url: str
-    proc: subprocess.Popen
-    log: Path
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of the processes visible in /proc."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        out[int(entry.name)] = (int(stat.rpartition(")")[2].split()[1]), cmdline)
+    return out
 
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-6000:]
+
+def cluster_pids(temp: Path) -> set[int]:
+    """The processes of the cluster started in ``temp``: those whose command line names it (GCS, raylet, Ray's
+    agents, workers) and their descendants (workers and actors rename themselves, e.g. ``ray::ProxyActor``)."""
+    procs = _processes()
+    mine = {pid for pid, (_, cmd) in procs.items() if str(temp) in cmd and pid != os.getpid()}
+    while True:
+        more = {pid for pid, (ppid, _) in procs.items() if ppid in mine} - mine - {os.getpid()}
+        if not more:
+            return mine
+        mine |= more
+
+
+def stop_cluster(temp: Path, timeout: float = 30) -> None:
+    """SIGTERM to the cluster's processes, SIGKILL to those left after ``timeout`` seconds."""
+    pids = cluster_pids(temp)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while pids and time.monotonic() < deadline:
+            pids = {pid for pid in pids if Path(f"/proc/{pid}").exists() and not _zombie(pid)}
+            time.sleep(0.2)
+        if not pids:
+            return
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+Server = ServerProcess
 
 
 @contextmanager
 def ray_server(cluster: Cluster, store: Path, *args: str, timeout: float = 300) -> Iterator[Server]:
     """``adaptformer serve --ray`` (the CLI a user runs) on ``cluster``; ready when /readyz answers 200."""
-    port = cluster.http_port
     log = cluster.log.with_name(f"server-{time.monotonic_ns()}.log")
-    cmd = [sys.executable, "-m", "adaptformer_server", "serve", "--ray", "--ray-address", cluster.address,
-           "--host", "127.0.0.1", "--port", str(port), "--store", str(store), "--log-level", "info", *args]  # fmt: skip
-    out = log.open("wb")
-    proc = subprocess.Popen(cmd, env=cluster.env, stdout=out, stderr=subprocess.STDOUT)
-    server = Server(url=f"http://127.0.0.1:{port}", proc=proc, log=log)
+    flags = ["--ray", "--ray-address", cluster.address, "--host", "127.0.0.1", "--store", store, "--log-level", "info"]
+    server = Server([*flags, *args], log=log, base_env=cluster.env, port=cluster.http_port, ready_timeout=timeout,
+                    interval=0.5)  # fmt: skip
     try:
-        wait_ready(server.url, proc, timeout=timeout, interval=0.5, output=server.output)
         yield server
     finally:
-        proc.send_signal(signal.SIGINT)  # the CLI deletes its application on the way out
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        out.close()
+        server.stop(timeout=90)  # the CLI deletes its application on the way out
 
 
 def demo_file(task: str) -> bytes:
@@ -156,7 +178,7 @@ def demo_file(task: str) -> bytes:
 
 
 async def predict(c: httpx.AsyncClient, task: str, seed: int = 1) -> httpx.Response:
-    return await c.post(f"/predict?task={task}", files={"image": ("x.png", png(seed), "image/png")})
+    return await c.post(f"/predict?task={task}", files={"image": ("x.png", png(seed, 28), "image/png")})
 
 
 async def observe(c: httpx.AsyncClient, task: str, seconds: float, clients: int = 6) -> list[tuple]:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from ray_support import (
+
+from tests.ray.ray_support import (
     REPLICA_HEADER,
     Cluster,
     Server,
@@ -33,7 +34,7 @@ from ray_support import (
     ray_server,
     replica_pid,
 )
-from support import async_wait_until, wait_until
+from tests.support import async_wait_until, wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")]
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ray_support import ray_installed
 
 from adaptformer_server.cli import parse_args
 from adaptformer_server.ray_serve import (
@@ -22,6 +21,7 @@ from adaptformer_server.ray_serve import (
     serve_on_ray,
 )
 from adaptformer_server.settings import Settings
+from tests.ray.ray_support import ray_installed
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")  # Ray's own pydantic deprecations

@@ -13,8 +13,7 @@ import adaptformer as af
 from adaptformer.adapter_file import read_metadata, task_from_bytes, task_to_bytes
 from adaptformer.errors import AdapterFormatError
 from adaptformer.task import extract_task
-
-from .helpers import make_vit
+from tests.support import make_vit
 
 
 def _task(**info: str):

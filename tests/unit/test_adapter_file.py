@@ -13,8 +13,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 import adaptformer as af
-
-from .helpers import adapted, make_vit, read_file, rewrite
+from tests.support import adapted, make_vit, read_file, rewrite
 
 LABELS = ["cat", "dog", "emu"]
 METRICS = {"top1": 0.875, "epochs": 3}

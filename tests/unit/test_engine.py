@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import wait_until
 from torch import nn
 
 import adaptformer as af
-
-from .helpers import adapted, clips, images, make_vit, max_diff
+from tests.support import adapted, clips, images, make_vit, max_diff, wait_until
 
 FRAMES = 4
 TOL = 1e-5

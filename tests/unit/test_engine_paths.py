@@ -15,8 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import adaptformer as af
 from adaptformer.engine import PATHS
 from adaptformer.gathered import grouped_mm_works
-
-from .helpers import adapted, clips, images, make_vit, max_diff
+from tests.support import adapted, clips, images, make_vit, max_diff
 
 FRAMES = 4
 PATH_NAMES = [p for p in PATHS if p != "auto"]

@@ -11,8 +11,7 @@ import torch
 from timm.models.vision_transformer import ParallelScalingBlock, ResPostBlock
 
 import adaptformer as af
-
-from .helpers import adapted, images, make_vit, max_diff, randomize_adapters, reference_block
+from tests.support import adapted, images, make_vit, max_diff, randomize_adapters, reference_block
 
 IDENTITY_KINDS = [
     "vit_tiny",

@@ -15,8 +15,7 @@ from adaptformer.adapter_file import FORMAT_VERSION
 from adaptformer.engine import PATHS
 from adaptformer.model import image_tokens
 from adaptformer.temporal import TemporalConfig, TemporalPart
-
-from .helpers import IMG, adapted, clips, images, make_vit, max_diff, read_file, rewrite
+from tests.support import IMG, adapted, clips, images, make_vit, max_diff, read_file, rewrite
 
 DATA = Path(__file__).parent / "data"
 ALL = TemporalConfig(diff=True, time=True, mix=True)

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import adaptformer as af
-
-from .helpers import IMG, adapted, clips, images, make_vit, max_diff
+from tests.support import IMG, adapted, clips, images, make_vit, max_diff
 
 PATCHES = (IMG // 8) ** 2  # tiny-custom: 8-pixel patches
 
