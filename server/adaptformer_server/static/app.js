@@ -242,10 +242,122 @@ async function removeAdapter(task) {
   }
 }
 
+// -- New task: labelled images per class -> POST /tasks/{task}/train, then the job's events (SSE over fetch, so
+// that the key goes in a header), then a try on the predict tab.
+let trainJob = null;
+
+function addClassRow(name) {
+  const row = el("div", { class: "class-row" });
+  const label = el("input", { class: "class-name", type: "text", placeholder: "class name", value: name || "" });
+  const input = el("input", { class: "class-files", type: "file", accept: "image/*", multiple: "" });
+  const thumbs = el("div", { class: "thumbs" });
+  const drop = el("div", { class: "drop", tabindex: "0" },
+    el("span", { class: "muted", text: "drop images of this class, or " }),
+    el("label", { class: "link" }, "choose", input), thumbs);
+  row.files = [];
+  const take = (list) => {
+    row.files = row.files.concat([...list].filter((f) => f.type.startsWith("image/") || /\.(png|jpe?g|gif|webp|bmp|tiff?)$/i.test(f.name)));
+    thumbs.replaceChildren(...row.files.slice(0, 40).map((f) => el("img", { src: URL.createObjectURL(f), title: f.name })),
+      el("span", { class: "muted count", text: ` ${row.files.length} image${row.files.length === 1 ? "" : "s"}` }));
+  };
+  input.style.display = "none";
+  input.addEventListener("change", (e) => take(e.target.files));
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); take(e.dataTransfer.files); });
+  row.append(label, drop);
+  $("#train-classes").append(row);
+}
+
+function trainMessage(text, error) {
+  $("#train-message").textContent = text;
+  $("#train-message").className = error ? "error" : "muted";
+}
+
+function showJob(job) {
+  trainJob = job;
+  $("#train-job").hidden = false;
+  $("#train-id").textContent = job.job;
+  $("#train-status").textContent = job.status;
+  $("#train-epoch").textContent = `${job.epoch}/${job.epochs}`;
+  $("#train-progress").value = job.epochs ? job.epoch / job.epochs : 0;
+  $("#train-loss").textContent = job.loss == null ? "–" : job.loss.toFixed(3);
+  $("#train-val").textContent = job.val_top1 == null ? "–" : job.val_top1.toFixed(3);
+  $("#train-eta").textContent = job.eta_s == null ? "–" : `${Math.round(job.eta_s)} s`;
+  const over = ["succeeded", "failed", "cancelled"].includes(job.status);
+  $("#train-cancel").hidden = over;
+  $("#train-start").disabled = !over;
+  $("#train-try").hidden = job.status !== "succeeded";
+  if (job.status === "succeeded") trainMessage(`trained ${job.task}: version ${job.version}, validation accuracy ${(job.val_top1 || 0).toFixed(3)}`);
+  else if (job.status === "failed") trainMessage(`job failed: ${job.error}`, true);
+  else if (job.status === "cancelled") trainMessage("job cancelled; nothing was registered");
+  else trainMessage(job.status === "queued" ? "waiting for the trainer…" : "training…");
+}
+
+async function watchJob(id) {
+  const response = await fetch(`/jobs/${encodeURIComponent(id)}/events`, { headers: headers() });
+  if (!response.ok || !response.body) throw new Error("cannot watch the job (" + response.status + ")");
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const chunk = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      if (chunk.startsWith("event: end")) return;
+      const data = chunk.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+      if (data) showJob(JSON.parse(data));
+    }
+  }
+}
+
+async function startTraining() {
+  const task = $("#train-task").value.trim();
+  if (!task) { trainMessage("name the task first", true); return; }
+  const form = new FormData();
+  let classes = 0;
+  for (const row of document.querySelectorAll("#train-classes .class-row")) {
+    const label = row.querySelector(".class-name").value.trim();
+    if (!label || !row.files.length) continue;
+    classes += 1;
+    for (const f of row.files) { form.append("image", f, f.name); form.append("label", label); }
+  }
+  if (classes < 2) { trainMessage("give at least two classes a name and some images", true); return; }
+  const query = new URLSearchParams({ method: $("#train-method").value, epochs: $("#train-epochs").value || "20" });
+  $("#train-start").disabled = true;
+  trainMessage("uploading the examples…");
+  try {
+    const job = await api("POST", `/tasks/${encodeURIComponent(task)}/train?` + query, form);
+    showJob(job);
+    await watchJob(job.job);
+    showJob(await api("GET", `/jobs/${encodeURIComponent(job.job)}`));
+  } catch (e) {
+    trainMessage("training failed: " + e.message, true);
+    $("#train-start").disabled = false;
+  }
+}
+
+async function cancelTraining() {
+  if (!trainJob) return;
+  try { showJob(await api("DELETE", `/jobs/${encodeURIComponent(trainJob.job)}`)); } catch (e) { trainMessage(e.message, true); }
+}
+
+async function tryTrained() {
+  showTab("predict");
+  await loadAdapters();
+  $("#task").value = trainJob.task;
+  describeTask();
+}
+
 function showTab(name) {
   for (const tab of document.querySelectorAll(".tab")) tab.classList.toggle("active", tab.dataset.tab === name);
   $("#panel-predict").hidden = name !== "predict";
   $("#panel-adapters").hidden = name !== "adapters";
+  $("#panel-train").hidden = name !== "train";
   if (name === "adapters") loadAdapters();
 }
 
@@ -264,6 +376,12 @@ function init() {
   drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); setFiles(e.dataTransfer.files); });
   $("#predict").addEventListener("click", predict);
   $("#upload").addEventListener("submit", uploadAdapter);
+  addClassRow("");
+  addClassRow("");
+  $("#train-add").addEventListener("click", () => addClassRow(""));
+  $("#train-start").addEventListener("click", startTraining);
+  $("#train-cancel").addEventListener("click", cancelTraining);
+  $("#train-try").addEventListener("click", tryTrained);
   refreshState();
   loadAdapters();
   loadSamples();
