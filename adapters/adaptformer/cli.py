@@ -3,23 +3,92 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
+import re
 import sys
+import typing
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
+_ROLE = re.compile(r":[a-z]+:`~?([\w.]+)`")  # :mod:`a.b` -> a.b
 
-def _layers(value: str) -> str | tuple[int, ...]:
-    if "," in value or value.lstrip("-").isdigit():
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    return value
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Each field's text in the ``Args:`` table of a dataclass's docstring, as one line of plain text."""
+    docs: dict[str, str] = {}
+    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+    start = next((i + 1 for i, line in enumerate(lines) if line.strip() == "Args:"), len(lines))
+    name = None
+    for line in lines[start:]:
+        entry = re.match(r"^    (\w+): (.*)$", line)
+        if entry:
+            name, docs[entry[1]] = entry[1], entry[2]
+        elif name is not None and line.startswith("        "):
+            docs[name] += " " + line.strip()
+        else:
+            break
+    return {k: _plain(v) for k, v in docs.items()}
+
+
+def _plain(text: str) -> str:
+    """Docstring markup as help text: no ``literals`` or roles, a lower-case start, no final full stop."""
+    text = _ROLE.sub(r"\1", text).replace("``", "").rstrip(".")
+    first = text.split(" ", 1)[0]
+    return text[:1].lower() + text[1:] if len(first) == 1 or first[1:].islower() else text
+
+
+def _add_field(group: Any, cls: type, name: str) -> None:
+    """One ``--flag`` for a dataclass field: its type, default, choices (a Literal) and help (its docstring)."""
+    spec = next(f for f in dataclasses.fields(cls) if f.name == name)
+    kind = typing.get_type_hints(cls)[name]
+    default = spec.default
+    help_text = _field_docs(cls).get(name)
+    flag = "--" + name.replace("_", "-")
+    if kind is bool:
+        if default:  # on unless turned off
+            group.add_argument(f"--no-{flag[2:]}", dest=f"no_{name}", action="store_true", help=f"no {help_text}")
+        else:
+            group.add_argument(flag, action="store_true", help=help_text)
+        return
+    kwargs: dict[str, Any] = {"default": default, "help": help_text}
+    if typing.get_origin(kind) is typing.Literal:
+        kwargs["choices"] = list(typing.get_args(kind))
+    elif "parse" in spec.metadata:
+        kwargs["type"] = spec.metadata["parse"]
+    elif kind in (int, float):
+        kwargs["type"] = kind
+    if "metavar" in spec.metadata:
+        kwargs["metavar"] = spec.metadata["metavar"]
+    group.add_argument(flag, **kwargs)
+
+
+def _config_fields(cls: type) -> list[str]:
+    """The fields of a config dataclass that are flags (a nested config has its own)."""
+    hints = typing.get_type_hints(cls)
+    return [f.name for f in dataclasses.fields(cls) if not dataclasses.is_dataclass(hints[f.name])]
+
+
+def _config(cls: type, args: argparse.Namespace, **given: Any) -> Any:
+    """A config dataclass from the parsed flags of its fields (and ``given`` for the rest)."""
+    values = dict(given)
+    for name in _config_fields(cls):
+        if hasattr(args, f"no_{name}"):
+            values[name] = not getattr(args, f"no_{name}")
+        else:
+            values[name] = getattr(args, name)
+    return cls(**values)
 
 
 def _add_backbone_args(p: argparse.ArgumentParser) -> None:
+    from adaptformer.train import TrainConfig
+
     p.add_argument("--backbone", default="embedded", help="'embedded' (default) or a timm ViT name")
     p.add_argument("--weights", type=Path, help="local backbone weights (safetensors or state dict)")
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
+    _add_field(p, TrainConfig, "device")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -33,6 +102,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from adaptformer.config import AdapterConfig
+    from adaptformer.train import TrainConfig
+
     parser = argparse.ArgumentParser(prog="adaptformer", description="AdaptFormer: train, evaluate, inspect, serve.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -41,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--task", required=True, help="task name (stored in the adapter file)")
     _add_data_args(t)
-    t.add_argument("--method", default="adaptformer", choices=["adaptformer", "linear", "vpt", "full"])
+    _add_field(t, TrainConfig, "method")
     t.add_argument("--out", type=Path, help="output file (default adapters/<task>.safetensors)")
     t.add_argument("--description", help="one line: what the task answers (default: the built-in source's)")
     t.add_argument(
@@ -49,33 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="what callers must send beyond size and normalisation, e.g. 'a light digit on a dark background' "
         "(default: the built-in source's)",
     )
-    g = t.add_argument_group("adaptformer")
-    g.add_argument("--bottleneck", type=int, default=64, help="hidden width d^ of each branch (1..512)")
-    g.add_argument("--scale", type=float, default=0.1, help="scale s of the branch output")
-    g.add_argument("--learnable-scale", action="store_true", help="train s (starting from --scale)")
-    g.add_argument("--layers", type=_layers, default="all", help="all, first:k, last:k or indices like 0,1,2")
-    g.add_argument("--mode", default="parallel", choices=["parallel", "sequential"])
-    g.add_argument("--adapter-input", default="ln", choices=["ln", "raw", "own_ln"])
-    g.add_argument("--dropout", type=float, default=0.0)
-    g = t.add_argument_group("vpt")
-    g.add_argument("--prompt-tokens", type=int, default=4)
-    g.add_argument("--vpt-deep", action="store_true", help="prompts in every block")
-    g = t.add_argument_group("recipe")
-    g.add_argument("--epochs", type=int, default=10)
-    g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--lr", type=float, default=5e-3)
-    g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--warmup-epochs", type=float, default=1.0)
-    g.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
-    g.add_argument("--tubelet", type=int, default=2, help="frames per space-time token (clips)")
-    g.add_argument(
-        "--temporal",
-        default="auto",
-        help="a clip task's temporal parts: auto (diff; none for linear), none, or a +-list of diff, time, mix",
-    )
-    g.add_argument("--eval-every", type=int, default=1, metavar="N", help="validate every N epochs (and the last)")
+    # The config fields' flags are generated: a field added to AdapterConfig or TrainConfig is a flag at once.
+    adapter = t.add_argument_group("adaptformer")
+    for name in _config_fields(AdapterConfig):
+        _add_field(adapter, AdapterConfig, name)
+    vpt, g = t.add_argument_group("vpt"), t.add_argument_group("recipe")
+    for name in _config_fields(TrainConfig):
+        if name not in ("method", "device"):  # beside --task, and with --backbone (eval has it too)
+            _add_field(vpt if name in ("prompt_tokens", "vpt_deep") else g, TrainConfig, name)
     g.add_argument("--resume", action="store_true", help="continue from <out>.ckpt when present")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_backbone_args(t)
@@ -99,16 +152,7 @@ def _train(args: argparse.Namespace) -> None:
     from adaptformer.data import load_data
     from adaptformer.train import TrainConfig, build_model, fit, save_result
 
-    adapter = AdapterConfig(
-        bottleneck=args.bottleneck, scale=args.scale, learnable_scale=args.learnable_scale, layers=args.layers,
-        mode=args.mode, adapter_input=args.adapter_input, dropout=args.dropout,
-    )  # fmt: skip
-    cfg = TrainConfig(
-        method=args.method, adapter=adapter, prompt_tokens=args.prompt_tokens, vpt_deep=args.vpt_deep,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs, optimizer=args.optimizer, seed=args.seed, device=args.device,
-        amp=not args.no_amp, tubelet=args.tubelet, eval_every=args.eval_every, temporal=args.temporal,
-    )  # fmt: skip
+    cfg = _config(TrainConfig, args, adapter=_config(AdapterConfig, args))
     out = args.out or Path("adapters") / f"{args.task}.safetensors"
     backbone = load_backbone(args.backbone, args.weights)
     splits = load_data(args.data, backbone.spec, frames=args.frames, val_fraction=args.val_fraction,

@@ -1,4 +1,7 @@
-"""AdapterConfig: every knob of AdaptFormer's ablations, with the paper's defaults."""
+"""AdapterConfig: every knob of AdaptFormer's ablations, with the paper's defaults.
+
+Its docstring's ``Args:`` are also the help of ``adaptformer train``'s flags, which are generated from the fields.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,17 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-__all__ = ["AdapterConfig"]
+__all__ = ["AdapterConfig", "parse_layers"]
 
 Mode = Literal["parallel", "sequential"]
 AdapterInput = Literal["ln", "raw", "own_ln"]
+
+
+def parse_layers(value: str) -> str | tuple[int, ...]:
+    """A ``--layers`` value: ``0,1,2`` (or one index) as a tuple of indices, anything else as given."""
+    if "," in value or value.lstrip("-").isdigit():
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    return value
 
 
 @dataclass(frozen=True)
@@ -18,10 +28,11 @@ class AdapterConfig:
     """How the AdaptMLP branches are built and where they go.
 
     Args:
-        bottleneck: Hidden width d^ of the branch (1..512; 64 in the paper).
-        scale: Factor s on the branch output (0.1 in the paper).
+        bottleneck: Hidden width d^ of each branch (1..512; 64 in the paper).
+        scale: Scale s of the branch output (0.1 in the paper).
         learnable_scale: Train s, starting from ``scale``.
-        layers: Blocks that get a branch: ``"all"``, ``"first:k"``, ``"last:k"`` or a list of block indices.
+        layers: Blocks that get a branch: ``all``, ``first:k``, ``last:k`` or block indices (a list; on the
+            command line ``0,1,2``).
         mode: ``parallel`` (beside the MLP, the paper's choice) or ``sequential`` (on the MLP's output).
         adapter_input: ``ln``: the block's LN2(x'), the paper's formula; ``raw``: x' itself, as in the authors'
             released code; ``own_ln``: a LayerNorm of the branch's own. In sequential mode the input is the
@@ -32,11 +43,10 @@ class AdapterConfig:
     bottleneck: int = 64
     scale: float = 0.1
     learnable_scale: bool = False
-    layers: str | tuple[int, ...] = "all"
+    layers: str | tuple[int, ...] = field(default="all", metadata={"parse": parse_layers})
     mode: Mode = "parallel"
     adapter_input: AdapterInput = "ln"
     dropout: float = 0.0
-    _extra: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.bottleneck, bool) or not isinstance(self.bottleneck, int) or not 1 <= self.bottleneck <= 512:
@@ -90,7 +100,6 @@ class AdapterConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.pop("_extra")
         if isinstance(d["layers"], tuple):
             d["layers"] = list(d["layers"])
         return d
@@ -100,7 +109,7 @@ class AdapterConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> AdapterConfig:
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "_extra"}
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         if isinstance(known.get("layers"), list):
             known["layers"] = tuple(known["layers"])
         return cls(**known)

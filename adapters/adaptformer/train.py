@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,9 @@ from adaptformer.vpt import add_prompts
 
 __all__ = ["METHODS", "TrainConfig", "TrainResult", "build_model", "evaluate", "fit", "save_result"]
 
-METHODS = ("adaptformer", "linear", "vpt", "full")
+Method = Literal["adaptformer", "linear", "vpt", "full"]
+Optimizer = Literal["adamw", "sgd"]
+METHODS: tuple[str, ...] = get_args(Method)
 # Measured on the motion and zoom-rotate clips (docs/benchmarks/demo_methods.md): the frame-difference kernel is
 # what lets a clip task see motion; a learned time embedding adds nothing to it, slot embeddings alone see none.
 DEFAULT_TEMPORAL = "diff"
@@ -38,28 +41,31 @@ SERVABLE = ("adaptformer", "linear")
 class TrainConfig:
     """The recipe; the same for every method unless a flag changes it.
 
+    The ``Args:`` below are also the help of ``adaptformer train``'s flags, which are generated from the fields.
+
     Args:
-        method: ``adaptformer``, ``linear``, ``vpt`` or ``full``.
+        method: What trains: ``adaptformer`` branches, a ``linear`` probe (the head only), ``vpt`` prompts or
+            ``full`` fine-tuning (the last two give checkpoints for evaluation, not adapter files).
         adapter: Branch configuration (``adaptformer`` only).
         prompt_tokens: VPT prompt tokens per block set.
         vpt_deep: VPT prompts in every block instead of the input only.
         epochs: Passes over the training split.
         batch_size: Samples per step.
         lr: Peak learning rate (after linear warmup, then cosine decay to zero).
-        weight_decay: AdamW weight decay (not applied to biases, norms, scales and prompts).
-        warmup_epochs: Linear warmup length.
+        weight_decay: Weight decay (not applied to biases, norms, scales and prompts).
+        warmup_epochs: Epochs of linear warmup.
         optimizer: ``adamw`` or ``sgd`` (momentum 0.9).
         seed: Seeds initialisation, shuffling and dropout; a run is reproducible for a seed.
         device: ``auto`` (GPU when present), ``cpu`` or ``cuda``.
         amp: Mixed precision (bfloat16 autocast) on GPU.
         tubelet: Frames per space-time token for clip tasks.
-        temporal: A clip task's temporal parts: ``auto`` (:data:`DEFAULT_TEMPORAL`, or ``none`` for a linear
-            probe, which trains its head only), ``none``, or a ``+``-list of ``diff``, ``time``, ``mix`` (see
-            :mod:`adaptformer.temporal`). Image tasks have none.
+        temporal: A clip task's temporal parts: ``auto`` (``diff``; ``none`` for a linear probe, which trains its
+            head only), ``none``, or a ``+``-list of ``diff``, ``time``, ``mix`` (see :mod:`adaptformer.temporal`).
+            Image tasks have none.
         eval_every: Epochs between validation passes (the last epoch is always validated).
     """
 
-    method: str = "adaptformer"
+    method: Method = "adaptformer"
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     prompt_tokens: int = 4
     vpt_deep: bool = False
@@ -68,18 +74,18 @@ class TrainConfig:
     lr: float = 5e-3
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
-    optimizer: str = "adamw"
+    optimizer: Optimizer = "adamw"
     seed: int = 0
     device: str = "auto"
     amp: bool = True
     tubelet: int = 2
-    eval_every: int = 1
+    eval_every: int = field(default=1, metadata={"metavar": "N"})
     temporal: str = "auto"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.optimizer not in ("adamw", "sgd"):
+        if self.optimizer not in get_args(Optimizer):
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch size must be >= 1 and lr > 0")

@@ -129,3 +129,32 @@ def test_unknown_backbone_and_bad_knobs() -> None:
     assert "unknown backbone" in run_error(["train", "--task", "t", "--data", "digits", "--backbone", "nope_vit"])
     assert "bottleneck" in run_error(["train", "--task", "t", "--data", "digits", "--bottleneck", "0"])
     assert "not found" in run_error(["inspect", "/nonexistent/file.safetensors"])
+
+
+def test_train_flags_are_generated_from_the_configs() -> None:
+    """Every AdapterConfig and TrainConfig field is a flag with help; the flags' defaults are the configs'."""
+    import argparse
+    import dataclasses
+
+    from adaptformer.cli import _config, build_parser
+    from adaptformer.config import AdapterConfig
+    from adaptformer.train import TrainConfig
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    train = sub.choices["train"]
+    flags = {a.dest: a for a in train._actions}
+    for cls in (AdapterConfig, TrainConfig):
+        for f in dataclasses.fields(cls):
+            if f.name != "adapter":
+                action = flags.get(f.name) or flags[f"no_{f.name}"]
+                assert action.help, f.name
+    args = train.parse_args(["--task", "t", "--data", "digits"])
+    assert _config(TrainConfig, args, adapter=_config(AdapterConfig, args)) == TrainConfig()
+    args = train.parse_args(["--task", "t", "--data", "digits", "--layers", "0,2", "--no-amp", "--optimizer", "sgd",
+                             "--bottleneck", "8", "--vpt-deep", "--eval-every", "3"])  # fmt: skip
+    cfg = _config(TrainConfig, args, adapter=_config(AdapterConfig, args))
+    assert (cfg.adapter.layers, cfg.adapter.bottleneck, cfg.amp, cfg.optimizer, cfg.vpt_deep, cfg.eval_every) == (
+        (0, 2), 8, False, "sgd", True, 3
+    )  # fmt: skip
+    with pytest.raises(SystemExit):
+        train.parse_args(["--task", "t", "--data", "digits", "--mode", "serial"])

@@ -89,3 +89,10 @@ def test_dict_round_trip(config: af.AdapterConfig) -> None:
     import json
 
     assert af.AdapterConfig.from_dict(json.loads(config.to_json())) == config
+
+
+def test_dict_round_trip_ignores_unknown_keys() -> None:
+    """A config read from a newer file keeps the fields this version knows and drops the others."""
+    c = af.AdapterConfig(bottleneck=8, layers=(0, 2), learnable_scale=True)
+    assert af.AdapterConfig.from_dict({**c.to_dict(), "future_knob": 1}) == c
+    assert set(c.to_dict()) == {"bottleneck", "scale", "learnable_scale", "layers", "mode", "adapter_input", "dropout"}
