@@ -217,6 +217,7 @@ class Decoder:
         fast = [i for i in todo if self.fast and self._probes[id(datas[i])].fast]
         fast = [i for i in fast if 0 < self._probes[id(datas[i])].pixels <= limit]
         if fast:
+            decoded: Sequence[torch.Tensor | None]
             try:
                 decoded = fast_decode.decode_uint8([(datas[i], self._probes[id(datas[i])]) for i in fast], self.device)
             except Exception:  # one of them failed: decode them one by one, PIL says why for the bad one
@@ -252,13 +253,14 @@ class Decoder:
     ) -> list[torch.Tensor]:
         """Normalised float32 tensors [3, S, S] for ``spec``; tensor-path images are preprocessed together."""
         out: list[torch.Tensor | None] = [None] * len(stills)
-        tensors = [i for i, x in enumerate(stills) if isinstance(x, torch.Tensor)]
+        tensors = [(i, still) for i, still in enumerate(stills) if isinstance(still, torch.Tensor)]
         if tensors:
-            for i, x in zip(tensors, fast_decode.preprocess_batch([stills[i] for i in tensors], spec), strict=True):
+            batch = fast_decode.preprocess_batch([still for _, still in tensors], spec)
+            for (i, _), x in zip(tensors, batch, strict=True):
                 out[i] = x
-        for i, x in enumerate(stills):
-            if not isinstance(x, torch.Tensor):
-                out[i] = _preprocess(x, spec, whats[i])
+        for i, still in enumerate(stills):
+            if not isinstance(still, torch.Tensor):
+                out[i] = _preprocess(still, spec, whats[i])
         return out  # type: ignore[return-value]
 
 

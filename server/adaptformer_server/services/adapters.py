@@ -245,9 +245,9 @@ class AdapterManager:
         if entry is None:
             path = self.store.version_path(task, version)
             try:
-                with path.open("rb") as f:
-                    size = os.fstat(f.fileno()).st_size
-                    header = parse_header(read_head(f, size, path.name), f"{key}{SUFFIX}", size=size)
+                with path.open("rb") as fh:
+                    size = os.fstat(fh.fileno()).st_size
+                    header = parse_header(read_head(fh, size, path.name), f"{key}{SUFFIX}", size=size)
                 f = StoredFile(task=task, version=version, size=size, header=header)
                 self._check_stored(f)
             except FileNotFoundError:
@@ -378,15 +378,15 @@ class AdapterManager:
         assert self.store is not None and self.bank is not None
         if name is not None and not valid_task_name(name):
             raise InvalidAdapter(f"invalid task name {name!r}: names match {TASK_PATTERN} and never contain '..'")
-        name, version, prepared, entry = await asyncio.to_thread(self._validate_upload, data, name)
+        task, version, prepared, entry = await asyncio.to_thread(self._validate_upload, data, name)
         async with self._write_lock:
             await self._sync_locked()  # the version this replaces may come from another server, moments ago
-            await asyncio.to_thread(self.store.write, name, data)
+            await asyncio.to_thread(self.store.write, task, data)
             previous = self.registry.put(entry)
-            self.bank.drop(name)
+            self.bank.drop(task)
             self.bank.put(entry, prepared)
             self.metrics.registered.set(len(self.registry))
-        log.info("adapter %s version %s stored%s", name, version, f" (replaces {previous.version})" if previous else "")
+        log.info("adapter %s version %s stored%s", task, version, f" (replaces {previous.version})" if previous else "")
         return Upload(entry=entry, previous=previous)
 
     async def delete(self, task: str) -> AdapterEntry:
