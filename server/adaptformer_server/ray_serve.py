@@ -20,7 +20,7 @@ import math
 import os
 import signal
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEPLOYMENT_NAME",
+    "TASK_ROUTER",
     "RayOptions",
     "RayUnavailable",
     "app_builder",
@@ -43,6 +44,7 @@ __all__ = [
 log = logging.getLogger("adaptformer_server.ray")
 
 DEPLOYMENT_NAME = "AdaptFormerServer"
+TASK_ROUTER = "adaptformer_server.ray_deployment.TaskAffinityRouter"
 _INSTALL_HINT = "pip install 'adaptformer-serve[ray]'"
 
 
@@ -78,6 +80,15 @@ class RayOptions(BaseSettings):
     )
     cpus_per_replica: float = Field(1.0, ge=0, description="CPUs Ray reserves per replica (also its torch threads)")
     gpus_per_replica: float = Field(0.0, ge=0, description="GPUs Ray reserves per replica (1 for a CUDA backbone)")
+    routing: Literal["task", "load"] = Field(
+        "task",
+        description="task: a request goes to a replica that has its task resident (else the task's home replica) "
+        "unless that one is busier by more than --routing-imbalance; load: Ray's default (fewest in progress "
+        "of two random replicas)",
+    )
+    routing_imbalance: int = Field(
+        4, ge=0, description="task routing: requests in progress beyond the least busy replica before it spills"
+    )
     app_name: str = Field("adaptformer", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Ray Serve application name")
 
     @model_validator(mode="after")
@@ -117,6 +128,14 @@ def deployment_options(options: RayOptions) -> dict[str, Any]:
         # after a few tries instead of loading the backbone again and again (Ray's default is 20).
         "max_constructor_retry_count": 3,
     }
+    if options.routing == "task":
+        out["request_router_config"] = {
+            "request_router_class": TASK_ROUTER,
+            "request_router_kwargs": {"imbalance": options.routing_imbalance},
+            # replicas report their resident tasks this often (Ray's default: every 10 s)
+            "request_routing_stats_period_s": 1.0,
+            "request_routing_stats_timeout_s": 5.0,
+        }
     if options.autoscaling:
         assert options.max_replicas is not None
         low = 1 if options.min_replicas is None else options.min_replicas

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,95 @@ def test_the_documented_serve_config_is_valid():
     assert deployment.name == "AdaptFormerServer"
     built = app_builder(dict(app.args))
     assert built._bound_deployment.name == deployment.name
+
+
+def test_task_routing_is_the_default_and_load_routing_is_rays():
+    opts = deployment_options(RayOptions())
+    router = opts["request_router_config"]
+    assert router["request_router_class"] == "adaptformer_server.ray_deployment.TaskAffinityRouter"
+    assert router["request_router_kwargs"] == {"imbalance": 4}
+    assert router["request_routing_stats_period_s"] <= 1.0  # replicas report their resident tasks every second
+    _, options = parse_args(["--ray", "--routing", "load"])
+    assert options is not None and "request_router_config" not in deployment_options(options)
+    _, options = parse_args(["--ray", "--routing-imbalance", "16"])
+    assert options is not None
+    assert deployment_options(options)["request_router_config"]["request_router_kwargs"] == {"imbalance": 16}
+
+
+# -- the task-aware router, without a cluster --------------------------------------------------------------------
+def _pending(query: bytes = b"", model_id: str = ""):
+    import pickle
+
+    from ray.serve._private.common import RequestMetadata, StreamingHTTPRequest
+    from ray.serve.request_router import PendingRequest
+
+    scope = {"type": "http", "method": "POST", "path": "/predict", "query_string": query, "headers": []}
+    arg = pickle.dumps(StreamingHTTPRequest(asgi_scope=scope, proxy_actor_name="proxy"))
+    meta = RequestMetadata(request_id="r", internal_request_id="i", multiplexed_model_id=model_id)
+    return PendingRequest(args=[arg], kwargs={}, metadata=meta)
+
+
+def _router(queue: dict[str, int], imbalance: int = 4):
+    from types import SimpleNamespace
+
+    from adaptformer_server.ray_deployment import TaskAffinityRouter
+
+    router = object.__new__(TaskAffinityRouter)  # no Ray machinery: choose_replicas only reads these
+    router.initialize_state(imbalance=imbalance)
+    router._replica_queue_len_cache = SimpleNamespace(get=lambda rid: queue.get(rid.unique_id))
+    return router
+
+
+def _replica(name: str, tasks: list[str] | None = None):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(replica_id=SimpleNamespace(unique_id=name), routing_stats={"tasks": tasks or []})
+
+
+@pytest.mark.ray
+@needs_ray
+def test_the_task_of_a_request():
+    from adaptformer_server.ray_deployment import request_task
+
+    assert request_task(_pending(b"task=digits&top_k=3")) == "digits"
+    assert request_task(_pending(b"top_k=3")) == ""
+    assert request_task(_pending(b"task=digits", model_id="emoji")) == "emoji"  # serve_multiplexed_model_id first
+    assert request_task(None) == ""
+
+
+@pytest.mark.ray
+@needs_ray
+async def test_a_task_goes_to_its_resident_replica_then_its_home_unless_too_busy():
+    replicas = [_replica("a", ["digits"]), _replica("b", ["emoji", "digits"]), _replica("c")]
+    queue = {"a": 3, "b": 1, "c": 0}
+    router = _router(queue)
+    ranks = await router.choose_replicas(replicas, _pending(b"task=emoji"))
+    assert [r.replica_id.unique_id for r in ranks[0]] == ["b"]  # resident there; the others are the fallback rank
+    assert {r.replica_id.unique_id for r in ranks[1]} == {"a", "c"}
+    ranks = await router.choose_replicas(replicas, _pending(b"task=digits"))
+    assert {r.replica_id.unique_id for r in ranks[0]} == {"a", "b"}  # Ray takes the less busy of the two
+    # resident nowhere: the same home replica every time, and tasks spread over homes
+    homes = {}
+    for i in range(300):
+        (first, *_) = await router.choose_replicas(replicas, _pending(f"task=t{i}".encode()))
+        assert len(first) == 1
+        homes[f"t{i}"] = first[0].replica_id.unique_id
+        again = await router.choose_replicas(list(reversed(replicas)), _pending(f"task=t{i}".encode()))
+        assert again[0][0].replica_id.unique_id == homes[f"t{i}"]
+    share = Counter(homes.values())
+    assert set(share) == {"a", "b", "c"} and min(share.values()) > 60, share
+    # too busy: the resident replica has more than `imbalance` requests beyond the least busy one
+    queue.update(b=9, c=2)
+    (only,) = await router.choose_replicas(replicas, _pending(b"task=emoji"))
+    assert {r.replica_id.unique_id for r in only} == {"a", "b", "c"}  # Ray takes the least busy
+    # no task: by load alone, in a random order (the first of equals would get every request of an idle app)
+    firsts = Counter()
+    for _ in range(200):
+        (only,) = await router.choose_replicas(replicas, _pending(b""))
+        assert len(only) == 3
+        firsts[only[0].replica_id.unique_id] += 1
+    assert len(firsts) == 3
+    # a replica whose load is unknown is asked first (in its own rank), not passed over for a known busy one
+    del queue["c"]
+    ranks = await router.choose_replicas(replicas, _pending(b""))
+    assert [[r.replica_id.unique_id for r in rank] for rank in ranks[:1]] == [["c"]] and len(ranks[1]) == 3
