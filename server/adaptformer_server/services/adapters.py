@@ -320,7 +320,7 @@ class AdapterManager:
         assert self.engine is not None and self.backbone is not None
         spec = task.info.input
         task = self.engine.prepare(task)  # check_compatible: fingerprint and shapes; device and dtype
-        self.backbone.check_spec(spec, f"adapter {task.name!r}")
+        self.backbone.check_input(spec, f"adapter {task.name!r}")
         dtype = str(self.backbone.dtype).removeprefix("torch.")
         for name, p in task.state_dict().items():
             if p.is_floating_point() and not torch.isfinite(p).all():
