@@ -8,8 +8,8 @@ Reproducible for a given seed, thread count and torch build. Prints a progress b
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import math
 import platform
 import time
 from pathlib import Path
@@ -21,6 +21,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from adaptformer.data import LabeledData, Splits
 from adaptformer.data.fashion_mnist import FASHION_MNIST_LABELS, load_fashion_mnist
 from adaptformer.embedded import (
     EMBEDDED_CONFIG,
@@ -30,6 +31,7 @@ from adaptformer.embedded import (
     embedded_weights_path,
 )
 from adaptformer.preprocess import preprocess_image
+from adaptformer.train import TrainConfig, fit
 
 
 def _to_tensors(images: np.ndarray) -> torch.Tensor:
@@ -49,15 +51,6 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return padded[:, :, dy : dy + x.shape[2], dx : dx + x.shape[3]]
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
-    model.eval()
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        correct += int((model(x[i : i + batch_size]).argmax(-1) == y[i : i + batch_size]).sum())
-    return correct / len(x)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=10)
@@ -72,9 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=embedded_weights_path())
     args = p.parse_args(argv)
 
-    torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    generator = torch.Generator().manual_seed(args.seed)
     started = time.time()
 
     train_images, train_labels = load_fashion_mnist("train")
@@ -83,57 +74,36 @@ def main(argv: list[str] | None = None) -> None:
         train_images, train_labels = train_images[: args.limit], train_labels[: args.limit]
         test_images, test_labels = test_images[: args.limit], test_labels[: args.limit]
     print(f"preprocessing {len(train_images)} train and {len(test_images)} test images", flush=True)
-    x_train, y_train = _to_tensors(train_images), torch.from_numpy(train_labels.astype(np.int64))
-    x_test, y_test = _to_tensors(test_images), torch.from_numpy(test_labels.astype(np.int64))
+    splits = Splits(
+        train=LabeledData(_to_tensors(train_images), torch.from_numpy(train_labels.astype(np.int64))),
+        val=LabeledData(_to_tensors(test_images), torch.from_numpy(test_labels.astype(np.int64))),
+        labels=list(FASHION_MNIST_LABELS),
+        modality="image",
+        frames=1,
+        source="fashion-mnist",
+    )
 
+    # The training loop of every method (train.fit): the whole model trains ("full"), on the CPU, validated on
+    # the test set after every epoch, with this script's augmentation and loss.
+    cfg = TrainConfig(method="full", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, seed=args.seed, device="cpu",
+                      amp=False)  # fmt: skip
+    torch.manual_seed(args.seed)
     model = build_embedded(num_classes=10)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: timm VisionTransformer {EMBEDDED_CONFIG}, {n_params:,} parameters", flush=True)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n and "token" not in n]
-    no_decay = [
-        p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "token" not in n)
+
+    def report(record: dict) -> None:
+        tqdm.write(f"epoch {record['epoch']}/{args.epochs}: train loss {record['train_loss']:.4f}, "
+                   f"test top-1 {record['val_top1']:.4f}")  # fmt: skip
+
+    result = fit(model, splits, cfg, on_epoch=report, augment=_augment,
+                 loss_fn=functools.partial(F.cross_entropy, label_smoothing=args.label_smoothing))  # fmt: skip
+    history = [
+        {"epoch": r["epoch"], "train_loss": round(r["train_loss"], 4), "test_top1": round(r["val_top1"], 4)}
+        for r in result.history
     ]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr,
-    )
-    steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
-    total = steps_per_epoch * args.epochs
-    warmup = int(args.warmup_epochs * steps_per_epoch)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return args.lr * (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return args.lr * 0.5 * (1 + math.cos(math.pi * progress))
-
-    history = []
-    step = 0
-    bar = tqdm(total=total, desc="pretrain", unit="step", dynamic_ncols=True)
-    for epoch in range(args.epochs):
-        model.train()
-        order = torch.randperm(len(x_train), generator=generator)
-        running, seen = 0.0, 0
-        for i in range(0, len(order), args.batch_size):
-            idx = order[i : i + args.batch_size]
-            xb, yb = _augment(x_train[idx], generator), y_train[idx]
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step)
-            loss = F.cross_entropy(model(xb), yb, label_smoothing=args.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running += loss.item() * len(idx)
-            seen += len(idx)
-            step += 1
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{running / seen:.3f}", lr=f"{lr_at(step - 1):.2e}")
-        acc = evaluate(model, x_test, y_test)
-        history.append({"epoch": epoch + 1, "train_loss": round(running / seen, 4), "test_top1": round(acc, 4)})
-        bar.write(f"epoch {epoch + 1}/{args.epochs}: train loss {running / seen:.4f}, test top-1 {acc:.4f}")
-    bar.close()
-
-    test_top1 = evaluate(model, x_test, y_test)
+    test_top1 = result.metrics["val_top1"]
     wall = time.time() - started
     metadata = {
         "format": "adaptformer-backbone",

@@ -174,6 +174,8 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
 ) -> TrainResult:
     """Trains the parameters of ``model`` that require grad; evaluates on the validation split every epoch.
 
@@ -188,6 +190,8 @@ def fit(
         resume: Continue from ``checkpoint`` when it exists.
         progress: Show a progress bar with loss, accuracy and time left.
         on_epoch: Called with each epoch's record.
+        augment: Applied to each training batch (on the host) with the epoch's seeded generator.
+        loss_fn: The training loss of logits and class ids (validation always reports plain cross-entropy).
     """
     device = resolve_device(cfg.device)
     model.to(device)
@@ -225,17 +229,19 @@ def fit(
     val: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=generator)
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         loss_sum, correct, seen = 0.0, 0, 0
         for i in range(0, n, cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
-            xb, yb = splits.train.x[idx].to(device), splits.train.y[idx].to(device)
+            xb = splits.train.x[idx] if augment is None else augment(splits.train.x[idx], generator)
+            xb, yb = xb.to(device), splits.train.y[idx].to(device)
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(step)
             with _autocast(device, cfg.amp):
                 logits = model(xb).float()
-            loss = F.cross_entropy(logits, yb)
+            loss = loss_fn(logits, yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -160,3 +160,31 @@ def test_clip_training_runs_on_space_time_tokens() -> None:
     result = fit(model, splits, cfg, progress=False)
     assert result.metrics["val_top1"] > 0.5
     assert_trained_only_trainable(model, weights)  # the clip's own parts train too; the backbone does not
+
+
+def test_augment_and_loss_hooks_are_seeded_per_epoch() -> None:
+    """The pretraining script's augmentation and loss run inside fit: every training batch is augmented with the
+    epoch's seeded generator (a rerun augments alike), and the loss given is the one minimised."""
+    import functools
+
+    import torch.nn.functional as F
+
+    splits = toy_splits()
+    cfg = quick(method="full", epochs=2)
+    runs = []
+    for _ in range(2):
+        seen: list[int] = []
+
+        def jitter(x: torch.Tensor, g: torch.Generator, seen: list[int] = seen) -> torch.Tensor:
+            seen.append(len(x))
+            return x + 0.1 * torch.randn(x.shape, generator=g)
+
+        loss = functools.partial(F.cross_entropy, label_smoothing=0.1)
+        runs.append(
+            fit(build_model(tiny_backbone(), cfg, 4), splits, cfg, progress=False, augment=jitter, loss_fn=loss)
+        )
+        assert sum(seen) == 2 * len(splits.train)  # every training sample, every epoch; never the validation split
+    a, b = (dict(r.model.named_parameters()) for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plain = fit(build_model(tiny_backbone(), cfg, 4), splits, cfg, progress=False)
+    assert not all(torch.equal(a[k], v) for k, v in plain.model.named_parameters())
