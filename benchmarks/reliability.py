@@ -547,7 +547,7 @@ async def hotswap_run(
 
 # -- crash safety --------------------------------------------------------------------------------------------------
 def _store_files(store: Path) -> tuple[list[Path], list[Path]]:
-    """Adapter files and everything else (besides the version cache, the seed marker and the kept versions; temp
+    """Adapter files and everything else (besides the version and header caches, the seed marker and the kept versions; temp
     files of interrupted writes among the kept versions count as everything else)."""
     adapters, other = [], []
     for p in sorted(store.iterdir()):
@@ -555,7 +555,7 @@ def _store_files(store: Path) -> tuple[list[Path], list[Path]]:
             adapters.append(p)
         elif p.name == ".history" and p.is_dir():
             other.extend(sorted(p.glob("*/.*.tmp")))
-        elif p.name not in (".versions.json", ".seeded"):
+        elif p.name not in (".versions.json", ".headers.json", ".seeded"):
             other.append(p)
     return adapters, other
 

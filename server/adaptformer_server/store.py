@@ -1,9 +1,10 @@
 """The adapter store: a directory of ``<task>.safetensors`` files, the source of truth of the registry.
 
 Writes are atomic (temp file, fsync, rename). The registry is rebuilt at start from the file headers only; each
-file's version (first 12 hex of the SHA-256 of its bytes) is cached in ``.versions.json`` by size, mtime and
-inode, so a restart with thousands of adapters reads headers, not weights. Several server processes may share
-one store: each watches it (:class:`StoreWatcher`) and picks up the others' uploads, rollbacks and deletes.
+file's version (first 12 hex of the SHA-256 of its bytes) is cached in ``.versions.json`` and its checked header in
+``.headers.json``, by size, mtime and inode, so a restart with thousands of unchanged adapters lists and stats
+them, and opens none. Several server processes may share one store: each watches it (:class:`StoreWatcher`,
+whose idle poll is one ``stat`` of the directory) and picks up the others' uploads, rollbacks and deletes.
 
 Versions: ``<task>.safetensors`` is always the current version (what start-up, the watcher and older servers
 read). The versions kept for pinning and rollback are copies under ``.history/<task>/<version>.safetensors``, named
@@ -16,6 +17,7 @@ history copy (listed, not current), never a current file that is not a complete 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -30,6 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from adaptformer import adapter_header
 from adaptformer.adapter_header import Header, IncompleteFile, NewerFormatError, atomic_write, parse_header, read_header
 from adaptformer.errors import AdapterFormatError
 
@@ -62,8 +65,13 @@ VERSION_PATTERN = r"^[0-9a-f]{12}$"
 _VERSION_RE = re.compile(VERSION_PATTERN)
 HISTORY = ".history"  # .history/<task>/<version>.safetensors: the versions kept for pinning and rollback
 _VERSIONS = ".versions.json"
+# Checked headers by file stamp, so that a restart need not open unchanged files. Its format names the code that
+# checked them (see _headers_format): other checks may differ, so another's records are not trusted (read again).
+_HEADERS = ".headers.json"
 _SEEDED = ".seeded"
 QUARANTINE = ".quarantine"  # files the server cannot read go here, out of the way of start-up and the watcher
+RESCAN_S = 30.0  # the watcher lists the whole store at least this often (a file overwritten in place by hand)
+RACY_S = 2.0  # a file or directory modified less long ago may change again without its mtime changing
 TEMP_MAX_AGE_S = 300.0  # a younger temp file of another host may be a write in progress there
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 _TEMP_OWNER = re.compile(r"\.([0-9a-f]{8})-(\d+)-[^.]*\.tmp$")  # .<name>.<host>-<pid>-<random>.tmp
@@ -372,6 +380,17 @@ class AdapterStore:
                 log.warning("cannot remove leftover temp file %s: %s", p.name, e)
         return removed
 
+    def folder_stamp(self) -> Stamp:
+        """The stamp of the store directory: its mtime changes whenever an entry is added, removed or renamed."""
+        return Stamp.of(os.stat(self.root))
+
+    def stamp(self, task: str) -> Stamp | None:
+        """The stamp of ``task``'s file (``None`` when there is none)."""
+        try:
+            return Stamp.of(os.stat(self.root / f"{task}{SUFFIX}"))
+        except FileNotFoundError:
+            return None
+
     def stamps(self) -> dict[str, Stamp]:
         """Task -> stamp of every ``<task>.safetensors`` file with a valid name: one listing, one stat each."""
         found: dict[str, Stamp] = {}
@@ -425,42 +444,68 @@ class AdapterStore:
         """:meth:`scan`, and the stamp of every file it looked at, readable or not (a watcher's starting point).
 
         A file that can never be read (:func:`quarantinable`) is moved to ``.quarantine/``; one that may still
-        be growing, or that a newer server wrote, is skipped with a warning and left where it is.
+        be growing, or that a newer server wrote, is skipped with a warning and left where it is. A file whose
+        stamp matches its record in ``.headers.json`` is not opened: its checked header, version and size come
+        from the record (a restart with thousands of unchanged adapters lists and stats them, nothing more).
         """
         cache = self._load_versions()
+        headers = self._load_headers()
         fresh: dict[str, dict[str, Any]] = {}
+        fresh_headers: dict[str, dict[str, Any]] = {}
         found: list[StoredFile] = []
         seen: dict[str, Stamp] = {}
-        for path in sorted(self.root.glob(f"*{SUFFIX}")):
-            task = path.name[: -len(SUFFIX)]
-            if path.name.startswith(".") or not path.is_file():
-                continue
+        with os.scandir(self.root) as it:
+            entries = sorted((e for e in it if e.name.endswith(SUFFIX) and not e.name.startswith(".")), key=_name)
+        for e in entries:
+            task = e.name[: -len(SUFFIX)]
             if not valid_task_name(task):
-                log.warning("skipping %s: %r is not a valid task name", path.name, task)
+                log.warning("skipping %s: %r is not a valid task name", e.name, task)
                 continue
             try:
-                seen[task] = Stamp.of(path.stat())
-                f = self.examine(task, cache.get(path.name))
+                if not e.is_file():
+                    continue
+                seen[task] = Stamp.of(e.stat())
+                f = _from_record(task, seen[task], headers.get(e.name)) or self.examine(task, cache.get(e.name))
             except FileNotFoundError:
                 seen.pop(task, None)
                 continue
-            except (OSError, AdapterFormatError) as e:
-                if self.refuse(task, seen.get(task), e):
+            except (OSError, AdapterFormatError) as err:
+                if self.refuse(task, seen.get(task), err):
                     del seen[task]
                 continue
-            except Exception as e:  # a bug in the checks must not stop the server: report it, keep the file
-                log.error("skipping %s: cannot examine it (a bug): %r", path.name, e, exc_info=True)
+            except Exception as err:  # a bug in the checks must not stop the server: report it, keep the file
+                log.error("skipping %s: cannot examine it (a bug): %r", e.name, err, exc_info=True)
                 continue
             assert f.stamp is not None
             seen[task] = f.stamp
-            fresh[path.name] = {**f.stamp._asdict(), "version": f.version}
+            fresh[e.name] = {**f.stamp._asdict(), "version": f.version}
+            fresh_headers[e.name] = _record(f)
             found.append(f)
         if fresh != cache:
-            try:
-                _atomic_write(self.root / _VERSIONS, json.dumps(fresh, sort_keys=True).encode())
-            except OSError as e:
-                log.warning("cannot write the version cache: %s", e)
+            self._save(_VERSIONS, fresh)
+        if fresh_headers != headers:
+            self._save(_HEADERS, {"format": _headers_format(), "files": fresh_headers})
         return found, seen
+
+    def _save(self, name: str, data: dict[str, Any]) -> None:
+        try:
+            _atomic_write(self.root / name, json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
+        except OSError as e:
+            log.warning("cannot write the cache %s: %s", name, e)
+
+    def _load_headers(self) -> dict[str, dict[str, Any]]:
+        """The records of ``.headers.json`` (empty when absent, unreadable, or written by another version)."""
+        try:
+            data = json.loads((self.root / _HEADERS).read_bytes())
+        except (OSError, ValueError):
+            return {}
+        if (
+            not isinstance(data, dict)
+            or data.get("format") != _headers_format()
+            or not isinstance(data.get("files"), dict)
+        ):
+            return {}
+        return data["files"]
 
     def refuse(self, task: str, stamp: Stamp | None, error: BaseException) -> bool:
         """Reports a file that cannot be served; quarantines it when it is broken for good. True when moved."""
@@ -552,21 +597,44 @@ class AdapterStore:
 class StoreWatcher:
     """Notices what other processes did to the store: files added, replaced or removed.
 
-    One poll lists the directory and stats each file (no reads); only files whose stamp (size, mtime, inode)
-    changed are opened, their header parsed and their bytes hashed. Polling, unlike inotify, also works on
-    network filesystems and container volumes shared by several hosts.
+    A poll costs what changed, not what exists. It first stats the store directory: every write of a server
+    (temp file and rename), every delete and every file copied in adds, removes or renames a directory entry,
+    which changes the directory's mtime. While that stamp stays the same, a poll stats only the files that may
+    still be changing in place (a ``cp`` into the store still running: files modified within the last
+    ``RACY_S`` seconds or incomplete), nothing else. When it changed, the poll lists the directory and stats each
+    file; only files whose stamp (size, mtime, inode) changed are opened, their header parsed and their bytes
+    hashed. A stamp is trusted only once its mtime is ``RACY_S`` old (two changes within one tick of a coarse
+    filesystem clock leave the same mtime), and a full listing runs every ``rescan_s`` whatever the directory
+    says: a file overwritten in place by hand (``cp new.safetensors store/old.safetensors`` changes no
+    directory entry) is seen within that period. Polling, unlike inotify, also works on network filesystems and
+    container volumes shared by several hosts.
 
     Args:
         store: The store.
         check: Raises ``AdapterFormatError`` or ``IncompatibleAdapterError`` for a file this server cannot serve.
         seen: The stamps of the files already accounted for (``AdapterStore.scan_stamped``).
+        rescan_s: Seconds between full listings when the directory looks unchanged.
+
+    Attributes:
+        listings: Full listings so far (directory listed, every file stat'ed).
     """
 
-    def __init__(self, store: AdapterStore, check: Callable[[StoredFile], None], seen: dict[str, Stamp]) -> None:
+    def __init__(
+        self,
+        store: AdapterStore,
+        check: Callable[[StoredFile], None],
+        seen: dict[str, Stamp],
+        rescan_s: float = RESCAN_S,
+    ) -> None:
         self.store = store
         self._check = check
         self._seen = dict(seen)
         self._warned: dict[str, Stamp] = {}
+        self.rescan_s = rescan_s
+        self._folder: Stamp | None = None  # the directory's stamp at the last listing, once old enough to trust
+        self._next_listing = 0.0
+        self._recent: set[str] = set()  # files stat'ed at every poll: they may still change in place
+        self.listings = 0
 
     def seen(self, task: str) -> Stamp | None:
         """The stamp of ``task``'s file as last looked at (``None``: absent at the last poll)."""
@@ -578,9 +646,20 @@ class StoreWatcher:
         Blocking (run it in a worker thread). A file that is still being written by hand (shorter than its
         header says) is reported as ``None`` and looked at again on the next poll.
         """
-        now = self.store.stamps()
+        wall = time.time_ns()
+        folder = self.store.folder_stamp()
+        if folder != self._folder or time.monotonic() >= self._next_listing:
+            now = self.store.stamps()
+            gone = self._seen.keys() - now.keys()
+            self._folder = folder if wall - folder.mtime_ns > RACY_S * 1e9 else None
+            self._next_listing = time.monotonic() + self.rescan_s
+            self.listings += 1
+        else:
+            now = {t: st for t in self._recent if (st := self.store.stamp(t)) is not None}
+            gone = (self._recent - now.keys()) & self._seen.keys()
+        self._recent = {t for t, st in now.items() if wall - st.mtime_ns < RACY_S * 1e9}
         changes: dict[str, StoredFile | None] = {}
-        for task in self._seen.keys() - now.keys():
+        for task in gone:
             del self._seen[task]
             self._warned.pop(task, None)
             changes[task] = None
@@ -599,6 +678,7 @@ class StoreWatcher:
                     self._warned[task] = stamp
                 if isinstance(e, IncompleteFile):
                     self._seen.pop(task, None)  # look again next time: it may still be growing
+                    self._recent.add(task)
                 else:
                     self._seen[task] = stamp
                 changes[task] = None
@@ -615,6 +695,42 @@ class StoreWatcher:
             self._warned.pop(task, None)
             changes[task] = f
         return changes
+
+
+@functools.cache
+def _headers_format() -> str:
+    """Names the header checks: the record format, the adapter format version and a digest of the module that
+    checks headers (a server with other checks reads every file again rather than trust these records)."""
+    source = Path(adapter_header.__file__).read_bytes()
+    return f"1/{adapter_header.FORMAT_VERSION}/{hashlib.sha256(source).hexdigest()[:12]}"
+
+
+def _name(e: os.DirEntry) -> str:
+    return e.name
+
+
+def _record(f: StoredFile) -> dict[str, Any]:
+    """The ``.headers.json`` record of a file that passed the checks."""
+    assert f.stamp is not None
+    h = f.header
+    header = {"meta": h.meta, "shapes": {k: list(v) for k, v in h.shapes.items()}, "data_end": h.data_end}
+    return {**f.stamp._asdict(), "version": f.version, "header": header}
+
+
+def _from_record(task: str, stamp: Stamp, record: Any) -> StoredFile | None:
+    """The file a ``.headers.json`` record describes, when the record is for exactly this stamp; else ``None``."""
+    if not isinstance(record, dict) or Stamp(record.get("size"), record.get("mtime_ns"), record.get("ino")) != stamp:
+        return None
+    try:
+        h, version = record["header"], record["version"]
+        header = Header(
+            meta=dict(h["meta"]), shapes={k: tuple(v) for k, v in h["shapes"].items()}, data_end=int(h["data_end"])
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if not isinstance(version, str) or not valid_version(version) or header.data_end != stamp.size:
+        return None
+    return StoredFile(task=task, version=version, size=stamp.size, header=header, stamp=stamp)
 
 
 def demo_files() -> list[Path]:
