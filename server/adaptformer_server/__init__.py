@@ -6,14 +6,10 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _version
 from typing import TYPE_CHECKING, Any
 
-try:  # one version, the distribution's (pyproject.toml)
-    __version__ = _version("adaptformer-serve")
-except PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
+from adaptformer import __version__  # one distribution, one version (importing adaptformer loads no torch)
+
 __all__ = ["Settings", "__version__", "create_app"]
 
 if TYPE_CHECKING:
