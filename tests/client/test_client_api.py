@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 
@@ -20,12 +21,10 @@ from adaptformer_client import (
     Ready,
     UploadResult,
 )
+from tests.support import png
 
-
-def png(color: tuple[int, int, int] = (255, 0, 0), size: tuple[int, int] = (8, 6)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, format="PNG")
-    return buf.getvalue()
+# A one-colour PNG (red, 8x6 unless told): the fake server's answer depends on its size in bytes.
+solid = functools.partial(png, color=(255, 0, 0), size=(8, 6))
 
 
 def gif(frames: int = 4) -> bytes:
@@ -43,7 +42,7 @@ def decoded(data: bytes) -> Image.Image:
 
 async def test_predict_path_sends_one_image_part_with_query(call, fake, tmp_path: Path) -> None:
     path = tmp_path / "seven.png"
-    path.write_bytes(png())
+    path.write_bytes(solid())
 
     answer = await call("predict", "digits", path, top_k=3)
 
@@ -51,23 +50,23 @@ async def test_predict_path_sends_one_image_part_with_query(call, fake, tmp_path
     assert (answer.task, answer.modality, answer.latency_ms) == ("digits", "image", 12.5)
     assert len(answer.predictions) == 1 and len(answer.predictions[0]) == 3
     assert answer.top == answer.predictions[0][0]
-    assert answer.top.label == str(len(png()) % 10) and answer.top.score == 0.9
+    assert answer.top.label == str(len(solid()) % 10) and answer.top.score == 0.9
     request = fake.requests[-1]
     assert request.method == "POST" and request.url.path == "/predict"
     assert dict(request.url.params) == {"task": "digits", "top_k": "3"}
     assert request.headers["authorization"] == "Bearer k"
-    assert fake.parts == [("image", "seven.png", "image/png", png())]
+    assert fake.parts == [("image", "seven.png", "image/png", solid())]
 
 
 async def test_predict_without_top_k_leaves_the_server_default(call, fake) -> None:
-    answer = await call("predict", "digits", png())
+    answer = await call("predict", "digits", solid())
     assert "top_k" not in fake.requests[-1].url.params
     assert len(answer.predictions[0]) == 5
 
 
 @pytest.mark.parametrize("kind", ["str path", "bytes", "bytearray", "file object", "nameless file"])
 async def test_predict_accepts_paths_bytes_and_files(call, fake, tmp_path: Path, kind: str) -> None:
-    data = png((0, 255, 0))
+    data = solid(color=(0, 255, 0))
     path = tmp_path / "green.png"
     path.write_bytes(data)
     image = {
@@ -114,7 +113,7 @@ async def test_predict_encodes_pil_images_as_png(call, fake, mode: str) -> None:
 
 
 async def test_predict_batch_answers_each_image_in_order(call, fake) -> None:
-    images = [png(size=(8, 6)), png(size=(9, 9)), np.zeros((4, 4, 3), np.uint8)]
+    images = [solid(size=(8, 6)), solid(size=(9, 9)), np.zeros((4, 4, 3), np.uint8)]
 
     answer = await call("predict_batch", "digits", images, top_k=2)
 
@@ -129,7 +128,7 @@ async def test_predict_batch_answers_each_image_in_order(call, fake) -> None:
 
 
 async def test_predict_clip_sends_frames_in_order(call, fake) -> None:
-    frames = [png((i * 50, 0, 0)) for i in range(4)]
+    frames = [solid(color=(i * 50, 0, 0)) for i in range(4)]
 
     answer = await call("predict_clip", "motion", frames, top_k=1)
 
@@ -224,10 +223,10 @@ async def test_health_ready_and_metrics(call, fake) -> None:
 
 
 async def test_sync_and_async_clients_give_the_same_answers(fake, make_client, make_async_client) -> None:
-    frames = [png((i, 0, 0)) for i in range(4)]
+    frames = [solid(color=(i, 0, 0)) for i in range(4)]
     script = [
-        ("predict", ("digits", png()), {"top_k": 3}),
-        ("predict_batch", ("digits", [png(), png(size=(3, 3))]), {}),
+        ("predict", ("digits", solid()), {"top_k": 3}),
+        ("predict_batch", ("digits", [solid(), solid(size=(3, 3))]), {}),
         ("predict_clip", ("motion", frames), {}),
         ("list_adapters", (), {}),
         ("get_adapter", ("digits",), {}),

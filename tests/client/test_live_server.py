@@ -13,11 +13,6 @@ import asyncio
 import copy
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +22,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageSequence
-from safetensors.torch import save_file
 
 import adaptformer as af
-from adaptformer.adapter_file import task_from_bytes, task_to_bytes
-from adaptformer.embedded import build_embedded
-from adaptformer.preprocess import preprocess_clip, preprocess_image, spec_from_model
+from adaptformer.adapter_file import task_from_bytes
+from adaptformer.preprocess import preprocess_clip, preprocess_image
 from adaptformer_client import (
     AdaptformerClientError,
-    APIConnectionError,
     AsyncClient,
     AuthError,
     Client,
@@ -50,7 +42,7 @@ from adaptformer_client import (
     parse_error,
 )
 from adaptformer_client.cli import main as cli_main
-from tests.support import free_port
+from tests.support import ServerProcess, adapter_bytes, embedded_backbone, gif, png
 
 pytest.importorskip("adaptformer_server.app")  # the server runs in a subprocess; skip where it is not installed
 pytestmark = pytest.mark.e2e
@@ -93,38 +85,6 @@ def assert_answer(got: list, expected: Scored) -> None:
     assert same_answer(got, expected), ([(p.label, round(p.score, 5)) for p in got], expected)
 
 
-def adapter_file(
-    vit: torch.nn.Module, name: str, winner: int | None = None, *, clip: bool = False, seed: int = 1
-) -> bytes:
-    """An adapter on ``vit`` with random weights: its scores depend on the pixels. With ``winner``, that class
-    (label ``<name>-<winner>``) wins on every input instead (for telling versions apart by their answer)."""
-    model = copy.deepcopy(vit)
-    af.add_adapters(model, af.AdapterConfig(bottleneck=8), num_classes=4)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-        if winner is not None:
-            model.head.bias[winner] += 1000.0
-    spec = spec_from_model(vit)
-    if clip:
-        spec = spec.as_clip(frames=4, tubelet=2)
-    return task_to_bytes(af.extract_task(model, name, labels=[f"{name}-{i}" for i in range(4)], input_spec=spec))
-
-
-def embedded_vit(seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_embedded(num_classes=10).eval()
-
-
-def png(seed: int, size: tuple[int, int] = (40, 40)) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def pil(data: bytes) -> Image.Image:
     img = Image.open(io.BytesIO(data))
     img.load()
@@ -136,66 +96,34 @@ def gif_frames(data: bytes) -> list[Image.Image]:
     return [frame.convert("RGB") for frame in ImageSequence.Iterator(Image.open(io.BytesIO(data)))]
 
 
-def gif(frames: int) -> bytes:
-    images = [Image.open(io.BytesIO(png(i))).convert("P") for i in range(frames)]
-    buf = io.BytesIO()
-    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=40, loop=0)
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("live")
-    backbone = embedded_vit(seed=0)
     weights = root / "backbone.safetensors"
-    save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(weights))
-    vit = copy.deepcopy(backbone)
-    vit.reset_classifier(0)
+    vit = embedded_backbone(weights, seed=0)
     store = root / "store"
     store.mkdir()
     engine = af.MultiTaskViT(copy.deepcopy(vit))
     for task, data in (
-        ("digits", adapter_file(vit, "digits")),
-        ("motion", adapter_file(vit, "motion", clip=True, seed=2)),
+        ("digits", adapter_bytes(vit, "digits")),
+        ("motion", adapter_bytes(vit, "motion", clip=True, seed=2)),
     ):
         (store / f"{task}.safetensors").write_bytes(data)
         engine.add_task(task, task_from_bytes(data))
 
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTFORMER_")}
-    env.update(
-        ADAPTFORMER_API_KEYS=PREDICT_KEY,
-        ADAPTFORMER_ADMIN_KEY=ADMIN_KEY,
-        ADAPTFORMER_MAX_WAIT_MS="2",
-        ADAPTFORMER_QUEUE_SIZE=str(QUEUE_SIZE),
-        ADAPTFORMER_MAX_IMAGES_PER_REQUEST=str(MAX_IMAGES),
-    )
-    cmd = [sys.executable, "-m", "adaptformer_server", "serve", "--weights", str(weights), "--store", str(store)]
-    cmd += ["--port", str(port), "--no-seed-demo", "--log-level", "warning"]
-    log_path = root / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    live = Live(f"http://127.0.0.1:{port}", vit, engine)
-    try:
+    env = {
+        "ADAPTFORMER_API_KEYS": PREDICT_KEY,
+        "ADAPTFORMER_ADMIN_KEY": ADMIN_KEY,
+        "ADAPTFORMER_MAX_WAIT_MS": "2",
+        "ADAPTFORMER_QUEUE_SIZE": str(QUEUE_SIZE),
+        "ADAPTFORMER_MAX_IMAGES_PER_REQUEST": str(MAX_IMAGES),
+    }
+    args = ["--weights", weights, "--store", store, "--no-seed-demo", "--log-level", "warning"]
+    with ServerProcess(args, log=root / "server.log", env=env, ready_timeout=120) as server:
+        live = Live(server.url, vit, engine)
         with live.client(max_retries=0, timeout=2) as probe:
-            deadline = time.monotonic() + 120
-            while True:
-                assert proc.poll() is None, f"server exited: {log_path.read_text()[-2000:]}"
-                assert time.monotonic() < deadline, f"server not ready: {log_path.read_text()[-2000:]}"
-                try:
-                    if probe.ready().is_ready:
-                        break
-                except APIConnectionError:
-                    pass
-                time.sleep(0.2)
+            assert probe.ready().is_ready
         yield live
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_health_ready_and_metrics(live: Live) -> None:
@@ -334,13 +262,13 @@ async def test_async_client_gives_the_same_answers(live: Live) -> None:
 
 def test_upload_replace_predict_delete(live: Live, tmp_path: Path) -> None:
     path = tmp_path / "cars.safetensors"
-    path.write_bytes(adapter_file(live.vit, "cars", winner=3, seed=5))
+    path.write_bytes(adapter_bytes(live.vit, "cars", winner=3, seed=5))
     with live.client(api_key=ADMIN_KEY) as admin, live.client() as client:
         first = admin.upload_adapter(path)
         assert (first.adapter.task, first.replaced, first.previous_version) == ("cars", False, None)
         assert client.predict("cars", png(1)).top.label == "cars-3"
 
-        second = admin.upload_adapter(adapter_file(live.vit, "cars", winner=0, seed=6))
+        second = admin.upload_adapter(adapter_bytes(live.vit, "cars", winner=0, seed=6))
         assert second.replaced and second.previous_version == first.adapter.version
         answer = client.predict("cars", png(1))
         assert (answer.version, answer.top.label) == (second.adapter.version, "cars-0")
@@ -389,7 +317,7 @@ def test_auth(live: Live) -> None:
         wrong.predict("digits", png(1))
     assert denied.value.status == 403
     with live.client() as predictor, pytest.raises(PermissionDeniedError):
-        predictor.upload_adapter(adapter_file(live.vit, "cars", winner=1))  # a predict key is not an admin key
+        predictor.upload_adapter(adapter_bytes(live.vit, "cars", winner=1))  # a predict key is not an admin key
     with live.client() as predictor, pytest.raises(PermissionDeniedError):
         predictor.delete_adapter("digits")
 
@@ -400,12 +328,11 @@ def test_invalid_and_incompatible_adapters(live: Live) -> None:
             admin.upload_adapter(b"not a safetensors file")
         assert (invalid.value.status, invalid.value.code) == (422, "invalid_adapter")
         with pytest.raises(InvalidAdapterError):
-            admin.upload_adapter(adapter_file(live.vit, "cars", winner=1), task="bad/name")
+            admin.upload_adapter(adapter_bytes(live.vit, "cars", winner=1), task="bad/name")
 
-        other = embedded_vit(seed=1)
-        other.reset_classifier(0)
+        other = embedded_backbone(seed=1)  # other weights: another fingerprint
         with pytest.raises(IncompatibleAdapterError) as incompatible:
-            admin.upload_adapter(adapter_file(other, "alien", winner=1))
+            admin.upload_adapter(adapter_bytes(other, "alien", winner=1))
         assert incompatible.value.status == 409 and incompatible.value.check == "fingerprint"
         assert "alien" not in {a.task for a in admin.list_adapters()}
 
@@ -454,7 +381,7 @@ def test_cli_against_the_server(live: Live, tmp_path: Path, capsys: pytest.Captu
 def test_predict_many_matches_single_predictions(
     live: Live, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    letters = adapter_file(live.vit, "letters", seed=5)
+    letters = adapter_bytes(live.vit, "letters", seed=5)
     live.engine.add_task("letters", task_from_bytes(letters))
     with live.client(api_key=ADMIN_KEY) as admin:
         admin.upload_adapter(letters, task="letters")

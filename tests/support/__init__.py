@@ -14,24 +14,31 @@
 
 from __future__ import annotations
 
-from .adapters import CLIP_FRAMES, adapter_bytes, embedded_backbone, make_task, tiny_vit, upload_files
-from .app import hold_forward_pass, serving
-from .media import encode, gif, image_files, png, tensor_of
-from .models import (
-    IMG,
-    adapted,
-    clips,
-    images,
-    make_vit,
-    max_diff,
-    randomize_adapters,
-    read_file,
-    reference_block,
-    rewrite,
-)
-from .process import SERVE, ServerProcess, clean_env, free_port, live_server, stop, wait_ready
-from .wait import DEFAULT_TIMEOUT, async_wait_until, wait_until
+import importlib
+from typing import TYPE_CHECKING, Any
 
+# Each name is imported from its module on first use, so that a test needs only what it uses (the client's tests
+# run without the server's packages; a benchmark does not import the app for a free port).
+_HOME = {
+    "adapters": ["CLIP_FRAMES", "adapter_bytes", "embedded_backbone", "make_task", "tiny_vit", "upload_files"],
+    "app": ["hold_forward_pass", "serving"],
+    "media": ["encode", "gif", "image_files", "png", "tensor_of"],
+    "models": [
+        "IMG",
+        "adapted",
+        "clips",
+        "images",
+        "make_vit",
+        "max_diff",
+        "randomize_adapters",
+        "read_file",
+        "reference_block",
+        "rewrite",
+    ],
+    "process": ["SERVE", "ServerProcess", "clean_env", "free_port", "live_server", "stop", "wait_ready"],
+    "wait": ["DEFAULT_TIMEOUT", "async_wait_until", "wait_until"],
+}
+_MODULE = {name: module for module, names in _HOME.items() for name in names}
 __all__ = [
     "CLIP_FRAMES",
     "DEFAULT_TIMEOUT",
@@ -67,3 +74,31 @@ __all__ = [
     "wait_ready",
     "wait_until",
 ]
+assert sorted(_MODULE) == __all__
+
+if TYPE_CHECKING:
+    from .adapters import CLIP_FRAMES, adapter_bytes, embedded_backbone, make_task, tiny_vit, upload_files
+    from .app import hold_forward_pass, serving
+    from .media import encode, gif, image_files, png, tensor_of
+    from .models import (
+        IMG,
+        adapted,
+        clips,
+        images,
+        make_vit,
+        max_diff,
+        randomize_adapters,
+        read_file,
+        reference_block,
+        rewrite,
+    )
+    from .process import SERVE, ServerProcess, clean_env, free_port, live_server, stop, wait_ready
+    from .wait import DEFAULT_TIMEOUT, async_wait_until, wait_until
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_MODULE[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -39,12 +39,14 @@ def tiny_vit(seed: int = 0, **kw: int) -> VisionTransformer:
     return vit
 
 
-def embedded_backbone(weights: Path, seed: int = 0) -> torch.nn.Module:
-    """The embedded architecture with random weights (``seed``), its 10-class state saved to ``weights`` for a
-    server's ``--weights``; returns the same backbone without its head (adapters made on it fit the server)."""
+def embedded_backbone(weights: Path | None = None, seed: int = 0) -> torch.nn.Module:
+    """The embedded architecture with random weights (``seed``), its 10-class state saved to ``weights`` (when
+    given) for a server's ``--weights``; returns the same backbone without its head (adapters made on it fit the
+    server)."""
     torch.manual_seed(seed)
     model = build_embedded(num_classes=10).eval()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    if weights is not None:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     vit = copy.deepcopy(model)
     vit.reset_classifier(0)
     return vit

@@ -1,13 +1,18 @@
-"""Image bytes for requests: random or one-colour PNGs, animated GIFs, and the multipart fields that carry them."""
+"""Image bytes for requests: random or one-colour PNGs, animated GIFs, and the multipart fields that carry them
+(PIL and numpy only: the client's tests use them too)."""
 
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 from PIL import Image
 
-from adaptformer.preprocess import InputSpec, preprocess_image
+if TYPE_CHECKING:
+    import torch
+
+    from adaptformer.preprocess import InputSpec
 
 __all__ = ["encode", "gif", "image_files", "png", "tensor_of"]
 
@@ -25,8 +30,8 @@ def png(seed: int = 0, size: int | tuple[int, int] = (40, 40), *, color: tuple[i
     w, h = (size, size) if isinstance(size, int) else size
     if color is not None:
         return encode(Image.new("RGB", (w, h), color))
-    g = torch.Generator().manual_seed(seed)
-    return encode(Image.fromarray((torch.rand(h, w, 3, generator=g) * 255).to(torch.uint8).numpy()))
+    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return encode(Image.fromarray(pixels))
 
 
 def gif(frames: int, seed: int = 0, size: int | tuple[int, int] = (40, 40)) -> bytes:
@@ -37,6 +42,8 @@ def gif(frames: int, seed: int = 0, size: int | tuple[int, int] = (40, 40)) -> b
 
 def tensor_of(data: bytes, spec: InputSpec) -> torch.Tensor:
     """An encoded image as the server's preprocessing gives it to the model."""
+    from adaptformer.preprocess import preprocess_image
+
     return preprocess_image(Image.open(io.BytesIO(data)), spec)
 
 

@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import httpx
-import torch
 
-from .adapters import embedded_backbone
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["SERVE", "ServerProcess", "clean_env", "free_port", "live_server", "stop", "wait_ready"]
 
@@ -179,6 +179,8 @@ class ServerProcess:
 def live_server(tmp_path: Path, adapters: Callable[[torch.nn.Module], dict[str, bytes]], *args: str) -> Iterator[str]:
     """A server on the embedded architecture (random weights, :func:`embedded_backbone`) with ``adapters(vit)``
     (task -> file bytes) in its store; yields its URL and stops it on the way out."""
+    from .adapters import embedded_backbone  # here: a free port or a server process needs no torch
+
     vit = embedded_backbone(tmp_path / "backbone.safetensors")
     store = tmp_path / "store"
     store.mkdir(exist_ok=True)
