@@ -13,7 +13,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Generic, TypeVar, cast
@@ -73,6 +73,10 @@ class _Call(Generic[T]):
 
 class _AdapterList(BaseModel):
     adapters: list[AdapterInfo]
+    next_cursor: str | None = None  # a server from before paging answers everything, without it
+
+
+PAGE_SIZE = 500  # tasks per GET /adapters page when iterating (the server allows up to 1,000)
 
 
 class _JobList(BaseModel):
@@ -318,8 +322,16 @@ class _BaseClient:
 
         return _Call(self._build("POST", "/predict", timeout, params=params, files=files), parse)
 
-    def _list_adapters(self) -> _Call[list[AdapterInfo]]:
-        return _Call(self._build("GET", "/adapters"), lambda r: _json(r, _AdapterList).adapters)
+    def _list_adapters(
+        self,
+        cursor: str | None = None,
+        limit: int | None = None,
+        prefix: str | None = None,
+        modality: str | None = None,
+    ) -> _Call[_AdapterList]:
+        params = {"cursor": cursor, "limit": limit, "prefix": prefix or None, "modality": modality}
+        request = self._build("GET", "/adapters", params={k: v for k, v in params.items() if v is not None})
+        return _Call(request, lambda r: _json(r, _AdapterList))
 
     def _get_adapter(self, task: str) -> _Call[AdapterInfo]:
         return _Call(self._build("GET", f"/adapters/{quote(task, safe='')}"), _model(AdapterInfo))
@@ -540,9 +552,28 @@ class Client(_BaseClient):
         """
         return self._run(self._predict_many(tasks, image, top_k, timeout))
 
-    def list_adapters(self) -> list[AdapterInfo]:
-        """Every adapter the server can serve, sorted by task."""
-        return self._run(self._list_adapters())
+    def list_adapters(self, prefix: str | None = None, modality: str | None = None) -> list[AdapterInfo]:
+        """Every adapter the server can serve, sorted by task (read page by page: see :meth:`iter_adapters`)."""
+        return list(self.iter_adapters(prefix, modality))
+
+    def iter_adapters(
+        self, prefix: str | None = None, modality: str | None = None, *, page_size: int = PAGE_SIZE
+    ) -> Iterator[AdapterInfo]:
+        """The adapters the server can serve, sorted by task, one ``GET /adapters`` page of ``page_size`` at a time.
+
+        Every task that exists throughout the iteration comes exactly once, even while tasks are added or removed.
+
+        Args:
+            prefix: Only tasks whose name starts with it.
+            modality: Only ``"image"`` or only ``"clip"`` tasks.
+        """
+        cursor = None
+        while True:
+            page = self._run(self._list_adapters(cursor, page_size, prefix, modality))
+            yield from page.adapters
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
     def get_adapter(self, task: str) -> AdapterInfo:
         """One adapter's description. Raises ``NotFoundError`` for an unknown task."""
@@ -770,8 +801,22 @@ class AsyncClient(_BaseClient):
         """See ``Client.predict_many``."""
         return await self._run(self._predict_many(tasks, image, top_k, timeout))
 
-    async def list_adapters(self) -> list[AdapterInfo]:
-        return await self._run(self._list_adapters())
+    async def list_adapters(self, prefix: str | None = None, modality: str | None = None) -> list[AdapterInfo]:
+        """See ``Client.list_adapters``."""
+        return [a async for a in self.iter_adapters(prefix, modality)]
+
+    async def iter_adapters(
+        self, prefix: str | None = None, modality: str | None = None, *, page_size: int = PAGE_SIZE
+    ) -> AsyncIterator[AdapterInfo]:
+        """See ``Client.iter_adapters`` (``async for adapter in client.iter_adapters()``)."""
+        cursor = None
+        while True:
+            page = await self._run(self._list_adapters(cursor, page_size, prefix, modality))
+            for adapter in page.adapters:
+                yield adapter
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
     async def get_adapter(self, task: str) -> AdapterInfo:
         return await self._run(self._get_adapter(task))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -10,7 +13,9 @@ from typing import Any
 from adaptformer.adapter_file import Header
 from adaptformer.preprocess import InputSpec
 
-__all__ = ["AdapterEntry", "Registry"]
+__all__ = ["MAX_PAGE", "AdapterEntry", "Registry", "decode_cursor", "encode_cursor"]
+
+MAX_PAGE = 1000  # the largest page of GET /adapters (about 500 kB of JSON)
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._entries: dict[str, AdapterEntry] = {}
+        self._names: list[str] | None = []  # the task names, sorted; None: to be sorted again (a task came or went)
 
     def get(self, task: str) -> AdapterEntry | None:
         return self._entries.get(task)
@@ -88,10 +94,15 @@ class Registry:
         """Makes ``entry`` the current version of its task; returns the one it replaces."""
         previous = self._entries.get(entry.task)
         self._entries[entry.task] = entry
+        if previous is None:
+            self._names = None
         return previous
 
     def remove(self, task: str) -> AdapterEntry | None:
-        return self._entries.pop(task, None)
+        removed = self._entries.pop(task, None)
+        if removed is not None:
+            self._names = None
+        return removed
 
     def current_version(self, task: str) -> str | None:
         entry = self._entries.get(task)
@@ -101,4 +112,67 @@ class Registry:
         return len(self._entries)
 
     def __iter__(self) -> Iterator[AdapterEntry]:
-        return iter(sorted(self._entries.values(), key=lambda e: e.task))
+        return iter([self._entries[name] for name in self.names()])
+
+    def names(self) -> list[str]:
+        """Every task name, sorted (sorted once after tasks came or went, not at every call)."""
+        if self._names is None:
+            self._names = sorted(self._entries)
+        return self._names
+
+    def page(
+        self, after: str | None = None, limit: int | None = None, prefix: str = "", modality: str | None = None
+    ) -> tuple[list[AdapterEntry], str | None]:
+        """One page of the entries in task-name order, and the task to continue after (``None``: no more).
+
+        A walk that passes each page's last task as the next ``after`` returns every task that exists throughout
+        the walk exactly once, whatever is added or removed meanwhile (a task added or removed during the walk
+        appears at most once). The cost is that of the page (and of the entries the filters skip), not of the
+        registry.
+
+        Args:
+            after: Only tasks whose names sort after this one (the previous page's last task).
+            limit: At most this many entries (``None``: all that match).
+            prefix: Only tasks whose name starts with it.
+            modality: Only tasks of this modality (``image`` or ``clip``).
+        """
+        names = self.names()
+        i = bisect.bisect_left(names, prefix)
+        if after is not None:
+            i = max(i, bisect.bisect_right(names, after))
+        found: list[AdapterEntry] = []
+        for name in names[i:]:
+            if not name.startswith(prefix):
+                break
+            entry = self._entries[name]
+            if modality is not None and entry.spec.modality != modality:
+                continue
+            if limit is not None and len(found) == limit:
+                return found, found[-1].task  # one more matches: the caller asks again
+            found.append(entry)
+        return found, None
+
+
+def encode_cursor(task: str | None) -> str | None:
+    """The opaque ``next_cursor`` of a page that ends with ``task`` (``None``: the last page)."""
+    return None if task is None else base64.urlsafe_b64encode(f"after:{task}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> str | None:
+    """The task a ``cursor`` continues after.
+
+    Raises:
+        ValueError: not a cursor a listing gave out.
+    """
+    if cursor is None:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, binascii.Error):
+        text = ""
+    if not text.startswith("after:") or not text[6:]:
+        raise ValueError(
+            f"cursor {cursor[:80]!r} is not one this server gave out: pass the next_cursor of the previous page "
+            "unchanged, or leave cursor out to start from the first task"
+        )
+    return text[6:]

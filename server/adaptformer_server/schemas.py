@@ -78,7 +78,10 @@ class AdapterInfo(BaseModel):
 
 
 class AdapterList(BaseModel):
-    adapters: list[AdapterInfo]
+    adapters: list[AdapterInfo] = Field(description="sorted by task name; without `limit`, every task that matches")
+    next_cursor: str | None = Field(
+        None, description="with `limit` or `cursor` only: pass it as `cursor` for the next page; null on the last page"
+    )
 
 
 class UploadResponse(BaseModel):

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from adaptformer_server.deps import Adapters, AdminAuth, PredictAuth
-from adaptformer_server.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed, counted
+from adaptformer_server.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, ValidationFailed, counted
 from adaptformer_server.inputs import media_type, read_form
+from adaptformer_server.registry import MAX_PAGE, decode_cursor, encode_cursor
 from adaptformer_server.schemas import (
     AdapterInfo,
     AdapterList,
@@ -48,9 +49,32 @@ _UPLOAD: dict[str, Any] = {
 }
 
 
-@router.get("", response_model=AdapterList, summary="All tasks, sorted", responses=error_responses(401, 403, 503))
-async def list_adapters(_: PredictAuth, adapters: Adapters) -> dict:
-    return {"adapters": [adapters.info(e) for e in adapters]}
+@router.get(
+    "",
+    response_model=AdapterList,
+    response_model_exclude_unset=True,  # next_cursor only in paged answers (every field of an AdapterInfo is set)
+    summary="Tasks sorted by name: all of them, or a page (limit, cursor), filtered by name prefix or modality",
+    responses=error_responses(400, 401, 403, 503),
+)
+async def list_adapters(
+    _: PredictAuth,
+    adapters: Adapters,
+    limit: Annotated[
+        int | None, Query(ge=1, le=MAX_PAGE, description="at most this many tasks (default: all of them)")
+    ] = None,
+    cursor: Annotated[str | None, Query(max_length=200, description="the previous page's next_cursor")] = None,
+    prefix: Annotated[str, Query(max_length=64, description="only tasks whose name starts with it")] = "",
+    modality: Annotated[Literal["image", "clip"] | None, Query(description="only tasks of this modality")] = None,
+) -> dict:
+    try:
+        after = decode_cursor(cursor)
+    except ValueError as e:
+        raise InvalidInput(f"bad query parameter: {e}") from None
+    page, last = adapters.registry.page(after, limit, prefix, modality)
+    body: dict = {"adapters": [adapters.info(e) for e in page]}
+    if limit is not None or cursor is not None:  # else every task, in the answer of before paging
+        body["next_cursor"] = encode_cursor(last)
+    return body
 
 
 @router.get("/{task}", response_model=AdapterInfo, summary="One task", responses=error_responses(401, 403, 404, 503))
