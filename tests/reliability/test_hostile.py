@@ -28,6 +28,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from benchmarks.reliability import Kit, Server, rss_mb
+from tests.support import gif, png
 
 pytestmark = pytest.mark.e2e
 
@@ -35,17 +36,6 @@ MiB = 1024 * 1024
 
 
 # -- payloads --------------------------------------------------------------------------------------------------
-def _png(size: tuple[int, int] = (64, 64), seed: int = 0, solid: bool = False) -> bytes:
-    if solid:
-        img = Image.new("RGB", size, (120, 30, 200))
-    else:
-        g = torch.Generator().manual_seed(seed)
-        img = Image.fromarray((torch.rand(size[1], size[0], 3, generator=g) * 255).to(torch.uint8).numpy())
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
-
-
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -69,15 +59,8 @@ def _corrupt(data: bytes) -> bytes:
     return data[:mid] + bytes(b ^ 0x5A for b in data[mid : mid + 64]) + data[mid + 64 :]
 
 
-def _gif(frames: int, size: tuple[int, int] = (8, 8)) -> bytes:
-    """An animated GIF of distinct frames (the GIF writer merges identical ones)."""
-    images = [Image.open(io.BytesIO(_png(size, seed=i))).convert("P") for i in range(frames)]
-    buf = io.BytesIO()
-    images[0].save(buf, "GIF", save_all=True, append_images=images[1:], duration=40, loop=0)
-    return buf.getvalue()
-
-
-PNG = _png()
+SOLID = (120, 30, 200)  # one colour: a large image that compresses to a small body
+PNG = png(0, (64, 64))
 
 
 def _split(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -221,10 +204,15 @@ CASES: list[tuple[str, Build, int, str | None]] = [
         413,
         "payload_too_large",
     ),
-    ("png-over-pixel-limit", lambda k: predict(("image", _png((2000, 1500), solid=True))), 413, "payload_too_large"),
+    (
+        "png-over-pixel-limit",
+        lambda k: predict(("image", png(size=(2000, 1500), color=SOLID))),
+        413,
+        "payload_too_large",
+    ),
     (
         "request-over-pixel-budget",
-        lambda k: predict(*[("image", _png((1200, 1200), solid=True))] * 3),
+        lambda k: predict(*[("image", png(size=(1200, 1200), color=SOLID))] * 3),
         413,
         "payload_too_large",
     ),
@@ -259,26 +247,26 @@ CASES: list[tuple[str, Build, int, str | None]] = [
     # clips (clip4: 4 frames)
     (
         "clip-mismatched-frame-sizes",
-        lambda k: predict(*[("frame", _png(s)) for s in ((8, 8), (64, 64), (40, 30), (28, 28))], task="clip4"),
+        lambda k: predict(*[("frame", png(0, s)) for s in ((8, 8), (64, 64), (40, 30), (28, 28))], task="clip4"),
         200,
         None,
     ),
     (
         "clip-65-frame-fields",
-        lambda k: predict(*[("frame", _png((8, 8)))] * 65, task="clip4"),
+        lambda k: predict(*[("frame", png(0, (8, 8)))] * 65, task="clip4"),
         413,
         "payload_too_large",
     ),
     (
         "clip-gif-100-frames",
-        lambda k: predict(("image", _gif(100)), task="clip4", name="c.gif", ctype="image/gif"),
+        lambda k: predict(("image", gif(100, size=(8, 8))), task="clip4", name="c.gif", ctype="image/gif"),
         413,
         "payload_too_large",
     ),
-    ("clip-3-frames", lambda k: predict(*[("frame", _png((8, 8)))] * 3, task="clip4"), 400, "invalid_input"),
+    ("clip-3-frames", lambda k: predict(*[("frame", png(0, (8, 8)))] * 3, task="clip4"), 400, "invalid_input"),
     (
         "clip-gif-2-frames",
-        lambda k: predict(("image", _gif(2)), task="clip4", name="c.gif", ctype="image/gif"),
+        lambda k: predict(("image", gif(2, size=(8, 8))), task="clip4", name="c.gif", ctype="image/gif"),
         400,
         "invalid_input",
     ),

@@ -9,7 +9,6 @@ route with Hypothesis, then restart a server on what the uploads left in the sto
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import logging
@@ -26,7 +25,6 @@ import torch
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from starlette.testclient import TestClient
@@ -35,7 +33,7 @@ from adaptformer.adapter_file import parse_header, task_from_bytes
 from adaptformer.errors import AdapterFormatError, IncompatibleAdapterError
 from adaptformer_server import create_app
 from adaptformer_server.settings import Settings
-from tests.support import serving
+from tests.support import png, serving, upload_files
 
 DEMO = Path(__file__).resolve().parents[2] / "adapters" / "adaptformer" / "demo"
 QUARANTINE = ".quarantine"
@@ -79,20 +77,6 @@ def with_tensors(data: bytes, edit: Callable[[dict[str, torch.Tensor]], None]) -
 
 def nested(depth: int) -> str:
     return "[" * depth + "]" * depth
-
-
-def png(seed: int = 0, size: int = 40) -> bytes:
-    g = torch.Generator().manual_seed(seed)
-    buf = io.BytesIO()
-    Image.fromarray((torch.rand(size, size, 3, generator=g) * 255).to(torch.uint8).numpy()).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def files(data: bytes, task: str | None = None) -> dict[str, Any]:
-    kw: dict[str, Any] = {"files": {"file": ("adapter.safetensors", data, "application/octet-stream")}}
-    if task is not None:
-        kw["data"] = {"task": task}
-    return kw
 
 
 IMAGE = {"files": [("image", ("a.png", png(), "image/png"))]}
@@ -183,13 +167,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient,
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_a_hostile_file_answers_4xx_at_upload_and_is_never_stored(case, hostile_files, live):
     client, store = live
-    r = client.post("/adapters", **files(hostile_files[case], task="hostile"))
+    r = client.post("/adapters", **upload_files(hostile_files[case], task="hostile"))
     assert r.status_code in (409, 413, 422), (r.status_code, r.text[:300])
     assert not (store / "hostile.safetensors").exists()
     # the server is unharmed: listing, a prediction, an upload (which polls the store first), an unknown delete
     assert [a["task"] for a in client.get("/adapters").json()["adapters"]] == ["digits"]
     assert client.post("/predict?task=digits", **IMAGE).status_code == 200
-    assert client.post("/adapters", **files(demo("fashion"), task="ok")).status_code == 201
+    assert client.post("/adapters", **upload_files(demo("fashion"), task="ok")).status_code == 201
     assert client.delete("/adapters/nothing").status_code == 404
     assert client.delete("/adapters/ok").status_code == 200
 
@@ -234,7 +218,7 @@ async def test_a_hostile_file_found_by_the_watcher_is_quarantined(tmp_path):
             "surrogate",
         ]
         # later uploads, deletes and polls still work
-        assert (await client.post("/adapters", **files(demo("fashion")))).status_code == 201
+        assert (await client.post("/adapters", **upload_files(demo("fashion")))).status_code == 201
         assert (await client.delete("/adapters/unknown")).status_code == 404
         assert await adapters.sync_store() == 0
         assert await tasks_of(client) == ["digits", "fashion"]
@@ -295,11 +279,11 @@ async def test_a_clip_adapter_above_max_frames_is_refused(tmp_path):
     app = make_app(store, max_frames=16)
     many = with_json(demo("motion"), "input", lambda s: {**s, "frames": 256})
     async with serving(app) as client:
-        r = await client.post("/adapters", **files(many))
+        r = await client.post("/adapters", **upload_files(many))
         assert r.status_code in (409, 422), r.text
         assert "max_frames" in r.json()["error"]["message"] or "frames" in r.json()["error"]["message"]
         assert not (store / "motion.safetensors").exists()
-        assert (await client.post("/adapters", **files(demo("motion")))).status_code == 201  # 8 frames fit
+        assert (await client.post("/adapters", **upload_files(demo("motion")))).status_code == 201  # 8 frames fit
 
 
 # -- item 6: weights finite in the serving dtype; task=* takes the tasks it resolved ---------------------------
@@ -316,7 +300,7 @@ async def test_weights_that_overflow_the_serving_dtype_are_refused(tmp_path):
     store = seed(tmp_path / "store")
     app = make_app(store)
     async with serving(app) as client:
-        r = await client.post("/adapters", **files(_overflowing(demo("fashion"))))
+        r = await client.post("/adapters", **upload_files(_overflowing(demo("fashion"))))
         assert r.status_code in (409, 422), r.text
         assert not (store / "fashion.safetensors").exists()
 
@@ -327,10 +311,10 @@ async def test_weights_that_overflow_float16_are_refused_by_a_float16_server(tmp
 
     app = make_app(seed(tmp_path / "store"), dtype="float16", device="cpu")
     async with serving(app) as client:
-        r = await client.post("/adapters", **files(with_tensors(demo("fashion"), big)))
+        r = await client.post("/adapters", **upload_files(with_tensors(demo("fashion"), big)))
         assert r.status_code == 409 and r.json()["error"]["check"] == "dtype", r.text
         assert "float16" in r.json()["error"]["message"]
-        assert (await client.post("/adapters", **files(demo("fashion")))).status_code == 201
+        assert (await client.post("/adapters", **upload_files(demo("fashion")))).status_code == 201
 
 
 async def test_star_skips_a_stored_task_it_cannot_load(tmp_path):
@@ -350,7 +334,7 @@ async def test_star_leaves_out_a_task_whose_scores_overflow(tmp_path):
     app = make_app(seed(tmp_path / "store", digits=demo("digits"), fashion=demo("fashion")))
     async with serving(app) as client:
         assert (
-            await client.post("/adapters", **files(with_tensors(demo("fashion"), huge), task="huge"))
+            await client.post("/adapters", **upload_files(with_tensors(demo("fashion"), huge), task="huge"))
         ).status_code == 201
         assert (await client.post("/predict?task=huge", **IMAGE)).status_code == 422  # asked by name: its error
         r = await client.post("/predict?task=*", **IMAGE)
@@ -460,7 +444,7 @@ def test_reader_fuzz_raises_only_typed_errors(data: bytes):
 @given(mutated_files())
 def test_upload_fuzz_never_500_and_the_store_holds_only_what_start_up_accepts(live, data):
     client, _ = live
-    r = client.post("/adapters", **files(data, task=f"fuzz{next(UPLOADS)}"))
+    r = client.post("/adapters", **upload_files(data, task=f"fuzz{next(UPLOADS)}"))
     assert r.status_code in (201, 409, 413, 415, 422), (r.status_code, r.text[:300])
 
 

@@ -9,7 +9,6 @@ connections, the decoder allow-list). They run against one server process of the
 from __future__ import annotations
 
 import base64
-import io
 import re
 import socket
 import struct
@@ -21,6 +20,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.reliability import Kit, Server
+from tests.support import encode, png
 
 pytestmark = pytest.mark.e2e
 
@@ -45,19 +45,13 @@ def server(kit: Kit) -> Iterator[Server]:
 
 
 # -- payloads --------------------------------------------------------------------------------------------------
-def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def _png(side: int, color: int = 0) -> bytes:
-    return _encode(Image.new("RGB", (side, side), (color, 90, 200)), "PNG")
+def _png(side: int) -> bytes:
+    return png(size=side, color=(0, 90, 200))
 
 
 def _gif_frame(img: Image.Image) -> bytes:
     """The image descriptor and data of a one-frame GIF, its palette moved into a local color table."""
-    data = _encode(img, "GIF")
+    data = encode(img, "GIF")
     packed = data[10]
     table = data[13 : 13 + (3 * 2 ** ((packed & 7) + 1) if packed & 0x80 else 0)]
     pos = 13 + len(table)
@@ -80,7 +74,7 @@ def _gif(sides: list[int]) -> bytes:
 
 def _tiff(sides: list[int]) -> bytes:
     pages = [Image.new("RGB", (s, s), (i * 40, 0, 0)) for i, s in enumerate(sides)]
-    return _encode(pages[0], "TIFF", save_all=True, append_images=pages[1:], compression="tiff_deflate")
+    return encode(pages[0], "TIFF", save_all=True, append_images=pages[1:], compression="tiff_deflate")
 
 
 def _victim(server: Server, kit: Kit) -> str:
@@ -440,7 +434,7 @@ _EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto 8 8 lineto 
 
 @pytest.mark.parametrize("fmt", ["PCX", "TGA", "PPM", "ICO", "SGI", "EPS"])
 def test_formats_outside_the_allow_list_are_not_decoded(fmt: str, server: Server):
-    data = _EPS if fmt == "EPS" else _encode(Image.new("RGB", (16, 16), (10, 200, 30)), fmt)
+    data = _EPS if fmt == "EPS" else encode(Image.new("RGB", (16, 16), (10, 200, 30)), fmt)
     r = httpx.post(f"{server.url}/predict?task=t00", content=data, headers={"Content-Type": "image/png"}, timeout=30)
     assert r.status_code == 400, r.text
     message = r.json()["error"]["message"]
@@ -473,7 +467,7 @@ def test_allowed_formats_still_decode(server: Server):
     for fmt, ctype in [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp"), ("GIF", "image/gif"),
                        ("BMP", "image/bmp"), ("TIFF", "image/tiff")]:  # fmt: skip
         r = httpx.post(
-            f"{server.url}/predict?task=t00", content=_encode(img, fmt), headers={"Content-Type": ctype}, timeout=30
+            f"{server.url}/predict?task=t00", content=encode(img, fmt), headers={"Content-Type": ctype}, timeout=30
         )
         assert r.status_code == 200, (fmt, r.text)
 

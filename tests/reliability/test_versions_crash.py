@@ -9,7 +9,6 @@ the operation completes, so a new step in the store's write path is covered with
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import struct
@@ -19,12 +18,11 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from PIL import Image
 
 from adaptformer_server import create_app
 from adaptformer_server.settings import Settings
 from adaptformer_server.store import HISTORY, AdapterStore, version_of
-from tests.support import serving
+from tests.support import png, serving
 
 DEMO = Path(__file__).resolve().parents[2] / "adapters" / "adaptformer" / "demo"
 
@@ -167,16 +165,13 @@ async def test_a_server_restarted_after_each_crash_serves_lists_and_rolls_back(m
             listed = (await client.get("/adapters/digits/versions")).json()
             assert listed["current"] == current
             assert current in [v["version"] for v in listed["versions"]]
-            r = await client.post("/predict?task=digits", files={"image": ("a.png", _png(), "image/png")})
+            r = await client.post("/predict?task=digits", files=IMAGE)
             assert r.status_code == 200 and r.json()["version"] == current, step
             pinned = next(v["version"] for v in listed["versions"] if not v["current"])
-            r = await client.post(f"/predict?task=digits@{pinned}", files={"image": ("a.png", _png(), "image/png")})
+            r = await client.post(f"/predict?task=digits@{pinned}", files=IMAGE)
             assert r.status_code == 200 and r.json()["version"] == pinned, step
             r = await client.post("/adapters/digits/rollback", json={"version": pinned})
             assert r.status_code == 200 and r.json()["adapter"]["version"] == pinned, step
 
 
-def _png() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (28, 28), (200, 10, 10)).save(buf, "PNG")
-    return buf.getvalue()
+IMAGE = {"image": ("a.png", png(size=28, color=(200, 10, 10)), "image/png")}  # a request's one image part
