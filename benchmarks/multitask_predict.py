@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import datetime as dt
-import io
 import json
 import os
 import platform
@@ -34,34 +32,22 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import torch
-from PIL import Image
 
-import adaptformer as af
-from adaptformer.adapter_file import task_to_bytes
 from adaptformer.embedded import load_embedded
-from adaptformer.preprocess import spec_from_model
 from adaptformer_server import create_app
 from adaptformer_server.settings import Settings
+from tests.support import adapter_bytes, png
 
 
 def make_adapters(store: Path, n: int) -> list[str]:
     vit = load_embedded()
     vit.reset_classifier(0)
-    names = []
-    for i in range(n):
-        model = copy.deepcopy(vit)
-        af.add_adapters(model, af.AdapterConfig(bottleneck=16), num_classes=10)
-        g = torch.Generator().manual_seed(i)
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-        name = f"task{i:02d}"
-        task = af.extract_task(model, name, labels=[str(c) for c in range(10)], input_spec=spec_from_model(vit))
-        (store / f"{name}.safetensors").write_bytes(task_to_bytes(task))
-        names.append(name)
+    names = [f"task{i:02d}" for i in range(n)]
+    labels = [str(c) for c in range(10)]
+    for i, name in enumerate(names):
+        data = adapter_bytes(vit, name, num_classes=10, bottleneck=16, seed=i, scale=0.05, labels=labels)
+        (store / f"{name}.safetensors").write_bytes(data)
     return names
 
 
@@ -71,15 +57,8 @@ def forward_passes(runtime) -> int:
     return int(next(s.value for s in samples if s.name.endswith("_count")))
 
 
-def png() -> bytes:
-    pixels = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 async def measure(counts: list[int], reps: int, max_wait_ms: float, threads: int) -> dict:
-    image = png()
+    image = png(0, 28)
     files = [("image", ("x.png", image, "image/png"))]
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp)

@@ -28,15 +28,12 @@ import argparse
 import asyncio
 import copy
 import datetime as dt
-import io
 import json
 import os
 import platform
 import random
 import shlex
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,21 +43,13 @@ from pathlib import Path
 
 import httpx
 import torch
-from PIL import Image
 
-import adaptformer as af
-from adaptformer.adapter_file import task_to_bytes
-from adaptformer.embedded import build_embedded
 from adaptformer.engine import MultiTaskViT
-from adaptformer.preprocess import spec_from_model
 from adaptformer_server.backbone import load_backbone, resolve_device
 from adaptformer_server.settings import Settings
-
-if __package__ in (None, ""):  # run as a script: `benchmarks` is a top-level package of the repository
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from benchmarks import engine_throughput as bench
 from benchmarks.machine import cpu_model
+from tests.support import ServerProcess, adapter_bytes, embedded_backbone, png
 
 TASKS = 16
 
@@ -69,93 +58,37 @@ TASKS = 16
 def backbone_for(args: argparse.Namespace, workdir: Path) -> tuple[torch.nn.Module, Path | None]:
     """The backbone (to build adapters on) and the weights file the server gets."""
     if args.weights is None and args.backbone == "embedded":
-        torch.manual_seed(0)
-        model = build_embedded(num_classes=10).eval()
-        weights = workdir / "backbone.safetensors"
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-        args.weights = weights
+        args.weights = workdir / "backbone.safetensors"
+        embedded_backbone(args.weights, seed=0)
     vit, _ = load_backbone(Settings(backbone=args.backbone, weights=args.weights))
     return vit, args.weights
 
 
 def adapter_file(vit: torch.nn.Module, name: str, bottleneck: int, seed: int) -> bytes:
-    model = copy.deepcopy(vit)
-    af.add_adapters(model, af.AdapterConfig(bottleneck=bottleneck), num_classes=10)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    if not getattr(model, "pretrained_cfg", None):
-        model.pretrained_cfg = {"architecture": "benchmark-vit"}
-    return task_to_bytes(af.extract_task(model, name, input_spec=spec_from_model(vit)))
+    """A 10-class adapter file on ``vit`` with small random weights (:func:`tests.support.adapter_bytes`)."""
+    if not getattr(vit, "pretrained_cfg", None):
+        vit.pretrained_cfg = {"architecture": "benchmark-vit"}
+    labels = [str(i) for i in range(10)]
+    return adapter_bytes(vit, name, num_classes=10, bottleneck=bottleneck, seed=seed, scale=0.02, labels=labels)
 
 
 def images(n: int, size: int) -> list[bytes]:
-    out = []
-    for i in range(n):
-        g = torch.Generator().manual_seed(i)
-        arr = (torch.rand(size, size, 3, generator=g) * 255).to(torch.uint8).numpy()
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, "PNG")
-        out.append(buf.getvalue())
-    return out
+    return [png(i, size) for i in range(n)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A ``python -m adaptformer_server`` process; ``ready_s`` is the time from spawn to /readyz 200."""
+class Server(ServerProcess):
+    """A ``python -m adaptformer_server`` process (:class:`tests.support.ServerProcess`); ``ready_s`` is the time
+    from spawn to /readyz 200."""
 
     def __init__(self, args: argparse.Namespace, store: Path, **settings: object) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "adaptformer_server", "--backbone", args.backbone, "--store", str(store)]
-        cmd += ["--port", str(self.port), "--no-seed-demo", "--log-level", "warning", "--device", args.device]
+        flags: list[object] = ["--backbone", args.backbone, "--store", store, "--no-seed-demo"]
+        flags += ["--log-level", "warning", "--device", args.device]
         if args.weights is not None:
-            cmd += ["--weights", str(args.weights)]
+            flags += ["--weights", args.weights]
         for key, value in settings.items():
             flag = key.replace("_", "-")
-            cmd += [f"--{'' if value else 'no-'}{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTFORMER_")}
-        start = time.perf_counter()
-        # A file, not a pipe: a server that logs more than a pipe holds would block on a pipe nobody reads.
-        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=self.log)
-        deadline = start + 600
-        while time.perf_counter() < deadline:
-            if self.proc.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(f"server exited: {self.log.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("server not ready after 600 s")
-        self.ready_s = time.perf_counter() - start
-
-    def close(self) -> None:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-
-    def __enter__(self) -> Server:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+            flags += [f"--{'' if value else 'no-'}{flag}"] if isinstance(value, bool) else [f"--{flag}", value]
+        super().__init__(flags, ready_timeout=600, interval=0.1)
 
 
 # -- measurements ------------------------------------------------------------------------------------------------
