@@ -584,7 +584,7 @@ class BackboneSpec:
         temporal part included."""
         source = source or f"adapter {task.name!r}"
         self._check_fingerprint(task.info.backbone, task.info.fingerprint, source)
-        branches = {i: task.adapters[str(i)].down.in_features for i in task.layers}
+        branches = {i: branch.down.in_features for i, branch in task.branches()}
         self._check_widths(task.head.in_features, branches, source)
         self.check_input(task.info.input, source)
         if task.temporal is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
@@ -62,7 +63,7 @@ def load_backbone(name: str = EMBEDDED, weights: str | Path | None = None) -> Ba
             f"unknown backbone {name!r}: use 'embedded' or a timm ViT name (see timm.list_models('vit_*'))"
         )
     try:
-        model = timm.create_model(name, pretrained=weights is None, num_classes=0)
+        model = cast(VisionTransformer, timm.create_model(name, pretrained=weights is None, num_classes=0))
     except Exception as e:  # timm raises several types for missing networks or weights
         raise AdaptformerError(
             f"cannot fetch pretrained weights for {name!r} ({type(e).__name__}: {e}); "

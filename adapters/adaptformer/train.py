@@ -135,7 +135,8 @@ def build_model(backbone: Backbone, cfg: TrainConfig, num_classes: int, frames: 
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
