@@ -16,7 +16,6 @@ from adaptformer.backbone import resolve_device as _resolve_device
 from adaptformer.engine import MultiTaskViT
 from adaptformer.errors import AdaptformerError, UnsupportedModelError
 from adaptformer.fingerprint import backbone_fingerprint
-from adaptformer.input_spec import InputSpec
 from adaptformer_server.settings import Settings
 
 __all__ = ["BackboneError", "BackboneInfo", "build_engine", "load_backbone", "resolve_device"]
@@ -39,14 +38,6 @@ class BackboneInfo(BackboneSpec):
     params: int
     device: torch.device
     dtype: torch.dtype
-
-    @property
-    def spec(self) -> BackboneSpec:
-        return self
-
-    def check_spec(self, spec: InputSpec, source: str) -> None:
-        """:meth:`BackboneSpec.check_input` (kept for the runtime's call sites; call that instead)."""
-        self.check_input(spec, source)
 
 
 def load_backbone(settings: Settings) -> tuple[nn.Module, str]:
