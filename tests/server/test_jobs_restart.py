@@ -12,8 +12,7 @@ import pytest
 
 from adaptformer_server.app import create_app
 from tests.server.jobs_support import examples_zip
-from tests.support import async_wait_until, serving, wait_until
-from tests.support.process import ServerProcess, embedded_backbone
+from tests.support import ServerProcess, async_wait_until, embedded_backbone, serving, wait_until
 
 ADMIN = "jobs-admin-key-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -97,3 +96,18 @@ def test_a_killed_server_process_leaves_a_failed_record(tmp_path):
         job = httpx.get(f"{server.url}/jobs/{job_id}", headers=AUTH).json()
         assert job["status"] == "failed" and "server stopped" in job["error"]
         assert httpx.get(f"{server.url}/adapters/t").status_code == 404
+
+
+async def test_one_process_per_jobs_folder(make_settings, vit, tmp_path):
+    """A second server on the same jobs folder (replicas sharing a disk) runs no jobs and says why (503); the
+    first one's records are untouched, and the folder is the next process's once the first one stops."""
+    settings = make_settings(admin_key=ADMIN, jobs_dir=tmp_path / "jobs")
+    _record(tmp_path / "jobs", "j-000000000001", "alpha", "running")
+    async with serving(create_app(settings, backbone=vit)) as first:
+        assert (await first.get("/jobs/j-000000000001", headers=AUTH)).json()["status"] == "failed"
+        async with serving(create_app(settings, backbone=vit)) as second:
+            r = await second.get("/jobs", headers=AUTH)
+            assert r.status_code == 503 and "ADAPTFORMER_JOBS_DIR" in r.json()["error"]["message"]
+            assert "retry-after" in r.headers
+    async with serving(create_app(settings, backbone=vit)) as third:
+        assert (await third.get("/jobs", headers=AUTH)).status_code == 200

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -146,11 +147,20 @@ class JobManager:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._runner: asyncio.Task[None] | None = None
         self._current: Job | None = None
+        self._lock_fd: int | None = None
+        self.unavailable: str | None = None  # why this process runs no jobs (another one owns jobs_dir)
 
     # -- life cycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
         """Loads the records (settling what a previous process left unfinished) and starts the runner."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not self._take_lock():
+                return
+        except OSError as e:  # serving goes on without training jobs
+            self.unavailable = f"training jobs are off: cannot use the jobs folder {self.root}: {e}"
+            log.warning("%s", self.unavailable)
+            return
         for folder in sorted(self.root.iterdir()):
             path = folder / "job.json"
             if not (folder.is_dir() and valid_job_id(folder.name) and path.is_file()):
@@ -175,6 +185,23 @@ class JobManager:
         if self._runner is None:
             self._runner = asyncio.create_task(self._run_forever(), name="adaptformer-jobs")
 
+    def _take_lock(self) -> bool:
+        """One live process per jobs folder: it alone settles, queues and runs the jobs recorded there (a lock the
+        kernel drops when the process dies, so a restarted server takes over)."""
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            self.unavailable = (
+                f"training jobs are run by another server process that uses {self.root}; give each process its "
+                "own jobs folder (ADAPTFORMER_JOBS_DIR) or send training requests to that one"
+            )
+            log.warning("%s", self.unavailable)
+            return False
+        self._lock_fd = fd
+        return True
+
     async def stop(self) -> None:
         job = self._current
         if job is not None and job.process is not None:
@@ -187,6 +214,9 @@ class JobManager:
                 await self._runner
         if job is not None and job.status not in TERMINAL:
             self._finish(job, "failed", error=job.record.get("stop_reason") or "the server stopped")
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the lock
+            self._lock_fd = None
 
     # -- records --------------------------------------------------------------------------------------------
     def _save(self, job: Job) -> None:

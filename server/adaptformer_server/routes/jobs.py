@@ -52,6 +52,8 @@ def _manager(request: Request) -> JobManager:
     manager: JobManager | None = getattr(request.app.state, "jobs", None)
     if manager is None:
         raise NotReady("training jobs are not available on this server", retry_after=60)
+    if manager.unavailable:
+        raise NotReady(manager.unavailable, retry_after=60)
     return manager
 
 
