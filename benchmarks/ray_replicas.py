@@ -18,7 +18,7 @@ of 1,000 adapters (bottleneck 8) and 32 slots per replica. Every Ray setup is th
    replicas and the load generator come from /proc (where the time goes).
 2. **Page-ins**: two 2-replica applications, ``--routing task`` and ``--routing load`` (Ray's default router),
    requests for 1,000 tasks drawn from a Zipf law (exponent ``--zipf``), ``--zipf-requests`` measured after as
-   many warm-up requests, interleaved over ``--rounds`` rounds; page-ins per 1,000 requests from each replica's
+   many warm-up requests, interleaved over ``--zipf-rounds`` rounds; page-ins per 1,000 requests from each replica's
    ``adaptformer_page_ins`` counter (target: task routing at most half of load routing).
 
 The load generator runs on the same machine: on a 2-core host it, Ray's proxy, Ray's controller and the replicas
@@ -385,7 +385,7 @@ def measure(args: argparse.Namespace, result: dict, weights: Path, store: Path, 
         if not args.skip_zipf:
             urls = {"task routing": deploy("affine", 2, "task"), "load routing": deploy("load", 2, "load")}
             order = list(urls)
-            for rnd in range(args.rounds):
+            for rnd in range(args.zipf_rounds):
                 for name in order if rnd % 2 == 0 else order[::-1]:
                     seq = zipf_sequence(2 * args.zipf_requests, args.zipf, seed=rnd)
                     asyncio.run(zipf_run(urls[name], seq[: args.zipf_requests], args.clients, images))  # warm-up
@@ -483,7 +483,7 @@ def markdown(result: dict) -> str:
         lines += [
             "",
             f"## Page-ins: task-aware vs load routing (2 replicas, {TASKS} tasks, Zipf exponent {result['zipf']}, "
-            f"{result['zipf_requests']} requests measured after as many warm-up requests)",
+            f"{result['zipf_requests']} requests measured after as many warm-up requests, {result['zipf_rounds']} rounds)",
             "",
             "| routing | page-ins per 1,000 requests (median) | per round | page-ins per replica | answers per "
             "replica | requests/s |",
@@ -527,7 +527,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--zipf", type=float, default=1.0, help="Zipf exponent of the task mix")
-    parser.add_argument("--zipf-requests", type=int, default=1000)
+    parser.add_argument("--zipf-requests", type=int, default=500, help="measured per routing and round")
+    parser.add_argument("--zipf-rounds", type=int, default=2)
     parser.add_argument("--poll-ms", type=float, default=2000, help="store poll interval of every replica")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/adaptformer-ray-replicas"),
                         help="where the backbone weights and the 1,000 adapters are made once and kept")  # fmt: skip
@@ -537,7 +538,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "ray_replicas")
     args = parser.parse_args()
     if args.quick:
-        args.duration, args.warmup, args.rounds, args.zipf_requests = 8.0, 3.0, 1, 200
+        args.duration, args.warmup, args.rounds, args.zipf_rounds, args.zipf_requests = 8.0, 3.0, 1, 1, 200
 
     result: dict = {
         "command": "python " + " ".join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
@@ -548,6 +549,7 @@ def main() -> None:
         "rounds": args.rounds,
         "zipf": args.zipf,
         "zipf_requests": args.zipf_requests,
+        "zipf_rounds": args.zipf_rounds,
         "poll_ms": args.poll_ms,
         "versions": {p: metadata.version(p) for p in ("ray", "torch", "timm")},
         "machine": {

@@ -87,6 +87,36 @@ async def test_requests_land_on_both_replicas(server: Server) -> None:
     assert len({r.json()["version"] for r in answers}) == 1
 
 
+async def test_a_task_stays_on_the_replica_that_has_it_resident(server: Server) -> None:
+    """Task-aware routing (the default): an uploaded task is resident on the replica that took the upload, and its
+    first request goes there once the replicas have reported (every second); the requests of one task, one after
+    the other, go to one replica; tasks spread over both; many at once for one task still spread (load first)."""
+    tasks = [f"sticky{i}" for i in range(12)]
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
+        uploaded_by = {}
+        for task in tasks:
+            up = await c.post("/adapters", files={"file": ("a.safetensors", demo_file("digits"))}, data={"task": task})
+            assert up.status_code == 201, up.text
+            uploaded_by[task] = up.headers[REPLICA_HEADER]
+        await asyncio.sleep(4.0)  # replicas report their resident tasks every second; the other one polls the store
+        answered_by: dict[str, list[str]] = {task: [] for task in tasks}
+        for _ in range(4):
+            for task in tasks:  # one after the other: no replica is busy
+                r = await predict(c, task)
+                assert r.status_code == 200, r.text
+                answered_by[task].append(r.headers[REPLICA_HEADER])
+        many = await asyncio.gather(*(predict(c, tasks[0], i) for i in range(48)))
+        for task in tasks:
+            assert (await c.delete(f"/adapters/{task}")).status_code == 200
+    first_to_uploader = sum(answered_by[t][0] == uploaded_by[t] for t in tasks)
+    print(f"\nfirst request on the uploading replica: {first_to_uploader} of {len(tasks)}; answered by {answered_by}")
+    assert first_to_uploader >= len(tasks) - 1, (uploaded_by, answered_by)  # by chance alone: half of them
+    assert all(len(set(a)) == 1 for a in answered_by.values()), answered_by
+    assert len({a[0] for a in answered_by.values()}) == 2, "tasks spread over both replicas"
+    assert [r.status_code for r in many] == [200] * 48
+    assert len(Counter(r.headers[REPLICA_HEADER] for r in many)) == 2, "a busy replica's task spills to the other"
+
+
 async def test_upload_replace_delete_are_served_by_every_replica(server: Server) -> None:
     v1, v2 = demo_file("digits"), demo_file("emoji")  # two versions of a task "probe"
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:

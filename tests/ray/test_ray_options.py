@@ -198,7 +198,7 @@ def _replica(name: str, tasks: list[str] | None = None):
 
 @pytest.mark.ray
 @needs_ray
-def test_the_task_of_a_request():
+async def test_the_task_of_a_request():  # async: a PendingRequest makes a future on the running loop
     from adaptformer_server.ray_deployment import request_task
 
     assert request_task(_pending(b"task=digits&top_k=3")) == "digits"
@@ -243,3 +243,21 @@ async def test_a_task_goes_to_its_resident_replica_then_its_home_unless_too_busy
     del queue["c"]
     ranks = await router.choose_replicas(replicas, _pending(b""))
     assert [[r.replica_id.unique_id for r in rank] for rank in ranks[:1]] == [["c"]] and len(ranks[1]) == 3
+
+
+@pytest.mark.ray
+@needs_ray
+async def test_a_replica_reports_its_resident_tasks(tmp_path):
+    """What ``record_routing_stats`` sends Ray's routers: the tasks resident in the app's bank (a change of the
+    runtime's layout must fail here, not silently turn task routing into routing by home replica alone)."""
+    from adaptformer_server.app import create_app
+    from adaptformer_server.ray_deployment import resident_tasks
+    from tests.support import png, serving
+
+    app = create_app(Settings(store=tmp_path / "store", slots=2))
+    assert resident_tasks(app) == []  # not open yet
+    async with serving(app) as client:
+        for task in ("digits", "emoji", "fashion"):
+            r = await client.post(f"/predict?task={task}", files={"image": ("x.png", png(1, 28), "image/png")})
+            assert r.status_code == 200, r.text
+        assert resident_tasks(app) == ["emoji", "fashion"]  # 2 slots: the least recently used went out
