@@ -1,4 +1,5 @@
-"""An app's lifespan run in-process (backbone load, store scan, batcher) with an httpx client on it."""
+"""An app's lifespan run in-process (backbone load, store scan, batcher) with an httpx client on it, and a way to
+hold its forward passes (to fill a queue or a batch on purpose)."""
 
 from __future__ import annotations
 
