@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from adaptformer.adapter_file import parse_header, read_head, task_from_bytes
+from adaptformer.adapter_file import parse_header, read_header, task_from_bytes
 from adaptformer.embedded import EMBEDDED_NAME
 from adaptformer.engine import MultiTaskViT
 from adaptformer.errors import AdapterFormatError, IncompatibleAdapterError
@@ -247,7 +247,7 @@ class AdapterManager:
             try:
                 with path.open("rb") as fh:
                     size = os.fstat(fh.fileno()).st_size
-                    header = parse_header(read_head(fh, size, path.name), f"{key}{SUFFIX}", size=size)
+                    header = read_header(fh, f"{key}{SUFFIX}")
                 f = StoredFile(task=task, version=version, size=size, header=header)
                 self._check_stored(f)
             except FileNotFoundError:
@@ -319,8 +319,7 @@ class AdapterManager:
         """Checks a loaded task against the engine and places it on the device in the serving dtype."""
         assert self.engine is not None and self.backbone is not None
         spec = task.info.input
-        task = self.engine.prepare(task)  # check_compatible: fingerprint and shapes; device and dtype
-        self.backbone.check_input(spec, f"adapter {task.name!r}")
+        task = self.engine.prepare(task, self.backbone)  # every fit rule, the frame limit included; device, dtype
         dtype = str(self.backbone.dtype).removeprefix("torch.")
         for name, p in task.state_dict().items():
             if p.is_floating_point() and not torch.isfinite(p).all():
@@ -458,9 +457,7 @@ class AdapterManager:
             meta: dict[str, Any] = {}
             path = self.store.path(task) if v.current else self.store.version_path(task, v.version)
             try:
-                with path.open("rb") as f:
-                    size = os.fstat(f.fileno()).st_size
-                    meta = parse_header(read_head(f, size, path.name), path.name, size=size).meta
+                meta = read_header(path, path.name).meta
             except (OSError, AdapterFormatError) as e:
                 log.warning("version %s of %s: cannot read its header: %s", v.version, task, e)
             metrics = meta.get("metrics")
