@@ -1,7 +1,7 @@
 """Ray Serve replicas: does a second replica pay, does task-aware routing cut page-ins, what does Ray's proxy cost.
 
-    python benchmarks/ray_replicas.py                        # writes docs/benchmarks/ray_replicas.{json,md}
-    python benchmarks/ray_replicas.py --quick                # a smoke run (short phases), nothing written
+    python -m benchmarks.ray_replicas                        # writes docs/benchmarks/ray_replicas.{json,md}
+    python -m benchmarks.ray_replicas --quick                # a smoke run (short phases), nothing written
 
 Needs the ray extra (``pip install '.[ray]'``) and timm. Starts a Ray cluster on 127.0.0.1 (tests/ray/ray_support.py:
 loopback only, stopped at the end). The backbone is one where inference dominates: timm ``vit_small_patch16_224``
@@ -36,7 +36,6 @@ import random
 import re
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -46,14 +45,11 @@ from tempfile import TemporaryDirectory
 
 import httpx
 
+from benchmarks.machine import cpu_model
+from tests.ray.ray_support import REPLICA_HEADER, cluster_pids, interfaces, ray_cluster, replica_pid
+from tests.support import ServerProcess
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "ray"))
-sys.path.insert(0, str(ROOT))
-
-from ray_support import REPLICA_HEADER, cluster_pids, free_port, interfaces, ray_cluster, replica_pid  # noqa: E402
-
-from benchmarks.machine import cpu_model  # noqa: E402
-from tests.support.process import wait_ready  # noqa: E402
 
 MODEL = "vit_small_patch16_224"
 TASKS = 1000
@@ -126,15 +122,12 @@ def server_settings(weights: Path, store: Path, poll_ms: float):
                     log_level="warning", store_poll_ms=poll_ms)  # fmt: skip
 
 
-def plain_server(weights: Path, store: Path, poll_ms: float, env: dict[str, str], log: Path):
-    port = free_port()
-    cmd = [sys.executable, "-m", "adaptformer_server", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--backbone", MODEL, "--weights", str(weights), "--store", str(store), "--no-seed-demo",
-           "--slots", str(SLOTS), "--threads", "1", "--max-wait-ms", "5", "--store-poll-ms", str(poll_ms),
-           "--log-level", "warning"]  # fmt: skip
-    out = log.open("wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    return f"http://127.0.0.1:{port}", proc, out
+def plain_server(weights: Path, store: Path, poll_ms: float, env: dict[str, str], log: Path) -> ServerProcess:
+    """``adaptformer serve`` without Ray, in the cluster's environment; not waited for (the three start at once)."""
+    args = ["--host", "127.0.0.1", "--backbone", MODEL, "--weights", weights, "--store", store, "--no-seed-demo",
+            "--slots", SLOTS, "--threads", "1", "--max-wait-ms", "5", "--store-poll-ms", poll_ms,
+            "--log-level", "warning"]  # fmt: skip
+    return ServerProcess(args, log=log, base_env=env, ready=False)
 
 
 # -- measuring ---------------------------------------------------------------------------------------------------
@@ -354,11 +347,11 @@ def measure(args: argparse.Namespace, result: dict, weights: Path, store: Path, 
             urls = {"ray 1": [deploy("one", 1, "task")], "ray 2": [deploy("two", 2, "task")]}
             plains = [plain_server(weights, store, args.poll_ms, cluster.env, Path(tmp) / f"plain{i}.log")
                       for i in range(3)]  # fmt: skip
-            for url, proc, _ in plains:
-                wait_ready(url, proc, timeout=300, interval=0.5)
-                pids[url] = [proc.pid]
-            urls["plain 1"] = [plains[0][0]]
-            urls["plain 2"] = [plains[1][0], plains[2][0]]
+            for plain in plains:
+                plain.wait_ready(timeout=300, interval=0.5)
+                pids[plain.url] = [plain.pid]
+            urls["plain 1"] = [plains[0].url]
+            urls["plain 2"] = [plains[1].url, plains[2].url]
             proxy_pids = pids_named("ProxyActor", cluster_pids(cluster.log.parent))
             order = list(urls)
             try:
@@ -373,10 +366,8 @@ def measure(args: argparse.Namespace, result: dict, weights: Path, store: Path, 
                         print(f"round {rnd + 1} {name}: {r['rps']} req/s, per replica {r['per_replica']}, "
                               f"cpu ms/request {r['cpu_ms_per_request']}", flush=True)  # fmt: skip
             finally:
-                for _, proc, out in plains:
-                    proc.send_signal(signal.SIGINT)
-                    proc.wait(60)
-                    out.close()
+                for plain in plains:
+                    plain.stop(timeout=60)
                 serve.delete("one")
                 serve.delete("two")
         result["throughput"] = runs
@@ -541,7 +532,7 @@ def main() -> None:
         args.duration, args.warmup, args.rounds, args.zipf_rounds, args.zipf_requests = 8.0, 3.0, 1, 1, 200
 
     result: dict = {
-        "command": "python " + " ".join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
+        "command": " ".join(["python -m benchmarks.ray_replicas", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "clients": args.clients,
         "duration_s": args.duration,
