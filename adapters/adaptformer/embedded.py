@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -28,7 +29,7 @@ __all__ = [
 
 EMBEDDED_NAME = "adaptformer-embedded-vit"
 # 28x28 input (Fashion-MNIST's own size), 4x4 patches: 49 tokens, average pooling; about 1.2M parameters.
-EMBEDDED_CONFIG = dict(
+EMBEDDED_CONFIG: dict[str, Any] = dict(
     img_size=28, patch_size=4, embed_dim=128, depth=6, num_heads=4, mlp_ratio=4.0, class_token=False, global_pool="avg"
 )
 EMBEDDED_SPEC = InputSpec(size=28, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic")
@@ -37,7 +38,7 @@ EMBEDDED_SPEC = InputSpec(size=28, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), in
 def build_embedded(num_classes: int = 10) -> VisionTransformer:
     """The embedded architecture with random weights."""
     model = VisionTransformer(num_classes=num_classes, **EMBEDDED_CONFIG)
-    model.pretrained_cfg = {
+    model.pretrained_cfg = {  # type: ignore[assignment]  # timm sets this plain attribute on every model
         "architecture": EMBEDDED_NAME,
         "input_size": (3, EMBEDDED_SPEC.size, EMBEDDED_SPEC.size),
         "mean": EMBEDDED_SPEC.mean,
