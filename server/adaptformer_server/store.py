@@ -640,6 +640,12 @@ class StoreWatcher:
         """The stamp of ``task``'s file as last looked at (``None``: absent at the last poll)."""
         return self._seen.get(task)
 
+    def look_at(self, task: str) -> None:
+        """Makes the next poll stat ``task``'s file whatever the directory says (a page-in found other bytes
+        than the registry expects: e.g. a file overwritten in place, which changes no directory entry)."""
+        if valid_task_name(task):
+            self._recent.add(task)
+
     def poll(self) -> dict[str, StoredFile | None]:
         """What changed since the last poll: task -> its file now, or ``None`` when gone or not servable.
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from adaptformer_server import create_app
 from adaptformer_server import store as store_module
 from adaptformer_server.store import AdapterStore, StoreWatcher, version_of
-from tests.support import adapter_bytes
+from tests.support import adapter_bytes, image_files, png, serving
 
 OLD = time.time() - 3600  # an hour ago: older than the watcher's racy window
 
@@ -172,3 +173,21 @@ def test_header_records_of_other_checks_or_damaged_are_not_trusted(vit, store, m
     bad["files"]["t000.safetensors"]["header"] = {"meta": 1}
     (store / ".headers.json").write_text(json.dumps(bad))
     assert len(s.scan()) == 3 and spy.calls["examine"] == 7  # the damaged record only
+
+
+async def test_a_page_in_that_finds_a_file_overwritten_in_place_reads_it_at_once(vit, tasks_store, make_settings):
+    """The directory does not change when a file is overwritten in place; a page-in that finds other bytes than
+    the registry says makes the next poll look at that file (no 503 until the periodic listing)."""
+    app = create_app(make_settings(store_poll_ms=0), backbone=vit)
+    async with serving(app) as client:
+        manager = app.state.runtime.adapters
+        age(tasks_store)
+        await manager.sync_store()  # the directory's stamp is old: trusted from now on
+        assert manager.watcher.listings >= 1
+        listings = manager.watcher.listings
+        new = adapter_bytes(vit, "beta", num_classes=3, seed=9, linear=True)
+        (tasks_store / "beta.safetensors").write_bytes(new)  # in place, by hand; not resident yet
+        os.utime(tasks_store / "beta.safetensors", (OLD + 60, OLD + 60))
+        r = await client.post("/predict?task=beta", files=image_files(png(1)))
+        assert r.status_code == 200 and r.json()["version"] == version_of(new)
+        assert manager.watcher.listings == listings  # found without listing the store

@@ -286,6 +286,8 @@ class AdapterManager:
                 return entry, await self.bank.get(entry)
             except StaleVersion:
                 # replaced or deleted (here or by another process) since it was registered: read the store now
+                if self.watcher is not None:
+                    self.watcher.look_at(entry.task)
                 await self.sync_store()
                 continue
             except IncompatibleAdapterError as e:
