@@ -106,7 +106,15 @@ def clip_tree(tmp_path) -> Path:
 
 
 def test_builtin_sources_are_described():
-    assert set(BUILTIN_SOURCES) == {"fashion-mnist", "digits", "emoji", "motion", "zoom-rotate"}
+    assert set(BUILTIN_SOURCES) == {
+        "fashion-mnist",
+        "fashion-tint",
+        "fashion-turned",
+        "digits",
+        "emoji",
+        "motion",
+        "zoom-rotate",
+    }
     assert all(isinstance(v, str) and v for v in BUILTIN_SOURCES.values())
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from adaptformer.data.builtin import load_digits_splits, load_fashion_mnist_splits
 from adaptformer.data.emoji import load_emoji_splits
+from adaptformer.data.fashion_near import load_fashion_tint_splits, load_fashion_turned_splits
 from adaptformer.data.folders import load_folder_splits
 from adaptformer.data.motion import load_motion_splits
 from adaptformer.data.types import Splits
@@ -22,6 +23,8 @@ __all__ = ["BUILTIN_SOURCES", "load_data"]
 
 BUILTIN_SOURCES: dict[str, str] = {
     "fashion-mnist": "Fashion-MNIST product photos, 10 classes, 60,000 train / 10,000 val (Debian dataset-fashion-mnist)",
+    "fashion-tint": "Fashion-MNIST test-file items: garment pair x warm or cool tint, 10 classes, split with the seed",
+    "fashion-turned": "Fashion-MNIST test-file items inverted and turned a quarter turn, 10 classes, split with the seed",
     "digits": "scikit-learn's 1,797 handwritten 8x8 digits, 10 classes, split with the seed",
     "emoji": "Noto Color Emoji by Unicode group, 9 classes, augmented; val emoji unseen (fonts-noto-color-emoji)",
     "motion": "clips: a picture moving in one of 8 directions, readable only across frames; 2,000 / 500 clips",
@@ -33,6 +36,14 @@ BUILTIN_NOTES: dict[str, tuple[str, str]] = {
     "fashion-mnist": (
         "kind of garment or shoe in a Fashion-MNIST-style photo (10 classes)",
         "one item, light grey on a black background, centred and filling the square (28x28 grey)",
+    ),
+    "fashion-tint": (
+        "garment pair (top, warm layer, long, low shoe, bag or boot) and tint (warm or cool) of a tinted item",
+        "one item, tinted orange or blue on a black background, centred and filling the square (28x28)",
+    ),
+    "fashion-turned": (
+        "kind of garment or shoe in an inverted photo turned a quarter turn clockwise (10 classes)",
+        "one dark item on a light background, turned a quarter turn clockwise, filling the square (28x28 grey)",
     ),
     "digits": (
         "handwritten digit 0-9",
@@ -54,6 +65,8 @@ BUILTIN_NOTES: dict[str, tuple[str, str]] = {
 
 _LOADERS: dict[str, Callable[..., Splits]] = {
     "fashion-mnist": load_fashion_mnist_splits,
+    "fashion-tint": load_fashion_tint_splits,
+    "fashion-turned": load_fashion_turned_splits,
     "digits": load_digits_splits,
     "emoji": load_emoji_splits,
     "motion": load_motion_splits,
