@@ -448,9 +448,8 @@ class AdapterStore:
         stamp matches its record in ``.headers.json`` is not opened: its checked header, version and size come
         from the record (a restart with thousands of unchanged adapters lists and stats them, nothing more).
         """
-        cache = self._load_versions()
         headers = self._load_headers()
-        fresh: dict[str, dict[str, Any]] = {}
+        cache: dict[str, dict[str, Any]] | None = None  # .versions.json: read only when a file must be opened
         fresh_headers: dict[str, dict[str, Any]] = {}
         found: list[StoredFile] = []
         seen: dict[str, Stamp] = {}
@@ -465,7 +464,13 @@ class AdapterStore:
                 if not e.is_file():
                     continue
                 seen[task] = Stamp.of(e.stat())
-                f = _from_record(task, seen[task], headers.get(e.name)) or self.examine(task, cache.get(e.name))
+                record = headers.get(e.name)
+                f = _from_record(task, seen[task], record)
+                if f is None:
+                    if cache is None:
+                        cache = self._load_versions()
+                    f = self.examine(task, cache.get(e.name))
+                    record = _record(f)
             except FileNotFoundError:
                 seen.pop(task, None)
                 continue
@@ -478,12 +483,14 @@ class AdapterStore:
                 continue
             assert f.stamp is not None
             seen[task] = f.stamp
-            fresh[e.name] = {**f.stamp._asdict(), "version": f.version}
-            fresh_headers[e.name] = _record(f)
+            fresh_headers[e.name] = record
             found.append(f)
-        if fresh != cache:
-            self._save(_VERSIONS, fresh)
-        if fresh_headers != headers:
+        if fresh_headers != headers:  # (unchanged records are the same objects: compared by identity)
+            fresh = {
+                name: {k: r[k] for k in ("size", "mtime_ns", "ino", "version")} for name, r in fresh_headers.items()
+            }
+            if fresh != (self._load_versions() if cache is None else cache):
+                self._save(_VERSIONS, fresh)
             self._save(_HEADERS, {"format": _headers_format(), "files": fresh_headers})
         return found, seen
 
@@ -718,9 +725,9 @@ def _name(e: os.DirEntry) -> str:
 def _record(f: StoredFile) -> dict[str, Any]:
     """The ``.headers.json`` record of a file that passed the checks."""
     assert f.stamp is not None
-    h = f.header
+    h, st = f.header, f.stamp
     header = {"meta": h.meta, "shapes": {k: list(v) for k, v in h.shapes.items()}, "data_end": h.data_end}
-    return {**f.stamp._asdict(), "version": f.version, "header": header}
+    return {"size": st.size, "mtime_ns": st.mtime_ns, "ino": st.ino, "version": f.version, "header": header}
 
 
 def _from_record(task: str, stamp: Stamp, record: Any) -> StoredFile | None:

@@ -156,6 +156,10 @@ def test_a_restart_opens_no_unchanged_file(vit, store, monkeypatch):
         if f.task != "t005":
             assert again[f.task] == f  # the same header, version, size and stamp as read from the file
     assert again["t005"].version == version_of((store / "t005.safetensors").read_bytes())
+    age(store)
+    before = os.stat(store).st_mtime_ns
+    assert len(AdapterStore(store).scan()) == 30
+    assert os.stat(store).st_mtime_ns == before  # nothing changed: no cache rewritten (no replica's watcher stirs)
 
 
 def test_header_records_of_other_checks_or_damaged_are_not_trusted(vit, store, monkeypatch):
