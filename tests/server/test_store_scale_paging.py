@@ -123,3 +123,32 @@ async def test_the_client_iterates_the_pages(many, make_settings, vit):
             assert [a.task for a in await client.list_adapters()] == many  # the old call: every task
             assert [a.task for a in await client.list_adapters(prefix="vid")] == many[30:]
             assert [a.task async for a in client.iter_adapters(modality="clip", page_size=4)] == many[30:]
+
+
+def test_the_sync_client_iterates_pages_and_reads_a_server_from_before_paging():
+    from adaptformer_client import Client
+    from tests.client.conftest import adapter_info
+
+    infos = [adapter_info(f"t{i:02d}", ["a", "b"]) for i in range(7)]
+    seen: list[dict] = []
+
+    def paged(request: httpx.Request) -> httpx.Response:
+        params = dict(request.url.params)
+        seen.append(params)
+        start = int(decode_cursor(params["cursor"])[1:]) + 1 if "cursor" in params else 0
+        page = infos[start : start + int(params["limit"])]
+        more = start + len(page) < len(infos)
+        return httpx.Response(
+            200, json={"adapters": page, "next_cursor": encode_cursor(page[-1]["task"]) if more else None}
+        )
+
+    with Client("http://testserver", transport=httpx.MockTransport(paged)) as client:
+        assert [a.task for a in client.iter_adapters(prefix="t", page_size=3)] == [i["task"] for i in infos]
+    assert [p.get("cursor") for p in seen] == [None, encode_cursor("t02"), encode_cursor("t05")]
+    assert all(p["limit"] == "3" and p["prefix"] == "t" and "modality" not in p for p in seen)
+
+    def before_paging(request: httpx.Request) -> httpx.Response:  # ignores the parameters, answers everything
+        return httpx.Response(200, json={"adapters": infos})
+
+    with Client("http://testserver", transport=httpx.MockTransport(before_paging)) as client:
+        assert len(client.list_adapters()) == 7
