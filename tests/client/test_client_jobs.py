@@ -150,3 +150,24 @@ def test_cli_train(tmp_path, capsys):
     assert fake.requests[0].url.params["epochs"] == "2"
     assert main(["--url", URL, "--api-key", "admin-key", "jobs"], transport=httpx.MockTransport(fake)) == 0
     assert "succeeded" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_train_against_a_real_server(tmp_path):
+    """The client on a real server process: a folder trained into a task that then answers."""
+    from tests.server.jobs_support import example
+    from tests.support import live_server
+
+    root = tmp_path / "colours"
+    for label in ("red", "blue"):
+        (root / label).mkdir(parents=True)
+        for i in range(6):
+            (root / label / f"{i}.png").write_bytes(example(label, i))
+    key = "admin-key-0123456789abc"
+    with live_server(tmp_path, lambda vit: {}, "--admin-key", key) as url, Client(url, key) as client:
+        job = client.train("colours", root, epochs=3)
+        info = job.wait(progress=False, timeout=300, interval=0.5)
+        assert info.status == "succeeded" and info.epoch == 3 and info.val_top1 is not None
+        answer = client.predict("colours", example("red", 60))
+        assert answer.top.label in ("red", "blue") and answer.version == info.version
+        assert [j.job for j in client.jobs()] == [job.id]
