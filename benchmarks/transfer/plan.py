@@ -39,10 +39,10 @@ class Budget:
     sweep_task: str = "fashion-turned"
     lr_grid: dict[str, tuple[float, ...]] = field(
         default_factory=lambda: {
-            "linear": (3e-3, 1e-2, 3e-2),
-            "vpt": (1e-3, 3e-3, 1e-2),
-            "adaptformer": (1e-3, 3e-3, 1e-2),
-            "full": (1e-4, 3e-4, 1e-3),
+            "linear": (3e-3, 1e-2, 3e-2, 1e-1),
+            "vpt": (1e-3, 3e-3, 1e-2, 3e-2),
+            "adaptformer": (1e-3, 3e-3, 1e-2, 3e-2),
+            "full": (1e-4, 3e-4, 1e-3, 3e-3),
         }
     )
     vpt_tokens: int = 8  # VPT-deep tokens in the main comparison
