@@ -133,3 +133,21 @@ async def test_a_wrapper_folder_is_dropped_and_labels_are_checked(client):
         assert r.status_code == 400, (label, r.text)
     parts = [("image", ("a.png", b"not an image", "image/png")), ("label", (None, "a"))]
     assert (await client.post("/tasks/w/train", files=parts, headers=AUTH)).status_code == 400
+
+
+async def test_clips_as_gifs_and_frame_folders(client):
+    """GIF clips and folders of frames are clips; clips of different lengths need frames=N."""
+    gifs = {f"{c}/{i}.gif": gif(4, seed=10 * k + i) for k, c in enumerate(("left", "right")) for i in range(3)}
+    r = await client.post(
+        "/tasks/c/train", files={"examples": ("x.zip", zip_of(gifs), "application/zip")}, headers=AUTH
+    )
+    assert r.status_code == 202, r.text
+    assert r.json()["examples"]["modality"] == "clip" and r.json()["examples"]["frames"] == [4]
+    await client.delete(f"/jobs/{r.json()['job']}", headers=AUTH)
+    frames = {f"{c}/clip{i}/{f}.png": example("red", f) for c in ("a", "b") for i in range(2) for f in range(3 + i)}
+    files = {"examples": ("x.zip", zip_of(frames), "application/zip")}
+    r = await client.post("/tasks/c/train", files=files, headers=AUTH)
+    assert r.status_code == 400 and "frames=N" in r.json()["error"]["message"]
+    r = await client.post("/tasks/c/train", files=files, headers=AUTH, params={"frames": 3})
+    assert r.status_code == 202 and r.json()["examples"]["frames"] == [3, 4]
+    await client.delete(f"/jobs/{r.json()['job']}", headers=AUTH)

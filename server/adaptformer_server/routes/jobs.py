@@ -142,6 +142,8 @@ async def train_task(
                 f"the clips have different frame counts ({', '.join(map(str, summary.frames[:6]))}); pass frames=N "
                 "to resample every clip to N evenly spaced frames"
             )
+        if summary.modality == "clip" and not getattr(runtime.backbone, "supports_clips", True):
+            raise InvalidInput("the examples are clips; this server's backbone cannot read clips")
         if summary.modality == "image" and frames not in (None, 1):
             raise InvalidInput(f"frames={frames} applies to clips; these examples are still images")
         job = manager.submit(job_id, folder, task, params, summary)
