@@ -100,7 +100,14 @@ def write_outputs(res: Results, claims: list[Claim], rows: list[dict], meta: dic
             f"{p.label}: {p.a} vs {p.b}: {p.interval()} `{p.kind}` {p.verdict}" + ("" if p.counts else " (shown, not counted)")
             for p in c.parts
         )  # fmt: skip
-        lines.append(f"| {c.id} | {c.claim} | **{c.verdict}** | {parts or c.measured} |")
+        missing = sum(p.counts and p.verdict == "not tested" for p in c.parts)
+        counted = sum(p.counts for p in c.parts)
+        note = (
+            f" (on {counted - missing} of {counted} counted parts: the rest did not run)"
+            if 0 < missing < counted
+            else ""
+        )
+        lines.append(f"| {c.id} | {c.claim} | **{c.verdict}**{note} | {parts or c.measured} |")
     notes = [f"- claim {c.id}: {c.measured}" for c in claims if c.measured and c.parts]
     if notes:
         lines += ["", *notes]
