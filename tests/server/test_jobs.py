@@ -179,3 +179,22 @@ async def test_bad_task_names(make_settings, vit, tmp_path, task):
     async with serving(app) as client:
         r = await _train(client, task, examples_zip(2))
         assert r.status_code in (400, 404), r.text
+
+
+@pytest.mark.slow
+async def test_a_clip_job(make_settings, vit, tmp_path):
+    """GIF clips train a clip task that answers a clip."""
+    from tests.server.jobs_support import zip_of
+    from tests.support import gif
+
+    app = create_app(make_settings(admin_key=ADMIN, jobs_dir=tmp_path / "jobs"), backbone=vit)
+    clips = {f"{c}/{i}.gif": gif(4, seed=10 * k + i) for k, c in enumerate(("left", "right")) for i in range(4)}
+    async with serving(app) as client:
+        r = await _train(client, "moves", zip_of(clips), epochs=2)
+        job = await _ended(client, r.json()["job"])
+        assert job["status"] == "succeeded", job
+        info = (await client.get("/adapters/moves")).json()
+        assert info["modality"] == "clip" and info["frames"] == 4
+        files = {"image": ("c.gif", gif(4, seed=99), "image/gif")}
+        answer = await client.post("/predict", params={"task": "moves"}, files=files)
+        assert answer.status_code == 200, answer.text
