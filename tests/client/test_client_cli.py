@@ -161,7 +161,7 @@ def test_url_and_key_from_options_or_environment(fake, monkeypatch, capsys) -> N
     monkeypatch.setenv("ADAPTFORMER_URL", "http://env.test:9000")
     monkeypatch.setenv("ADAPTFORMER_API_KEY", "k1")
     assert run(fake, ["adapters"], capsys)[0] == 0
-    assert str(fake.requests[-1].url) == "http://env.test:9000/adapters"
+    assert str(fake.requests[-1].url).split("?")[0] == "http://env.test:9000/adapters"  # (the client pages: ?limit=)
 
     # Options win over the environment, and may come before or after the command.
     fake.api_key = "k2"
