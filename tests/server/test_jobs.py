@@ -66,6 +66,7 @@ async def test_a_job_trains_registers_and_the_task_answers(make_settings, vit, t
         assert len(job["history"]) == 15 and job["loss"] is not None
         info = (await client.get("/adapters/colours")).json()
         assert info["version"] == job["version"] and info["labels"] == ["blue", "green", "red"]
+        assert body["job"] in info["description"]
         hits = 0
         for label in ("red", "green", "blue"):
             for i in range(100, 104):  # images the job never saw

@@ -102,7 +102,9 @@ def main(job_dir: Path) -> int:
         splits,
         backbone,
         extra={"job": params["job"]},
-        description=params.get("description") or "",
+        description=params.get("description")
+        or f"{', '.join(splits.labels[:8])}{', ...' if len(splits.labels) > 8 else ''} "
+        f"(trained by the server, job {params['job']}, from {len(splits.train.y) + len(splits.val.y)} examples)",
         input_note="",
     )
     _emit("done", metrics=summary["metrics"], seconds=round(time.monotonic() - started, 3))
