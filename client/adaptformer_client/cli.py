@@ -237,6 +237,13 @@ def _print_job(job: JobInfo, out: TextIO) -> None:
     print(", ".join(parts), file=out)
 
 
+def _print_jobs(jobs: list[JobInfo], out: TextIO) -> None:
+    if not jobs:
+        print("no jobs", file=out)
+    for job in jobs:
+        _print_job(job, out)
+
+
 def _show(value: BaseModel | Sequence[BaseModel], as_json: bool, print_table: Callable[[], None], out: TextIO) -> None:
     if not as_json:
         print_table()
@@ -317,8 +324,8 @@ def _run(args: argparse.Namespace, client: Client, out: TextIO) -> int:
             info = client.job(args.job).info
             _show(info, args.json, lambda: _print_job(info, out), out)
         else:
-            listed = client.jobs()
-            _show(listed, args.json, lambda: [_print_job(j, out) for j in listed] or print("no jobs", file=out), out)
+            all_jobs = client.jobs()
+            _show(all_jobs, args.json, lambda: _print_jobs(all_jobs, out), out)
     elif args.command == "cancel":
         info = client.job(args.job).cancel()
         _show(info, args.json, lambda: _print_job(info, out), out)

@@ -199,3 +199,11 @@ async def test_a_clip_job(make_settings, vit, tmp_path):
         files = {"image": ("c.gif", gif(4, seed=99), "image/gif")}
         answer = await client.post("/predict", params={"task": "moves"}, files=files)
         assert answer.status_code == 200, answer.text
+
+
+async def test_a_job_past_train_timeout_fails_and_registers_nothing(make_settings, vit, tmp_path):
+    app = create_app(make_settings(admin_key=ADMIN, jobs_dir=tmp_path / "jobs", train_timeout=0.5), backbone=vit)
+    async with serving(app) as client:
+        job = await _ended(client, (await _train(client, "late", examples_zip(3))).json()["job"])
+        assert job["status"] == "failed" and "train_timeout" in job["error"]
+        assert (await client.get("/adapters/late")).status_code == 404

@@ -423,43 +423,11 @@ class JobManager:
             )
         job.process = process
         self._update(job, worker_pid=process.pid)
-        done: dict[str, Any] | None = None
-        error: str | None = None
+        outcome: dict[str, Any] = {"done": None, "error": None}
         timed_out = False
         try:
-            async with asyncio.timeout(self.settings.train_timeout):
-                assert process.stdout is not None
-                async for raw in process.stdout:
-                    line = raw.decode(errors="replace").rstrip("\n")
-                    if not line.startswith(PREFIX):
-                        with open(job.folder / "log.txt", "a") as f:
-                            f.write(line + "\n")
-                        continue
-                    try:
-                        event = json.loads(line[len(PREFIX) :])
-                    except ValueError:
-                        continue
-                    kind = event.pop("type", None)
-                    if kind == "epoch":
-                        epoch = int(event["epoch"])
-                        self._update(
-                            job,
-                            epoch=epoch,
-                            loss=event.get("train_loss"),
-                            train_top1=event.get("train_top1"),
-                            val_top1=event.get("val_top1", job.record.get("val_top1")),
-                            val_loss=event.get("val_loss", job.record.get("val_loss")),
-                            epoch_seconds=round(float(event["seconds"]) / max(epoch, 1), 3),
-                            history=[*job.record["history"], event],
-                        )
-                    elif kind == "loaded":
-                        self._update(job, data={k: event[k] for k in ("train", "val", "labels", "frames", "modality")})
-                    elif kind == "done":
-                        done = event
-                    elif kind == "error":
-                        error = str(event.get("message"))
-                await process.wait()
-        except TimeoutError:
+            await asyncio.wait_for(self._follow(job, process, outcome), self.settings.train_timeout)
+        except asyncio.TimeoutError:
             timed_out = True
             await self._terminate(process)
         finally:
@@ -477,6 +445,7 @@ class JobManager:
             self._finish(job, "failed", error=f"stopped after {self.settings.train_timeout:g} s (train_timeout)")
             return
         adapter = job.folder / "adapter.safetensors"
+        done, error = outcome["done"], outcome["error"]
         if process.returncode != 0 or done is None or not adapter.is_file():
             why = error or f"the training worker exited with status {process.returncode}"
             self._finish(job, "failed", error=f"{why} (log: GET /jobs/{job.id}/log)")
@@ -506,6 +475,40 @@ class JobManager:
             version=result.entry.version,
             previous_version=result.previous.version if result.previous else None,
         )
+
+    async def _follow(self, job: Job, process: asyncio.subprocess.Process, outcome: dict[str, Any]) -> None:
+        """Reads the worker's ``@job`` lines into the record (other output goes to the log) until it exits."""
+        assert process.stdout is not None
+        async for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            if not line.startswith(PREFIX):
+                with open(job.folder / "log.txt", "a") as f:
+                    f.write(line + "\n")
+                continue
+            try:
+                event = json.loads(line[len(PREFIX) :])
+            except ValueError:
+                continue
+            kind = event.pop("type", None)
+            if kind == "epoch":
+                epoch = int(event["epoch"])
+                self._update(
+                    job,
+                    epoch=epoch,
+                    loss=event.get("train_loss"),
+                    train_top1=event.get("train_top1"),
+                    val_top1=event.get("val_top1", job.record.get("val_top1")),
+                    val_loss=event.get("val_loss", job.record.get("val_loss")),
+                    epoch_seconds=round(float(event["seconds"]) / max(epoch, 1), 3),
+                    history=[*job.record["history"], event],
+                )
+            elif kind == "loaded":
+                self._update(job, data={k: event[k] for k in ("train", "val", "labels", "frames", "modality")})
+            elif kind == "done":
+                outcome["done"] = event
+            elif kind == "error":
+                outcome["error"] = str(event.get("message"))
+        await process.wait()
 
     async def settle_registering(self) -> None:
         """Jobs a previous process left between training and registering: succeeded if their version is stored."""
