@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -195,3 +197,22 @@ async def test_a_page_in_that_finds_a_file_overwritten_in_place_reads_it_at_once
         r = await client.post("/predict?task=beta", files=image_files(png(1)))
         assert r.status_code == 200 and r.json()["version"] == version_of(new)
         assert manager.watcher.listings == listings  # found without listing the store
+
+
+def test_changes_made_by_other_processes_are_seen(vit, store, tmp_path):
+    """Another process's AdapterStore.write (a replica's upload) and a `cp` by hand, each a real process."""
+    s = filled(store, vit, 10)
+    watcher = watching(s, rescan_s=3600)
+    upload, copied = adapter_bytes(vit, "up", seed=11), adapter_bytes(vit, "cp", seed=12)
+    (tmp_path / "up.bin").write_bytes(upload)
+    (tmp_path / "cp.safetensors").write_bytes(copied)
+    code = (
+        "import sys; from pathlib import Path; from adaptformer_server.store import AdapterStore; "
+        "AdapterStore(Path(sys.argv[1])).write('t004', Path(sys.argv[2]).read_bytes())"
+    )
+    subprocess.run([sys.executable, "-c", code, str(store), str(tmp_path / "up.bin")], check=True, timeout=120)
+    subprocess.run(["cp", str(tmp_path / "cp.safetensors"), str(store / "handmade.safetensors")], check=True)
+    changes = watcher.poll()
+    assert changes["t004"].version == version_of(upload)
+    assert changes["handmade"].version == version_of(copied)
+    assert set(changes) == {"t004", "handmade"}
