@@ -32,7 +32,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from adaptformer import adapter_header
+from adaptformer import adapter_header, input_spec
+from adaptformer import config as adapter_config
 from adaptformer.adapter_header import Header, IncompleteFile, NewerFormatError, atomic_write, parse_header, read_header
 from adaptformer.errors import AdapterFormatError
 
@@ -108,6 +109,10 @@ class Stamp(NamedTuple):
     @classmethod
     def of(cls, st: os.stat_result) -> Stamp:
         return cls(st.st_size, st.st_mtime_ns, st.st_ino)
+
+    def matches(self, record: Any) -> bool:
+        """Whether a cache record (``size``, ``mtime_ns``, ``ino``) was written for exactly this stamp."""
+        return isinstance(record, dict) and all(record.get(k) == v for k, v in zip(self._fields, self, strict=True))
 
 
 @dataclass(frozen=True)
@@ -344,7 +349,7 @@ class AdapterStore:
 
     def _current_version(self, task: str, st: os.stat_result) -> str | None:
         cached = self._load_versions().get(f"{task}{SUFFIX}")
-        if cached and Stamp(cached.get("size"), cached.get("mtime_ns"), cached.get("ino")) == Stamp.of(st):
+        if cached and Stamp.of(st).matches(cached):
             version = cached.get("version")
             if isinstance(version, str):
                 return version
@@ -425,11 +430,7 @@ class AdapterStore:
             stamp = Stamp.of(st)
             size = st.st_size
             header = read_header(f, path.name)
-            if (
-                cached
-                and Stamp(cached.get("size"), cached.get("mtime_ns"), cached.get("ino")) == stamp
-                and (isinstance(cached.get("version"), str))
-            ):
+            if cached and stamp.matches(cached) and (isinstance(cached.get("version"), str)):
                 version = cached["version"]
             else:
                 f.seek(0)
@@ -464,7 +465,7 @@ class AdapterStore:
                 if not e.is_file():
                     continue
                 seen[task] = Stamp.of(e.stat())
-                record = headers.get(e.name)
+                record: Any = headers.get(e.name)  # a dict when _from_record accepts it
                 f = _from_record(task, seen[task], record)
                 if f is None:
                     if cache is None:
@@ -712,10 +713,12 @@ class StoreWatcher:
 
 @functools.cache
 def _headers_format() -> str:
-    """Names the header checks: the record format, the adapter format version and a digest of the module that
+    """Names the header checks: the record format, the adapter format version and a digest of the modules that
     checks headers (a server with other checks reads every file again rather than trust these records)."""
-    source = Path(adapter_header.__file__).read_bytes()
-    return f"1/{adapter_header.FORMAT_VERSION}/{hashlib.sha256(source).hexdigest()[:12]}"
+    digest = hashlib.sha256()
+    for module in (adapter_header, adapter_config, input_spec):  # parse_header's checks live in these three
+        digest.update(Path(module.__file__ or "").read_bytes())
+    return f"1/{adapter_header.FORMAT_VERSION}/{digest.hexdigest()[:12]}"
 
 
 def _name(e: os.DirEntry) -> str:
@@ -732,7 +735,7 @@ def _record(f: StoredFile) -> dict[str, Any]:
 
 def _from_record(task: str, stamp: Stamp, record: Any) -> StoredFile | None:
     """The file a ``.headers.json`` record describes, when the record is for exactly this stamp; else ``None``."""
-    if not isinstance(record, dict) or Stamp(record.get("size"), record.get("mtime_ns"), record.get("ino")) != stamp:
+    if not stamp.matches(record):
         return None
     try:
         h, version = record["header"], record["version"]
