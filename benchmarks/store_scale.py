@@ -24,16 +24,12 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import io
 import json
 import os
 import random
 import shlex
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,10 +37,6 @@ from pathlib import Path
 
 import httpx
 import torch
-from PIL import Image
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import adaptformer as af
 from adaptformer.adapter_file import task_to_bytes
@@ -52,6 +44,7 @@ from adaptformer.preprocess import spec_from_model
 from adaptformer_server.backbone import build_engine, load_backbone
 from adaptformer_server.settings import Settings
 from benchmarks.machine import cpu_model
+from tests.support import ServerProcess, png
 
 
 def make_store(root: Path, n: int, seed: int = 0) -> None:
@@ -69,49 +62,11 @@ def make_store(root: Path, n: int, seed: int = 0) -> None:
         (root / f"task{i:05d}.safetensors").write_bytes(task_to_bytes(task))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``python -m adaptformer_server`` on a free loopback port; ``ready_s``: spawn to /readyz 200."""
-
-    def __init__(self, store: Path, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "adaptformer_server", "--store", str(store), "--port", str(self.port)]
-        cmd += ["--no-seed-demo", "--log-level", "warning"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTFORMER_")}
-        self._log = log.open("ab")
-        start = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=self._log)
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.perf_counter() - start > 600:
-                raise RuntimeError("server not ready after 600 s")
-            time.sleep(0.05)
-        self.ready_s = time.perf_counter() - start
-        self.ready_cpu_s = self.cpu_s()  # CPU the process used to get ready: less at the mercy of other jobs
-
-    def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def close(self) -> None:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
+def server(store: Path, log: Path) -> ServerProcess:
+    """A server on ``store`` (its log appended to ``log``), ready; ``ready_s``: spawn to /readyz 200, ``ready_cpu_s``:
+    the CPU the process used to get ready (less at the mercy of other jobs)."""
+    flags = ["--store", store, "--no-seed-demo", "--log-level", "warning"]
+    return ServerProcess(flags, log=log, ready_timeout=600, interval=0.05)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -119,16 +74,8 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
-def png() -> bytes:
-    g = torch.Generator().manual_seed(0)
-    arr = (torch.rand(224, 224, 3, generator=g) * 255).to(torch.uint8).numpy()
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
-
-
 def page_ins(url: str, tasks: list[str]) -> dict:
-    payload, cold, warm = png(), [], []
+    payload, cold, warm = png(0, 224), [], []
     with httpx.Client(base_url=url, timeout=120) as client:
         for task in tasks:
             for bucket in (cold, warm, warm):
@@ -191,18 +138,18 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     result["store_start_s"] = store_start(big)
     for path in (big / ".versions.json", big / ".headers.json"):
         path.unlink()
-    first = Server(big, log)  # no caches yet: every header read and checked, every file hashed
+    first = server(big, log)  # no caches yet: every header read and checked, every file hashed
     result["ready_first_start_s"], result["ready_first_start_cpu_s"] = first.ready_s, first.ready_cpu_s
     first.close()
     restarts, restarts_cpu = [], []
     for _ in range(args.restarts):
-        s = Server(big, log)
+        s = server(big, log)
         restarts.append(s.ready_s)
         restarts_cpu.append(s.ready_cpu_s)
         s.close()
     result["ready_restart_s"], result["ready_restart_cpu_s"] = restarts, restarts_cpu
 
-    big_server, small_server = Server(big, log), Server(small, log)
+    big_server, small_server = server(big, log), server(small, log)
     result["ready_restart_s"].append(big_server.ready_s)
     result["ready_restart_cpu_s"].append(big_server.ready_cpu_s)
     result["ready_small_s"], result["ready_small_cpu_s"] = small_server.ready_s, small_server.ready_cpu_s

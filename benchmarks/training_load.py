@@ -40,13 +40,10 @@ import httpx
 import numpy as np
 from PIL import Image
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from adaptformer_server.jobs.manager import default_train_threads
 from benchmarks.machine import cpu_model
 from benchmarks.server_load import httpx_load, wrk_load
-from tests.support import ServerProcess
+from tests.support import ServerProcess, encode
 
 ADMIN = "training-load-admin-key-0123"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -76,16 +73,10 @@ def examples(root: Path, per_class: int, classes: int) -> tuple[Path, bytes, lis
         for label, images in items.items():
             (root / label).mkdir(parents=True, exist_ok=True)
             for i, arr in enumerate(images):
-                data = _png(arr)
+                data = encode(Image.fromarray(arr))
                 (root / label / f"{i:04d}.png").write_bytes(data)
                 z.writestr(f"{label}/{i:04d}.png", data)
-    return root, buf.getvalue(), [_png(p) for p in probes], source
-
-
-def _png(arr: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(arr).save(out, "PNG")
-    return out.getvalue()
+    return root, buf.getvalue(), [encode(Image.fromarray(p)) for p in probes], source
 
 
 def submit(url: str, data: bytes, knobs: dict) -> str:

@@ -35,7 +35,7 @@ _HOME = {
         "reference_block",
         "rewrite",
     ],
-    "process": ["SERVE", "ServerProcess", "clean_env", "free_port", "live_server", "stop", "wait_ready"],
+    "process": ["SERVE", "ServerProcess", "clean_env", "cpu_seconds", "free_port", "live_server", "stop", "wait_ready"],
     "wait": ["DEFAULT_TIMEOUT", "async_wait_until", "wait_until"],
 }
 _MODULE = {name: module for module, names in _HOME.items() for name in names}
@@ -50,6 +50,7 @@ __all__ = [
     "async_wait_until",
     "clean_env",
     "clips",
+    "cpu_seconds",
     "embedded_backbone",
     "encode",
     "free_port",
@@ -92,7 +93,7 @@ if TYPE_CHECKING:
         reference_block,
         rewrite,
     )
-    from .process import SERVE, ServerProcess, clean_env, free_port, live_server, stop, wait_ready
+    from .process import SERVE, ServerProcess, clean_env, cpu_seconds, free_port, live_server, stop, wait_ready
     from .wait import DEFAULT_TIMEOUT, async_wait_until, wait_until
 
 

@@ -22,7 +22,7 @@ import httpx
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["SERVE", "ServerProcess", "clean_env", "free_port", "live_server", "stop", "wait_ready"]
+__all__ = ["SERVE", "ServerProcess", "clean_env", "cpu_seconds", "free_port", "live_server", "stop", "wait_ready"]
 
 # The server as a user starts it; the tests add their flags.
 SERVE = (sys.executable, "-m", "adaptformer_server", "serve")
@@ -33,6 +33,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far, from ``/proc/<pid>/stat`` (Linux).
+
+    Raises:
+        OSError: no such process (or no /proc).
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def clean_env(env: Mapping[str, str] | None = None, *, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -117,6 +127,7 @@ class ServerProcess:
         cmd = [*map(str, command), *map(str, args), "--port", str(self.port)]
         self.started = time.perf_counter()
         self.ready_s: float | None = None  # seconds from spawn to /readyz 200
+        self.ready_cpu_s: float | None = None  # CPU seconds the process had used then (None without /proc)
         self.proc = subprocess.Popen(cmd, env=clean_env(env, base=base_env), stdout=self._out, stderr=subprocess.STDOUT)
         if ready:
             try:
@@ -132,10 +143,16 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def cpu_s(self) -> float:
+        """:func:`cpu_seconds` of this server process."""
+        return cpu_seconds(self.pid)
+
     def wait_ready(self, timeout: float = 300, interval: float = 0.2) -> dict[str, Any]:
         """Waits (:func:`wait_ready`) and returns the body of /readyz."""
         wait_ready(self.url, self.proc, timeout=timeout, interval=interval, output=self.output)
         self.ready_s = time.perf_counter() - self.started
+        with contextlib.suppress(OSError):
+            self.ready_cpu_s = self.cpu_s()
         return httpx.get(f"{self.url}/readyz", timeout=30).json()
 
     def output(self, n: int = 6000) -> str:
