@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m benchmarks.transfer" + (" --quick" if args.quick else "")
     command += f" --seeds {args.seeds}" if args.seeds else ""
     command += f" --settings {args.settings}" if args.settings else ""
+    command += f" --until {args.until}" if args.until else ""
     if args.backbone != "embedded":
         command += f" --backbone {args.backbone}" + (f" --weights {args.weights}" if args.weights else "")
     meta = {

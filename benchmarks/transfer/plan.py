@@ -73,7 +73,7 @@ class Budget:
 
 FULL = Budget(name="full", seeds=(0, 1, 2, 3, 4), epochs=5, train=700, val=200, test=2000)
 QUICK = Budget(
-    name="quick", seeds=(0, 1), epochs=1, train=48, val=16, test=64, near=("fashion-turned",), far=("digits",),
+    name="quick", seeds=(0, 1), epochs=1, train=24, val=8, test=32, near=("fashion-turned",), far=("digits",),
     lr_grid={"linear": (1e-2, 3e-2), "vpt": (1e-2,), "adaptformer": (1e-2,), "full": (1e-3,)},
     scales=(1.0,), sgd_tokens=(8, 16), sgd_scales=(0.1, 1.0), sgd_bottleneck=128,
 )  # fmt: skip

@@ -158,11 +158,15 @@ def run_one(budget: Budget, run: Run, backbone: BackboneChoice, sweep_task: str)
         row.update(knn_top1=round(float(knn.mean()), 5), knn_bits=encode_bits(knn),
                    silhouette=round(float(silhouette_score(feats.numpy(), test_data.y.numpy(), metric="cosine")), 5))  # fmt: skip
         if run.task == sweep_task and run.seed == 0 and run.method != "full":
-            from sklearn.manifold import TSNE
-
             n = min(TSNE_POINTS, len(test_data.y))
-            tsne = TSNE(2, init="pca", perplexity=min(30, n - 1), random_state=0, max_iter=1000 if n >= 100 else 250)
-            xy = tsne.fit_transform(feats[:n].numpy())
+            if n >= 100:
+                from sklearn.manifold import TSNE
+
+                xy = TSNE(2, init="pca", perplexity=30, random_state=0).fit_transform(feats[:n].numpy())
+            else:  # a smoke run's few points: a projection on the two main axes is enough, and quick
+                from sklearn.decomposition import PCA
+
+                xy = PCA(2).fit_transform(feats[:n].numpy())
             xy = (xy - xy.min(0)) / np.maximum(xy.max(0) - xy.min(0), 1e-9)
             row.update(tsne=np.round(xy, 3).tolist(), tsne_labels=test_data.y[:n].tolist())
     return row
