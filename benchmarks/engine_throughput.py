@@ -133,7 +133,9 @@ def random_task(name: str, vit: nn.Module, config: af.AdapterConfig, fingerprint
             p.copy_(0.02 * torch.randn(p.shape, generator=gen))
         adapters[i] = adapter
     head = nn.Linear(vit.num_features, NUM_CLASSES)
-    info = af.TaskInfo(task=name, labels=[str(i) for i in range(NUM_CLASSES)], backbone=MODEL, fingerprint=fingerprint)
+    labels = [str(i) for i in range(NUM_CLASSES)]
+    # the backbone's own input size: the engine refuses a task whose input spec (default 224) does not fit it
+    info = af.TaskInfo(task=name, labels=labels, backbone=MODEL, fingerprint=fingerprint, input=af.spec_from_model(vit))
     return af.TaskAdapter(info, head, config, adapters)
 
 
