@@ -163,12 +163,6 @@ def batch_totals(url: str) -> tuple[float, float]:
     return values.get("adaptformer_batch_size_sum", 0.0), values.get("adaptformer_batch_size_count", 0.0)
 
 
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 _WRK_SCRIPT = """
 local bodies, tasks, i = {}, {}, 0
 function init(args)
@@ -261,9 +255,9 @@ def measured(
 ) -> dict:
     """One load level with ``tool``, with the server's CPU use and mean batch size over the level."""
     run = wrk_load if tool == "wrk" else httpx_load
-    batches, cpu, t0 = batch_totals(server.url), process_cpu_s(server.proc.pid), time.perf_counter()
+    batches, cpu, t0 = batch_totals(server.url), server.cpu_s(), time.perf_counter()
     row = run(server.url, concurrency, seconds, payloads, tasks)
-    server_cpu = (process_cpu_s(server.proc.pid) - cpu) / (time.perf_counter() - t0)
+    server_cpu = (server.cpu_s() - cpu) / (time.perf_counter() - t0)
     after = batch_totals(server.url)
     count = after[1] - batches[1]
     row["server_cpu"] = round(server_cpu, 3)
