@@ -321,7 +321,9 @@ def measure(args: argparse.Namespace, result: dict, weights: Path, store: Path, 
 
         def deploy(name: str, replicas: int, routing: str) -> str:
             t = time.perf_counter()
-            app = build_application(settings, RayOptions(replicas=replicas, cpus_per_replica=1, routing=routing))
+            options = RayOptions(replicas=replicas, cpus_per_replica=1, routing=routing,
+                                 routing_imbalance=args.routing_imbalance)  # fmt: skip
+            app = build_application(settings, options)
             serve.run(app, name=name, route_prefix=f"/{name}")
             url = f"{proxy}/{name}"
             # every replica answers before measuring (the proxy learns of replicas a moment after they start)
@@ -474,7 +476,8 @@ def markdown(result: dict) -> str:
         lines += [
             "",
             f"## Page-ins: task-aware vs load routing (2 replicas, {TASKS} tasks, Zipf exponent {result['zipf']}, "
-            f"{result['zipf_requests']} requests measured after as many warm-up requests, {result['zipf_rounds']} rounds)",
+            f"{result['zipf_requests']} requests measured after as many warm-up requests, {result['zipf_rounds']} rounds, "
+            f"--routing-imbalance {result.get('routing_imbalance', 4)})",
             "",
             "| routing | page-ins per 1,000 requests (median) | per round | page-ins per replica | answers per "
             "replica | requests/s |",
@@ -520,6 +523,7 @@ def main() -> None:
     parser.add_argument("--zipf", type=float, default=1.0, help="Zipf exponent of the task mix")
     parser.add_argument("--zipf-requests", type=int, default=500, help="measured per routing and round")
     parser.add_argument("--zipf-rounds", type=int, default=2)
+    parser.add_argument("--routing-imbalance", type=int, default=4, help="of the task-routed applications")
     parser.add_argument("--poll-ms", type=float, default=2000, help="store poll interval of every replica")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/adaptformer-ray-replicas"),
                         help="where the backbone weights and the 1,000 adapters are made once and kept")  # fmt: skip
@@ -541,6 +545,7 @@ def main() -> None:
         "zipf": args.zipf,
         "zipf_requests": args.zipf_requests,
         "zipf_rounds": args.zipf_rounds,
+        "routing_imbalance": args.routing_imbalance,
         "poll_ms": args.poll_ms,
         "versions": {p: metadata.version(p) for p in ("ray", "torch", "timm")},
         "machine": {
