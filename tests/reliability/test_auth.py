@@ -40,6 +40,13 @@ ADMIN = {
     ("POST", "/adapters/{task}/rollback"),
     ("POST", "/v2/repository/models/{task}/load"),
     ("POST", "/v2/repository/models/{task}/unload"),
+    # training jobs: every route, reading ones included (examples and logs are the admin's)
+    ("POST", "/tasks/{task}/train"),
+    ("GET", "/jobs"),
+    ("GET", "/jobs/{job_id}"),
+    ("GET", "/jobs/{job_id}/events"),
+    ("GET", "/jobs/{job_id}/log"),
+    ("DELETE", "/jobs/{job_id}"),
 }
 
 
