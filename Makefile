@@ -64,6 +64,7 @@ serve: install-server
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy  # the library, the server and the client ([tool.mypy] in pyproject.toml)
 
 # -rs lists every skipped test with its reason (with the system packages installed there is none).
 test: lint system-deps

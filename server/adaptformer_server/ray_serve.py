@@ -20,7 +20,7 @@ import math
 import os
 import signal
 import time
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -168,7 +168,8 @@ def build_application(settings: Settings, options: RayOptions | None = None) -> 
         from adaptformer_server.ray_deployment import AdaptFormerServer
     except ImportError as e:
         raise RayUnavailable(f"Ray Serve is not installed ({e}); {_INSTALL_HINT}") from None
-    deployment = AdaptFormerServer.options(name=DEPLOYMENT_NAME, **deployment_options(options))
+    # (serve.deployment made the class a Deployment, which type checkers cannot see)
+    deployment = cast(Any, AdaptFormerServer).options(name=DEPLOYMENT_NAME, **deployment_options(options))
     return deployment.bind(replica_settings(settings, options))
 
 
@@ -269,8 +270,10 @@ def _proxy_address(settings: Settings) -> tuple[str, int]:
     try:
         from ray.serve.context import _get_global_client
 
-        http = _get_global_client().http_config
-        host, port = str(http.host), int(http.port)
+        client = _get_global_client()
+        if client is None:
+            return settings.host, settings.port
+        host, port = str(client.http_config.host), int(client.http_config.port)
     except Exception:  # a private API: fall back to what was asked
         return settings.host, settings.port
     if (host, port) != (settings.host, settings.port):

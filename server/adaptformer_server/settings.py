@@ -182,8 +182,10 @@ class Settings(BaseSettings):
     )
     train_queue: int = Field(4, ge=1, le=1000, description="training jobs waiting at most; beyond it 429")
     train_threads: int | None = Field(
-        None, ge=1, le=256, description="torch CPU threads of the training worker (default: 1 up to 4 cores, else a "
-        "quarter of them)"
+        None,
+        ge=1,
+        le=256,
+        description="torch CPU threads of the training worker (default: 1 up to 4 cores, else a quarter of them)",
     )
     train_nice: int = Field(10, ge=0, le=19, description="niceness of the training worker process (lower priority)")
     train_timeout: float = Field(3600.0, gt=0, description="seconds a training job may run before it is stopped")

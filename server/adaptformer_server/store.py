@@ -714,7 +714,7 @@ class StoreWatcher:
 @functools.cache
 def _headers_format() -> str:
     """Names the header checks: the record format, the adapter format version and a digest of the modules that
-    checks headers (a server with other checks reads every file again rather than trust these records)."""
+    check headers (a server with other checks reads every file again rather than trust these records)."""
     digest = hashlib.sha256()
     for module in (adapter_header, adapter_config, input_spec):  # parse_header's checks live in these three
         digest.update(Path(module.__file__ or "").read_bytes())
