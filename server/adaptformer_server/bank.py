@@ -55,6 +55,10 @@ class Bank:
     def __len__(self) -> int:
         return len(self._resident)
 
+    def resident_tasks(self) -> set[str]:
+        """The tasks with some version paged in (keys are ``task@version``); a copy, safe from any thread."""
+        return {key.rpartition("@")[0] for key in list(self._resident)}
+
     async def get(self, entry: AdapterEntry) -> TaskAdapter:
         """The adapter of ``entry``, paged in when not resident (one page-in per key however many ask).
 

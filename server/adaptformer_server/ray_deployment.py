@@ -74,8 +74,7 @@ class AdaptFormerServer:
 def resident_tasks(app: FastAPI | None) -> list[str]:
     """The tasks with a version resident in the app's bank (its keys are ``task@version``); none before it opens."""
     bank = None if app is None else app.state.runtime.adapters.bank
-    keys = list(getattr(bank, "_resident", ()))  # a read-only look at the bank's LRU order: a copy, no await
-    return sorted({key.rpartition("@")[0] for key in keys})
+    return sorted(bank.resident_tasks()) if bank is not None else []
 
 
 def request_task(request: PendingRequest | None) -> str:
