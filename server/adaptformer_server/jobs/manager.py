@@ -33,6 +33,7 @@ from adaptformer_server.errors import ApiError, NotFound
 from adaptformer_server.jobs.examples import ExamplesSummary
 from adaptformer_server.jobs.worker import PREFIX
 from adaptformer_server.runtime import Runtime
+from adaptformer_server.services.adapters import Upload
 from adaptformer_server.settings import Settings
 from adaptformer_server.store import version_of
 
@@ -44,15 +45,10 @@ TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 _ID_CHARS = frozenset("0123456789abcdef-j")
 
 
-def _adapters(runtime: Runtime) -> Any:
-    """What holds the store, the registry and ``upload``: the runtime's adapter manager where it has one."""
-    return getattr(runtime, "adapters", runtime)
-
-
-async def register_adapter(runtime: Runtime, data: bytes, task: str) -> Any:
+async def register_adapter(runtime: Runtime, data: bytes, task: str) -> Upload:
     """The one place a trained adapter enters the server: the upload path, with all of its checks. Returns its
     ``Upload`` (``.entry``, ``.previous``)."""
-    return await _adapters(runtime).upload(data, task)
+    return await runtime.adapters.upload(data, task)
 
 
 class QueueFull(ApiError):
@@ -512,7 +508,7 @@ class JobManager:
 
     async def settle_registering(self) -> None:
         """Jobs a previous process left between training and registering: succeeded if their version is stored."""
-        adapters = _adapters(self.runtime)
+        adapters = self.runtime.adapters
         store = adapters.store
         for job in list(self.jobs.values()):
             if job.status != "registering":
