@@ -80,9 +80,9 @@ test-ray: install
 	$(PY) -m pip install -q -e ".[ray]"
 	@if [ "$$(id -u)" = 0 ] && unshare -n true 2>/dev/null && command -v ip >/dev/null; then \
 		echo "Ray tests in a private network namespace (loopback only)"; \
-		unshare -n sh -c 'ip link set lo up && exec $(PY) -m pytest -q -rs -m ray --timeout 1800 tests/ray'; \
+		unshare -n sh -c 'ip link set lo up && exec $(PY) -m pytest -q -rs -m ray --timeout 1800 tests/ray tests/deploy'; \
 	else \
-		$(PY) -m pytest -q -rs -m ray --timeout 1800 tests/ray; \
+		$(PY) -m pytest -q -rs -m ray --timeout 1800 tests/ray tests/deploy; \
 	fi
 
 # What CI runs (.ci/run): the default suite (ruff, system packages, pytest), then the slow tests, then the Ray tests.
