@@ -644,10 +644,6 @@ class StoreWatcher:
         self._recent: set[str] = set()  # files stat'ed at every poll: they may still change in place
         self.listings = 0
 
-    def seen(self, task: str) -> Stamp | None:
-        """The stamp of ``task``'s file as last looked at (``None``: absent at the last poll)."""
-        return self._seen.get(task)
-
     def look_at(self, task: str) -> None:
         """Makes the next poll stat ``task``'s file whatever the directory says (a page-in found other bytes
         than the registry expects: e.g. a file overwritten in place, which changes no directory entry)."""
