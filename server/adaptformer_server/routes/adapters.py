@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
@@ -23,30 +23,21 @@ from adaptformer_server.schemas import (
     UploadResponse,
     VersionList,
     error_responses,
+    form_body,
 )
 from adaptformer_server.services import AdapterManager, Upload
 from adaptformer_server.sources import fetch, scheme_of
 
 router = APIRouter(prefix="/adapters", tags=["adapters"])
 
-_UPLOAD: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "the .safetensors adapter"},
-                        "task": {"type": "string", "description": "task name (default: the one in the file)"},
-                    },
-                }
-            },
-            "application/json": {"schema": RegisterRequest.model_json_schema()},
-        },
-    }
-}
+_UPLOAD = form_body(
+    {
+        "file": {"type": "string", "format": "binary", "description": "the .safetensors adapter"},
+        "task": {"type": "string", "description": "task name (default: the one in the file)"},
+    },
+    required=["file"],
+    other={"application/json": {"schema": RegisterRequest.model_json_schema()}},
+)
 
 
 @router.get(

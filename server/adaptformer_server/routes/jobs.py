@@ -18,34 +18,24 @@ from adaptformer_server.errors import InvalidInput, NotReady, PayloadTooLarge, U
 from adaptformer_server.inputs import media_type, read_form
 from adaptformer_server.jobs.examples import ExamplesSummary, check_examples, unpack_fields, unpack_zip
 from adaptformer_server.jobs.manager import JobManager, TrainParams
-from adaptformer_server.schemas import error_responses
+from adaptformer_server.schemas import error_responses, form_body
 from adaptformer_server.store import TASK_PATTERN, valid_task_name
 
 router = APIRouter(tags=["training"])
 
 _LAYERS = re.compile(r"all|(first|last):\d{1,3}|-?\d{1,3}(,-?\d{1,3})*")
 _LOG_TAIL = 64 * 1024
-_FORM: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "examples": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "a zip of <class>/<image>, <class>/<clip>/<frames> or <class>/<clip>.gif",
-                        },
-                        "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "label": {"type": "array", "items": {"type": "string"}, "description": "one per image"},
-                    },
-                }
-            }
+_FORM = form_body(
+    {
+        "examples": {
+            "type": "string",
+            "format": "binary",
+            "description": "a zip of <class>/<image>, <class>/<clip>/<frames> or <class>/<clip>.gif",
         },
+        "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "label": {"type": "array", "items": {"type": "string"}, "description": "one per image"},
     }
-}
+)
 
 
 def _manager(request: Request) -> JobManager:

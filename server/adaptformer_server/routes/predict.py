@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import torch
 from fastapi import APIRouter, Query, Request
@@ -10,24 +10,19 @@ from fastapi import APIRouter, Query, Request
 from adaptformer_server.deps import Inference, PredictAuth
 from adaptformer_server.inputs import IMAGE_TYPES, PredictBody, read_predict_body
 from adaptformer_server.registry import AdapterEntry
-from adaptformer_server.schemas import MultiPredictResponse, Prediction, PredictResponse, error_responses
+from adaptformer_server.schemas import MultiPredictResponse, Prediction, PredictResponse, error_responses, form_body
 from adaptformer_server.services import ALL_IMAGE_TASKS
 from adaptformer_server.store import TASK_PATTERN
 
 router = APIRouter(tags=["predict"])
 
 _FILES = {"type": "array", "items": {"type": "string", "format": "binary"}}
-_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": "`image` fields (one answer each, in order); for a clip task, repeated `frame` fields or "
-        "one animated GIF/WebP in `image`; or a raw image body",
-        "content": {
-            "multipart/form-data": {"schema": {"type": "object", "properties": {"image": _FILES, "frame": _FILES}}},
-            **{t: {"schema": {"type": "string", "format": "binary"}} for t in sorted(IMAGE_TYPES)},
-        },
-    }
-}
+_BODY = form_body(
+    {"image": _FILES, "frame": _FILES},
+    description="`image` fields (one answer each, in order); for a clip task, repeated `frame` fields or one "
+    "animated GIF/WebP in `image`; or a raw image body",
+    other={t: {"schema": {"type": "string", "format": "binary"}} for t in sorted(IMAGE_TYPES)},
+)
 
 
 def top_k(logits: torch.Tensor, labels: list[str], k: int) -> list[Prediction]:
