@@ -204,10 +204,14 @@ class JobManager:
             job.cancel_requested = True
             job.record["stop_reason"] = "the server stopped while this job was training; nothing was registered"
             await self._terminate(job.process)
-        if self._runner is not None and not self._runner.done():
+        # Cancelled until it is done: a cancel that lands while an inner wait_for completes can be swallowed (the
+        # runner then finishes its job and waits on the queue again), so one cancel() is not enough.
+        while self._runner is not None and not self._runner.done():
             self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._runner
+            await asyncio.wait({self._runner}, timeout=1)
+        if self._runner is not None and self._runner.done() and not self._runner.cancelled():
+            with contextlib.suppress(Exception):
+                self._runner.result()  # (retrieved, so no "exception never retrieved" warning)
         if job is not None and job.status not in TERMINAL:
             self._finish(job, "failed", error=job.record.get("stop_reason") or "the server stopped")
         if self._lock_fd is not None:
