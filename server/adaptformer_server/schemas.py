@@ -24,34 +24,7 @@ __all__ = [
     "UploadResponse",
     "VersionInfo",
     "VersionList",
-    "form_body",
 ]
-
-
-def form_body(
-    properties: dict[str, Any],
-    *,
-    required: list[str] | None = None,
-    description: str | None = None,
-    other: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The OpenAPI request body (``openapi_extra``) of a route that reads its multipart form itself.
-
-    Args:
-        properties: The form's fields (JSON schemas).
-        required: Fields that must be present.
-        description: Of the whole body.
-        other: Other media types the route takes (``{media type: {"schema": ...}}``).
-    """
-    schema: dict[str, Any] = {"type": "object"}
-    if required:
-        schema["required"] = required
-    schema["properties"] = properties
-    body: dict[str, Any] = {"required": True}
-    if description:
-        body["description"] = description
-    body["content"] = {"multipart/form-data": {"schema": schema}, **(other or {})}
-    return {"requestBody": body}
 
 
 class Prediction(BaseModel):
@@ -192,3 +165,29 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         504: "the adapter source did not deliver in time",
     }
     return {s: {"model": ErrorResponse, "description": text.get(s, "error")} for s in statuses}
+
+
+def form_body(
+    properties: dict[str, Any],
+    *,
+    required: list[str] | None = None,
+    description: str | None = None,
+    other: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The OpenAPI request body (``openapi_extra``) of a route that reads its multipart form itself.
+
+    Args:
+        properties: The form's fields (JSON schemas).
+        required: Fields that must be present.
+        description: Of the whole body.
+        other: Other media types the route takes (``{media type: {"schema": ...}}``).
+    """
+    schema: dict[str, Any] = {"type": "object"}
+    if required:
+        schema["required"] = required
+    schema["properties"] = properties
+    body: dict[str, Any] = {"required": True}
+    if description:
+        body["description"] = description
+    body["content"] = {"multipart/form-data": {"schema": schema}, **(other or {})}
+    return {"requestBody": body}
