@@ -91,9 +91,32 @@ class _Progress:
             print(f"{info.task}: epoch {info.epoch}/{info.epochs} " + " ".join(f"{k}={v}" for k, v in post.items()))
         self.last_epoch = info.epoch
 
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.bar:
             self.bar.close()
+
+
+def _ended(info: JobInfo, bar: _Progress, deadline: float | None, timeout: float | None) -> bool:
+    """One poll of ``wait``: shows ``info``; True once the job has ended; raises past the deadline."""
+    bar.update(info)
+    if info.status in TERMINAL:
+        return True
+    if deadline is not None and time.monotonic() >= deadline:
+        raise APITimeoutError(f"job {info.job} still {info.status} after {timeout:g} s")
+    return False
+
+
+def _outcome(info: JobInfo) -> JobInfo:
+    """The final state of a job that succeeded; raises JobFailedError for a failed or cancelled one."""
+    if info.status != "succeeded":
+        raise JobFailedError(info)
+    return info
 
 
 class Job:
@@ -138,21 +161,10 @@ class Job:
             APITimeoutError: still running after ``timeout`` (the job goes on; ``cancel()`` stops it).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        bar = _Progress(progress, self.id)
-        try:
-            while True:
-                info = self.status()
-                bar.update(info)
-                if info.status in TERMINAL:
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise APITimeoutError(f"job {self.id} still {info.status} after {timeout:g} s")
+        with _Progress(progress, self.id) as bar:
+            while not _ended(self.status(), bar, deadline, timeout):
                 self._sleep(interval)
-        finally:
-            bar.close()
-        if info.status != "succeeded":
-            raise JobFailedError(info)
-        return info
+        return _outcome(self.info)
 
 
 class AsyncJob:
@@ -180,18 +192,7 @@ class AsyncJob:
     async def wait(self, progress: bool = False, timeout: float | None = None, interval: float = 1.0) -> JobInfo:
         """See ``Job.wait``."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        bar = _Progress(progress, self.id)
-        try:
-            while True:
-                info = await self.status()
-                bar.update(info)
-                if info.status in TERMINAL:
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise APITimeoutError(f"job {self.id} still {info.status} after {timeout:g} s")
+        with _Progress(progress, self.id) as bar:
+            while not _ended(await self.status(), bar, deadline, timeout):
                 await self._sleep(interval)
-        finally:
-            bar.close()
-        if info.status != "succeeded":
-            raise JobFailedError(info)
-        return info
+        return _outcome(self.info)

@@ -3,6 +3,7 @@ folder, the knobs as query parameters, waiting with progress, cancel, a failed j
 
 from __future__ import annotations
 
+import asyncio
 import io
 import zipfile
 from pathlib import Path
@@ -12,6 +13,9 @@ import pytest
 
 from adaptformer_client import AsyncClient, Client, JobFailedError, PermissionDeniedError
 from adaptformer_client.cli import main
+from adaptformer_client.errors import APITimeoutError
+from adaptformer_client.jobs import AsyncJob, Job
+from adaptformer_client.types import JobInfo
 from tests.client.conftest import URL, parse_multipart
 
 
@@ -171,3 +175,36 @@ def test_train_against_a_real_server(tmp_path):
         answer = client.predict("colours", example("red", 60))
         assert answer.top.label in ("red", "blue") and answer.version == info.version
         assert [j.job for j in client.jobs()] == [job.id]
+
+
+def _running(epoch: int = 1) -> JobInfo:
+    return JobInfo(job="j-1", task="t", status="running", created="2026-01-01T00:00:00Z", epoch=epoch, epochs=9)
+
+
+def test_wait_gives_up_at_its_timeout_and_leaves_the_job_running():
+    """Sync and async alike: past ``timeout`` wait raises APITimeoutError naming the job; nothing is cancelled."""
+    cancelled: list[str] = []
+    polls: list[int] = []
+
+    def status(job_id: str) -> JobInfo:
+        polls.append(1)
+        return _running(len(polls))
+
+    job = Job(_running(), status, lambda j: cancelled.append(j) or _running(), sleep=lambda s: None)
+    with pytest.raises(APITimeoutError, match="job j-1 still running after 0 s"):
+        job.wait(timeout=0)
+    assert polls and not cancelled and job.info.epoch == len(polls)
+
+    async def astatus(job_id: str) -> JobInfo:
+        return _running(3)
+
+    async def asleep(s: float) -> None:
+        return None
+
+    async def acancel(job_id: str) -> JobInfo:
+        raise AssertionError("wait must not cancel")
+
+    ajob = AsyncJob(_running(), astatus, acancel, asleep)
+    with pytest.raises(APITimeoutError, match="job j-1 still running after 0 s"):
+        asyncio.run(ajob.wait(timeout=0))
+    assert ajob.info.epoch == 3
