@@ -6,7 +6,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -92,30 +92,39 @@ class ReplicaHeaderMiddleware:
         await self.app(scope, receive, send_with_header)
 
 
-def create_app(settings: Settings | None = None, *, backbone: nn.Module | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    backbone: nn.Module | None = None,
+    make_runtime: Callable[[Settings, Metrics], Any] | None = None,
+) -> FastAPI:
     """Builds the app; the backbone, the store scan and the batcher start in its lifespan.
 
     Args:
         settings: Server settings (read from ADAPTFORMER_* environment variables when omitted).
         backbone: A prebuilt timm ViT to serve instead of the one the settings name (tests, embedding apps).
+        make_runtime: Makes the runtime instead of :class:`Runtime` (a front process's, whose model is in the engine
+            process: :class:`~adaptformer_server.tier.front.FrontRuntime`); such an app runs no training jobs.
     """
     settings = settings or Settings()
     for problem in settings.check_keys():  # off loopback a weak key raises InsecureKeyError
         log.warning("%s: allowed on loopback only; make a real key with %s", problem, MAKE_KEY)
     metrics = Metrics()
-    runtime = Runtime(settings, metrics, backbone=backbone)
+    runtime = make_runtime(settings, metrics) if make_runtime else Runtime(settings, metrics, backbone=backbone)
     metrics.is_task = lambda name: runtime.adapters.registry.get(name) is not None
     replica_id = settings.replica_id or default_replica_id()
-    job_manager = JobManager(settings, runtime, backbone=backbone)
+    job_manager = JobManager(settings, runtime, backbone=backbone) if isinstance(runtime, Runtime) else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime.start()
-        job_manager.start()
+        if job_manager is not None:
+            job_manager.start()
         try:
             yield
         finally:
-            await job_manager.stop()
+            if job_manager is not None:
+                await job_manager.stop()
             await runtime.stop()
 
     app = FastAPI(

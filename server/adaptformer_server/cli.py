@@ -21,6 +21,7 @@ _EXAMPLES = """examples:
   adaptformer serve                                    # embedded backbone + demo adapters on 127.0.0.1:8000
   adaptformer serve --backbone vit_base_patch16_224.augreg2_in21k_ft_in1k --store /data/adapters --port 8000
   ADAPTFORMER_ADMIN_KEY="$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')" adaptformer serve --host 0.0.0.0
+  adaptformer serve --workers 8 --device cuda            # 8 front processes feed one engine process on the GPU
   adaptformer serve --ray --replicas 3 --store /shared/adapters   # Ray Serve: 3 replicas, one shared store
   adaptformer serve --ray --min-replicas 1 --max-replicas 8 --ray-address auto --host 0.0.0.0
 
@@ -138,6 +139,16 @@ def main(argv: list[str] | None = None) -> None:
     if ray_options is not None:
         _serve_on_ray(settings, ray_options, log)
         return
+    from adaptformer_server.tier import plan
+
+    try:
+        processes = plan(settings)
+    except ValueError as e:
+        sys.exit(f"adaptformer serve: error: {e}")
+    if processes.split:
+        from adaptformer_server.tier.supervisor import serve_tier
+
+        sys.exit(serve_tier(settings, processes))
 
     import uvicorn
 

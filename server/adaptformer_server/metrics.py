@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from urllib.parse import parse_qsl
@@ -16,6 +17,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -83,9 +85,16 @@ class Metrics:
         self.queue_wait = Histogram(
             "adaptformer_queue_wait_seconds", "Time a sample waits in the queue", buckets=_LATENCY, registry=r
         )
-        self.queue_depth = Gauge("adaptformer_queue_depth", "Samples waiting for a batch", registry=r)
-        self.resident = Gauge("adaptformer_resident_adapters", "Adapters resident in bank slots", registry=r)
-        self.registered = Gauge("adaptformer_registered_adapters", "Adapters in the registry", registry=r)
+        # Several processes (tier/): gauges of live processes only, summed (the queue) or the engine's (the rest).
+        self.queue_depth = Gauge(
+            "adaptformer_queue_depth", "Samples waiting for a batch", registry=r, multiprocess_mode="livesum"
+        )
+        self.resident = Gauge(
+            "adaptformer_resident_adapters", "Adapters resident in bank slots", registry=r, multiprocess_mode="livemax"
+        )
+        self.registered = Gauge(
+            "adaptformer_registered_adapters", "Adapters in the registry", registry=r, multiprocess_mode="livemax"
+        )
         self.page_ins = Counter("adaptformer_page_ins", "Adapters loaded from the store into a slot", registry=r)
         self.page_in_failures = Counter(
             "adaptformer_page_in_failures", "Page-ins that failed (invalid or stale file)", registry=r
@@ -115,6 +124,12 @@ class Metrics:
         )
 
     def render(self) -> bytes:
+        """The exposition text: this app's registry, or, in a server of several processes (prometheus_client's
+        multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR`` set), the whole server's series from every process."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)
 
     def task_label(self, name: str) -> str:

@@ -52,6 +52,11 @@ def current_request_id() -> str | None:
     return _request_id.get()
 
 
+def bind_request_id(value: str | None) -> None:
+    """Makes ``value`` the request id of this task's log lines (the engine process, for a front's request)."""
+    _request_id.set(value)
+
+
 def request_id_from(value: str | None) -> str:
     """The client's id when it is sane, else a new one."""
     if value is not None and _SANE_ID.fullmatch(value):

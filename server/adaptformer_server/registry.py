@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -86,6 +86,8 @@ class Registry:
     def __init__(self) -> None:
         self._entries: dict[str, AdapterEntry] = {}
         self._names: list[str] | None = []  # the task names, sorted; None: to be sorted again (a task came or went)
+        # Called after every change (the engine process tells its fronts through it: tier.shared.EngineState.bump).
+        self.on_change: Callable[[], None] | None = None
 
     def get(self, task: str) -> AdapterEntry | None:
         return self._entries.get(task)
@@ -96,12 +98,16 @@ class Registry:
         self._entries[entry.task] = entry
         if previous is None:
             self._names = None
+        if self.on_change is not None:
+            self.on_change()
         return previous
 
     def remove(self, task: str) -> AdapterEntry | None:
         removed = self._entries.pop(task, None)
         if removed is not None:
             self._names = None
+            if self.on_change is not None:
+                self.on_change()
         return removed
 
     def current_version(self, task: str) -> str | None:

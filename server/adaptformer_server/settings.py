@@ -205,6 +205,17 @@ class Settings(BaseSettings):
     max_examples_pixels: int = Field(
         2_000_000_000, ge=1, description="pixels of all images and frames of one training job"
     )
+    workers: int | Literal["auto"] = Field(
+        "auto",
+        description="front processes (HTTP, auth, limits, decoding) sharing the port; from 2 on, the model runs in "
+        "one engine process of its own that batches the requests of every front; 'auto': one per CPU core left "
+        "after the engine's (at most 16) on a CUDA device, 1 (one process) on a CPU-only host",
+    )
+    engine_process: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="run the model in an engine process of its own ('auto': when there are 2 or more workers; 'on' "
+        "also with one front process)",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
     log_format: Literal["text", "json"] = Field(
         "text", description="log lines as text or as JSON objects (one per line); both carry the request id"
@@ -267,6 +278,19 @@ class Settings(BaseSettings):
     @classmethod
     def _expand_home(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _check_workers(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            count = int(str(value).strip())
+        except ValueError:
+            raise ValueError(f"workers must be a number from 1 to 64 or 'auto', got {value!r}") from None
+        if not 1 <= count <= 64:
+            raise ValueError(f"workers must be from 1 to 64 (or 'auto'), got {count}")
+        return count
 
     @field_validator("device")
     @classmethod

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,6 +220,9 @@ class AdapterManager:
     def __iter__(self) -> Iterator[AdapterEntry]:
         """The current entry of every task, sorted by task."""
         return iter(self.registry)
+
+    async def refresh(self, names: Sequence[str]) -> None:
+        """Nothing: this registry is the one source (a front process's view refreshes from it here)."""
 
     def entry(self, task: str) -> AdapterEntry:
         """The current entry of ``task``, or of a kept version for ``task@version``; 404 with a hint when unknown."""

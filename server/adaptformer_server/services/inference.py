@@ -181,6 +181,10 @@ class InferenceService:
                 raise InvalidInput(
                     "the query needs a `task` (repeat it for several tasks, or task=* for every image task)"
                 )
+            for name in names:
+                if name != ALL_IMAGE_TASKS:
+                    check_task_name(name)  # 400 before any lookup
+            await self.adapters.refresh(names)  # a front's view of the engine's registry; nothing in one process
             tasks = self.expand(names, version)
             labels = list(dict.fromkeys(split_pin(t)[0] for t in tasks))  # pinned versions count as their task
             payload = await read()
@@ -248,7 +252,8 @@ class InferenceService:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
                 for run, job in zip(runs, jobs, strict=True):
                     error = run.exception() if run in done else None
-                    if error is not None and not (isinstance(error, InvalidAdapter) and job[0].task in optional):
+                    tolerated = isinstance(error, (InvalidAdapter, IncompatibleAdapter, NotFound))  # admitted remotely
+                    if error is not None and not (tolerated and job[0].task in optional):
                         raise error
         finally:
             for run in runs:

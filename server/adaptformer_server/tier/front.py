@@ -1,0 +1,355 @@
+"""A front process: HTTP, auth, Host/Origin checks, limits, decoding and answers; no model.
+
+``/predict`` and ``/v2 .../infer`` run here up to the forward pass: the app of the one-process server
+(:func:`~adaptformer_server.app.create_app`, every middleware and check) with a :class:`FrontRuntime`, whose
+inference service sends the decoded tensors to the engine process (:class:`EngineLink`) and whose adapter view
+(:class:`FrontAdapters`) caches the engine's registry entries until the registry changes. Every other route
+(adapters, versions, training jobs, model metadata, /readyz, the UI) is passed to the engine process's app as it
+came (:class:`EngineProxy`): one owner of adapter state, whichever front a request reaches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import pickle
+import re
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import httpx
+import orjson
+import zmq
+import zmq.asyncio
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from adaptformer_server.errors import NotFound, NotReady, error_body
+from adaptformer_server.metrics import Metrics
+from adaptformer_server.observability import current_request_id
+from adaptformer_server.registry import AdapterEntry
+from adaptformer_server.services import InferenceService
+from adaptformer_server.services.adapters import split_pin
+from adaptformer_server.settings import Settings
+from adaptformer_server.tier import wire
+from adaptformer_server.tier.process import become_child
+from adaptformer_server.tier.shared import EngineState, RunDir, Snapshot, alive
+
+__all__ = ["Dispatcher", "EngineLink", "EngineProxy", "FrontAdapters", "FrontRuntime", "front_app"]
+
+log = logging.getLogger("adaptformer_server.front")
+
+_WATCH_S = 0.2  # how often a front looks whether its engine process is still the same live one
+_RETRY_AFTER = 2  # seconds, in the 503 of a request whose engine process stopped
+_LOCAL = re.compile(r"/predict|/v2/models/[^/]+(/versions/[^/]+)?/infer|/healthz|/metrics")
+_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade", b"proxy-connection"}
+
+
+class EngineLink:
+    """One front's connection to the engine process: a DEALER socket, the answers it waits for, and a watch on
+    the engine's state block (a request whose engine process died fails with 503 within ``_WATCH_S``)."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self.state = EngineState(run.state_path)
+        self.ctx = zmq.asyncio.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue a message for an engine that is not connected
+        self.sock.connect(run.engine_address)
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, tuple[int, asyncio.Future[tuple[dict[str, Any], list[Any]]]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._watch())]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._fail_all(NotReady("the server is shutting down"))
+        self.sock.close(0)
+        self.ctx.term()
+        self.state.close()
+
+    def snapshot(self) -> Snapshot:
+        return self.state.read()
+
+    def require_ready(self) -> Snapshot:
+        now = self.state.read()
+        if not now.ready or not alive(now.pid):
+            raise NotReady(
+                f"the engine process is {'restarting' if now.epoch > 1 else 'loading'}; retry shortly",
+                retry_after=_RETRY_AFTER,
+            )
+        return now
+
+    async def call(self, header: dict[str, Any], frames: Sequence[Any] = ()) -> tuple[dict[str, Any], list[Any]]:
+        """Sends one message and waits for its answer; an answer with ``error`` raises that error."""
+        now = self.require_ready()
+        mid = next(self._ids)
+        header["id"] = mid
+        future: asyncio.Future[tuple[dict[str, Any], list[Any]]] = asyncio.get_running_loop().create_future()
+        self._waiting[mid] = (now.epoch, future)
+        try:
+            try:
+                await self.sock.send_multipart([wire.dumps(header), *frames], flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                raise NotReady("the engine process is not connected; retry shortly", retry_after=_RETRY_AFTER) from None
+            reply, out = await future
+        finally:
+            self._waiting.pop(mid, None)
+        if "error" in reply:
+            raise wire.decode_error(reply["error"])
+        return reply, out
+
+    async def _read(self) -> None:
+        while True:
+            frames = await self.sock.recv_multipart(copy=False)
+            reply = wire.loads(frames[0].buffer)
+            waiting = self._waiting.get(reply.get("id", 0))
+            if waiting is not None and not waiting[1].done():
+                waiting[1].set_result((reply, frames[1:]))
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(_WATCH_S)
+            if not self._waiting:
+                continue
+            now = self.state.read()
+            if alive(now.pid) and now.ready:
+                gone = [f for epoch, f in self._waiting.values() if epoch != now.epoch]
+            else:
+                gone = [f for _, f in self._waiting.values()]
+            error = NotReady("the engine process stopped; retry shortly", retry_after=_RETRY_AFTER)
+            for f in gone:
+                if not f.done():
+                    f.set_exception(error)
+
+    def _fail_all(self, error: Exception) -> None:
+        for _, f in list(self._waiting.values()):
+            if not f.done():
+                f.set_exception(error)
+
+
+class RemoteBatcher:
+    """The batcher's ``submit_many`` in a front: the jobs' tensors go to the engine in one message, which queues
+    them on its batcher beside every other front's."""
+
+    def __init__(self, link: EngineLink) -> None:
+        self.link = link
+
+    async def submit_many(self, jobs: Sequence[tuple[list[Any], str, Any]]) -> list[list[Any]]:
+        head: list[dict[str, Any]] = []
+        frames: list[Any] = []
+        for inputs, key, _ in jobs:
+            head.append(
+                {
+                    "key": key,
+                    "dtype": wire.dtype_name(inputs[0]) if inputs else "float32",
+                    "shapes": [list(x.shape) for x in inputs],
+                }
+            )
+            frames.extend(wire.tensor_frame(x) for x in inputs)
+        reply, out = await self.link.call({"op": "infer", "rid": current_request_id(), "jobs": head}, frames)
+        logits = []
+        for shapes, frame in zip(reply["shapes"], out, strict=True):
+            flat = wire.tensor_from(frame.buffer, "float32", [-1]) if shapes else None
+            parts, start = [], 0
+            for shape in shapes:
+                n = 1
+                for d in shape:
+                    n *= d
+                assert flat is not None
+                parts.append(flat[start : start + n].view(*shape))
+                start += n
+            logits.append(parts)
+        return logits
+
+
+class FrontAdapters:
+    """The engine's registry as a front sees it: entries fetched once and kept until the engine's registry
+    changes (the state block's generation) or another engine process takes over (its epoch)."""
+
+    def __init__(self, link: EngineLink) -> None:
+        self.link = link
+        self.registry = self  # what the app's metrics ask: registry.get(task)
+        self._seen: tuple[int, int] = (-1, -1)
+        self._entries: dict[str, AdapterEntry] = {}
+        self._images: list[AdapterEntry] | None = None
+
+    def _current(self) -> None:
+        now = self.link.snapshot()
+        if (now.epoch, now.generation) != self._seen:
+            self._seen = (now.epoch, now.generation)
+            self._entries.clear()
+            self._images = None
+
+    async def refresh(self, names: Sequence[str]) -> None:
+        """Makes the entries of ``names`` (and, for ``*``, every image task) current before a request uses them."""
+        self._current()
+        for name in names:
+            if name == "*":
+                if self._images is None:
+                    _, out = await self.link.call({"op": "image_tasks"})
+                    self._images = pickle.loads(out[0].bytes)
+                    self._entries.update((e.task, e) for e in self._images)
+            elif name not in self._entries:  # the engine's 404 (unknown task, version not kept) raises here
+                _, out = await self.link.call({"op": "entry", "task": name})
+                self._entries[name] = pickle.loads(out[0].bytes)
+
+    def get(self, task: str) -> AdapterEntry | None:
+        return self._entries.get(task)
+
+    def __iter__(self) -> Iterator[AdapterEntry]:
+        return iter(self._images or [])
+
+    def entry(self, task: str) -> AdapterEntry:
+        """The entry :meth:`refresh` fetched for ``task`` (a request refreshes the names it uses first)."""
+        entry = self._entries.get(task)
+        if entry is None:
+            raise NotFound(f"unknown task {split_pin(task)[0]!r}; GET /adapters lists the tasks this server has")
+        return entry
+
+    async def resolve(self, task: str) -> tuple[AdapterEntry, None]:
+        """Admission in a front: the entry only; the engine pages the adapter in when the tensors arrive."""
+        return self.entry(task), None
+
+
+class FrontRuntime:
+    """The runtime of a front process: ready while its engine process is; no backbone here."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, run: RunDir) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.run = run
+        self.link = EngineLink(run)
+        self.adapters = FrontAdapters(self.link)
+        self.inference = InferenceService(settings, metrics, self.adapters)  # type: ignore[arg-type]
+        self.inference.batcher = RemoteBatcher(self.link)  # type: ignore[assignment]
+        self.backbone = None
+        self.error: str | None = None
+        self.on_fatal: Callable[[BaseException], None] | None = None
+
+    def start(self) -> None:
+        self.link.start()
+
+    async def stop(self) -> None:
+        await self.link.close()
+
+    @property
+    def state(self) -> str:
+        return self.link.snapshot().state
+
+    @property
+    def ready(self) -> bool:
+        return self.link.snapshot().ready
+
+    def require_ready(self) -> None:
+        self.link.require_ready()
+
+
+class EngineProxy:
+    """Passes a request to the engine process's app on its Unix socket and streams the answer back (a 503 with
+    Retry-After while the engine process is down)."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.client = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=run.app_socket),
+            base_url="http://engine",
+            timeout=httpx.Timeout(None, connect=5.0),
+        )
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP]
+        query = scope.get("query_string", b"")
+        url = scope.get("raw_path") or scope["path"].encode()
+        target = (url + (b"?" + query if query else b"")).decode("latin-1")
+
+        async def body() -> Any:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                if chunk:
+                    yield chunk
+                if not message.get("more_body", False):
+                    return
+
+        has_body = any(k.lower() in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
+        request = self.client.build_request(
+            scope["method"], target, headers=headers, content=body() if has_body else None
+        )
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.TransportError as e:
+            log.warning("cannot reach the engine process's app: %s", e)
+            await _send_json(send, 503, error_body("not_ready", "the engine process is restarting; retry shortly"))
+            return
+        try:
+            out = [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP]
+            await send({"type": "http.response.start", "status": response.status_code, "headers": out})
+            async for chunk in response.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except (httpx.TransportError, OSError) as e:
+            log.warning("the engine process's answer broke off: %s", e)
+        finally:
+            await response.aclose()
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    data = orjson.dumps(body)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(data)).encode()),
+        (b"retry-after", str(_RETRY_AFTER).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+class Dispatcher:
+    """A front's ASGI app: the prediction routes (and /healthz, /metrics) to the local app, the rest to the
+    engine process's app."""
+
+    def __init__(self, local: ASGIApp, proxy: EngineProxy) -> None:
+        self.local = local
+        self.proxy = proxy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not _LOCAL.fullmatch(scope["path"]):
+            await self.proxy(scope, receive, send)
+            return
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        await self.local(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def sent(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.proxy.close()
+            await send(message)
+
+        await self.local(scope, receive, sent)
+
+
+def front_app(settings: Settings, run_path: str, parent: int, number: int | None = None) -> ASGIApp:
+    """A front process's app (uvicorn's factory in each worker process)."""
+    become_child("adaptformer front", parent)
+    from adaptformer_server.app import create_app
+    from adaptformer_server.observability import configure_logging
+
+    configure_logging(settings)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request passed on: the access log has it
+    run = RunDir(__import__("pathlib").Path(run_path))
+    app = create_app(settings, make_runtime=lambda s, m: FrontRuntime(s, m, run))
+    return Dispatcher(app, EngineProxy(run))
