@@ -35,7 +35,18 @@ _HOME = {
         "reference_block",
         "rewrite",
     ],
-    "process": ["SERVE", "ServerProcess", "clean_env", "cpu_seconds", "free_port", "live_server", "stop", "wait_ready"],
+    "process": [
+        "SERVE",
+        "WORKERS_ENV",
+        "ServerProcess",
+        "children",
+        "clean_env",
+        "cpu_seconds",
+        "free_port",
+        "live_server",
+        "stop",
+        "wait_ready",
+    ],
     "wait": ["DEFAULT_TIMEOUT", "async_wait_until", "wait_until"],
 }
 _MODULE = {name: module for module, names in _HOME.items() for name in names}
@@ -44,10 +55,12 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "IMG",
     "SERVE",
+    "WORKERS_ENV",
     "ServerProcess",
     "adapted",
     "adapter_bytes",
     "async_wait_until",
+    "children",
     "clean_env",
     "clips",
     "cpu_seconds",
@@ -75,7 +88,7 @@ __all__ = [
     "wait_ready",
     "wait_until",
 ]
-assert sorted(_MODULE) == __all__
+assert sorted(_MODULE) == sorted(__all__)
 
 if TYPE_CHECKING:
     from .adapters import CLIP_FRAMES, adapter_bytes, embedded_backbone, make_task, tiny_vit, upload_files
@@ -93,7 +106,18 @@ if TYPE_CHECKING:
         reference_block,
         rewrite,
     )
-    from .process import SERVE, ServerProcess, clean_env, cpu_seconds, free_port, live_server, stop, wait_ready
+    from .process import (
+        SERVE,
+        WORKERS_ENV,
+        ServerProcess,
+        children,
+        clean_env,
+        cpu_seconds,
+        free_port,
+        live_server,
+        stop,
+        wait_ready,
+    )
     from .wait import DEFAULT_TIMEOUT, async_wait_until, wait_until
 
 

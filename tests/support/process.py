@@ -22,10 +22,36 @@ import httpx
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["SERVE", "ServerProcess", "clean_env", "cpu_seconds", "free_port", "live_server", "stop", "wait_ready"]
+__all__ = [
+    "SERVE",
+    "WORKERS_ENV",
+    "ServerProcess",
+    "children",
+    "clean_env",
+    "cpu_seconds",
+    "free_port",
+    "live_server",
+    "stop",
+    "wait_ready",
+]
 
 # The server as a user starts it; the tests add their flags.
 SERVE = (sys.executable, "-m", "adaptformer_server", "serve")
+# `TEST_SERVER_WORKERS=2 make test` (make test-workers): every server the tests start runs 2 front processes and
+# an engine process (unless a test names --workers itself).
+WORKERS_ENV = "TEST_SERVER_WORKERS"
+
+
+def children(pid: int) -> dict[int, str]:
+    """The live child processes of ``pid`` and their titles (command lines), from ``/proc`` (Linux)."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                out[int(stat.parent.name)] = cmdline.strip()
+    return out
 
 
 def free_port() -> int:
@@ -125,6 +151,9 @@ class ServerProcess:
         self.log = log
         self._out: IO[bytes] = log.open("ab") if log is not None else tempfile.TemporaryFile()  # noqa: SIM115
         cmd = [*map(str, command), *map(str, args), "--port", str(self.port)]
+        workers = os.environ.get(WORKERS_ENV)
+        if workers and tuple(command) == SERVE and "--workers" not in cmd and "--ray" not in cmd:
+            cmd += ["--workers", workers]
         self.started = time.perf_counter()
         self.ready_s: float | None = None  # seconds from spawn to /readyz 200
         self.ready_cpu_s: float | None = None  # CPU seconds the process had used then (None without /proc)

@@ -41,6 +41,7 @@ __all__ = ["Dispatcher", "EngineLink", "EngineProxy", "FrontAdapters", "FrontRun
 log = logging.getLogger("adaptformer_server.front")
 
 _WATCH_S = 0.2  # how often a front looks whether its engine process is still the same live one
+_CONNECT_MS = 1000  # how long a request waits for the connection to a new engine process
 _RETRY_AFTER = 2  # seconds, in the 503 of a request whose engine process stopped
 _LOCAL = re.compile(r"/predict|/v2/models/[^/]+(/versions/[^/]+)?/infer|/healthz|/metrics")
 _HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade", b"proxy-connection"}
@@ -57,6 +58,7 @@ class EngineLink:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue a message for an engine that is not connected
+        self.sock.setsockopt(zmq.RECONNECT_IVL, 20)  # ms: a restarted engine is reached at once
         self.sock.connect(run.engine_address)
         self._ids = itertools.count(1)
         self._waiting: dict[int, tuple[int, asyncio.Future[tuple[dict[str, Any], list[Any]]]]] = {}
@@ -95,10 +97,15 @@ class EngineLink:
         future: asyncio.Future[tuple[dict[str, Any], list[Any]]] = asyncio.get_running_loop().create_future()
         self._waiting[mid] = (now.epoch, future)
         try:
+            message = [wire.dumps(header), *frames]
             try:
-                await self.sock.send_multipart([wire.dumps(header), *frames], flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                raise NotReady("the engine process is not connected; retry shortly", retry_after=_RETRY_AFTER) from None
+                await self.sock.send_multipart(message, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:  # a new engine process, not connected yet: give the connection a moment
+                if not await self.sock.poll(timeout=_CONNECT_MS, flags=zmq.POLLOUT):  # type: ignore[call-arg]
+                    raise NotReady(
+                        "the engine process is not connected; retry shortly", retry_after=_RETRY_AFTER
+                    ) from None
+                await self.sock.send_multipart(message, flags=zmq.NOBLOCK, copy=False)
             reply, out = await future
         finally:
             self._waiting.pop(mid, None)
@@ -291,7 +298,9 @@ class EngineProxy:
             response = await self.client.send(request, stream=True)
         except httpx.TransportError as e:
             log.warning("cannot reach the engine process's app: %s", e)
-            await _send_json(send, 503, error_body("not_ready", "the engine process is restarting; retry shortly"))
+            await _send_json(
+                send, 503, error_body("not_ready", "the engine process is loading or restarting; retry shortly")
+            )
             return
         try:
             out = [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP]
@@ -320,12 +329,17 @@ class Dispatcher:
     """A front's ASGI app: the prediction routes (and /healthz, /metrics) to the local app, the rest to the
     engine process's app."""
 
-    def __init__(self, local: ASGIApp, proxy: EngineProxy) -> None:
+    def __init__(self, local: ASGIApp, proxy: EngineProxy, link: EngineLink) -> None:
         self.local = local
         self.proxy = proxy
+        self.link = link
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not _LOCAL.fullmatch(scope["path"]):
+            if scope["path"] == "/readyz" and not self.link.snapshot().ready:  # ready only once tensors can flow
+                now = self.link.snapshot()
+                await _send_json(send, 503, {"status": now.state if now.epoch <= 1 else "restarting"})
+                return
             await self.proxy(scope, receive, send)
             return
         if scope["type"] == "lifespan":
@@ -351,5 +365,11 @@ def front_app(settings: Settings, run_path: str, parent: int, number: int | None
     configure_logging(settings)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request passed on: the access log has it
     run = RunDir(__import__("pathlib").Path(run_path))
-    app = create_app(settings, make_runtime=lambda s, m: FrontRuntime(s, m, run))
-    return Dispatcher(app, EngineProxy(run))
+    runtimes: list[FrontRuntime] = []
+
+    def make_runtime(s: Settings, m: Metrics) -> FrontRuntime:
+        runtimes.append(FrontRuntime(s, m, run))
+        return runtimes[0]
+
+    app = create_app(settings, make_runtime=make_runtime)
+    return Dispatcher(app, EngineProxy(run), runtimes[0].link)

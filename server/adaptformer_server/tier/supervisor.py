@@ -1,7 +1,7 @@
 """The parent of a server with several processes: one engine process, N front processes on one port.
 
-It binds the port once and hands the socket to every front (uvicorn's process manager, which replaces a front
-that dies or stops answering its health pings). It starts the engine process and watches it: an engine that dies
+It binds one socket per front on the port (SO_REUSEPORT) and runs the fronts under uvicorn's process manager,
+replacing a front that dies or stops answering its health pings. It starts the engine process and watches it: an engine that dies
 after it was ready is started again (its fronts answer 503 with Retry-After meanwhile, and /readyz 503); an engine
 that cannot load (bad backbone, unreadable store) stops the server with exit status 1, as the one-process server
 does; so does an engine that dies 5 times within 60 s. SIGTERM or Ctrl+C: the fronts drain their requests, then
@@ -14,6 +14,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import socket
 import time
 from collections import deque
 from functools import partial
@@ -21,7 +22,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 import uvicorn
-from uvicorn.supervisors.multiprocess import Multiprocess
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from adaptformer_server.connections import http_protocol
 from adaptformer_server.settings import Settings
@@ -119,20 +120,75 @@ def _mark_dead(pid: int | None) -> None:
         multiprocess.mark_process_dead(pid)
 
 
-class Supervisor(Multiprocess):
-    """uvicorn's process manager for the fronts, which also keeps the engine process."""
+def bind_fronts(host: str, port: int, count: int) -> list[socket.socket]:
+    """One listening socket per front, all on ``host:port`` (SO_REUSEPORT): the kernel spreads new connections
+    over them by address hash, so an idle front gets its share (one shared socket hands most connections to
+    whichever process waits longest). The supervisor holds them: connections that reach the socket of a front
+    being replaced wait in its backlog for the new one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host.strip("[]"), port))
+            port = sock.getsockname()[1]  # --port 0: the port the first one got
+            sock.listen(2048)
+            sock.set_inheritable(True)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
-    def __init__(self, config: uvicorn.Config, sockets: list[Any], engine: EngineKeeper) -> None:
+
+class Supervisor(Multiprocess):
+    """uvicorn's process manager for the fronts (signals, health pings, drain on stop), each front on its own
+    socket, and the engine process's keeper."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], engine: EngineKeeper) -> None:
         super().__init__(config, sockets)
         self.engine = engine
         self.failed = False
 
+    def _front(self, i: int) -> Process:
+        process = Process(self.config, [self.sockets[i]])
+        process.start()
+        return process
+
+    def init_processes(self) -> None:
+        self.processes = [self._front(i) for i in range(len(self.sockets))]
+
+    def restart_all(self) -> None:  # SIGHUP: each front replaced in turn, its socket kept
+        for i, old in enumerate(self.processes):
+            if self.should_exit.is_set():
+                return
+            new = self._front(i)
+            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
+                new.kill()
+                new.join()
+                return
+            old.terminate()
+            old.join()
+            _mark_dead(old.pid)
+            self.processes[i] = new
+
     def keep_subprocess_alive(self) -> None:
-        before = {p.pid for p in self.processes}
-        super().keep_subprocess_alive()
-        for pid in before - {p.pid for p in self.processes}:
-            _mark_dead(pid)
-        if not self.should_exit.is_set() and not self.engine.check():
+        if self.should_exit.is_set():
+            return
+        for i, process in enumerate(self.processes):
+            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                continue
+            process.kill()  # dead, or hung (no answer to the health ping)
+            process.join()
+            _mark_dead(process.pid)
+            if self.should_exit.is_set():
+                return
+            log.error("front process %s died (exit status %s): starting a new one", process.pid, process.exitcode)
+            self.processes[i] = self._front(i)
+        if not self.engine.check():
             self.failed = True
             self.should_exit.set()
 
@@ -141,10 +197,6 @@ def serve_tier(settings: Settings, plan: Plan) -> int:
     """Runs the server as an engine process and ``plan.fronts`` front processes until stopped; the exit status."""
     run = RunDir.create()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(run.metrics_dir)  # every child counts into one set of files
-    if settings.replica_id is None:  # every process of this server answers with one replica id
-        from adaptformer_server.app import default_replica_id
-
-        settings = settings.model_copy(update={"replica_id": default_replica_id()})
     state = EngineState(run.state_path, create=True)
     engine = EngineKeeper(settings, run, state)
     config = FrontConfig(
@@ -161,9 +213,13 @@ def serve_tier(settings: Settings, plan: Plan) -> int:
     )
     supervisor: Supervisor | None = None
     try:
-        sock = config.bind_socket()  # exits with uvicorn's message when the port is taken
         try:
-            supervisor = Supervisor(config, [sock], engine)
+            socks = bind_fronts(settings.host, settings.port, plan.fronts)
+        except OSError as e:
+            log.error("cannot listen on %s:%d: %s", settings.host, settings.port, e)
+            return 1
+        try:
+            supervisor = Supervisor(config, socks, engine)
             engine.start()
             log.info(
                 "serving on http://%s:%d with %d front processes and one engine process (run directory %s)",
@@ -175,7 +231,8 @@ def serve_tier(settings: Settings, plan: Plan) -> int:
             supervisor.run()
         finally:
             engine.stop()
-            sock.close()
+            for sock in socks:
+                sock.close()
     finally:
         state.close()
         run.remove()
