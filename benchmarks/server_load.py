@@ -165,8 +165,10 @@ def batch_totals(url: str) -> tuple[float, float]:
 
 _WRK_SCRIPT = """
 local bodies, tasks, i = {}, {}, 0
+local ctype = "image/png"
 function init(args)
   local dir, n, t = args[1], tonumber(args[2]), tonumber(args[3])
+  if args[4] then ctype = args[4] end
   for k = 0, n - 1 do
     local f = assert(io.open(dir .. "/payload" .. k, "rb"))
     bodies[k + 1] = f:read("*a")
@@ -179,7 +181,7 @@ function request()
   i = i + 1
   if #tasks == 0 then return wrk.format("GET", "/healthz") end
   return wrk.format("POST", "/predict?task=" .. tasks[(i % #tasks) + 1] .. "&top_k=1",
-    {["Content-Type"] = "image/png"}, bodies[(i % #bodies) + 1])
+    {["Content-Type"] = ctype}, bodies[(i % #bodies) + 1])
 end
 """
 
@@ -195,7 +197,14 @@ def _wrk_ms(text: str, label: str) -> float:
     return float("nan")
 
 
-def wrk_load(url: str, concurrency: int, seconds: float, payloads: list[bytes], tasks: list[str]) -> dict:
+def wrk_load(
+    url: str,
+    concurrency: int,
+    seconds: float,
+    payloads: list[bytes],
+    tasks: list[str],
+    content_type: str = "image/png",
+) -> dict:
     """Closed-loop load from wrk (one thread, ``concurrency`` connections); ``tasks`` empty: GET /healthz.
 
     Its CPU use is that of the child process (``generator_cpu``: cores used on average while it ran).
@@ -216,7 +225,7 @@ def wrk_load(url: str, concurrency: int, seconds: float, payloads: list[bytes], 
             "-s",
             str(script),
         ]
-        cmd += [url, "--", tmp, str(len(payloads)), str(len(tasks))]
+        cmd += [url, "--", tmp, str(len(payloads)), str(len(tasks)), content_type]
         warm = [*cmd[:3], f"-d{max(1, int(seconds // 3))}s", *cmd[4:]]
         subprocess.run(warm, check=True, capture_output=True)
         before = os.times()
