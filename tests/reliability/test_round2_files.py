@@ -459,4 +459,7 @@ async def test_after_the_upload_fuzz_a_restart_accepts_every_stored_file(live, t
         assert quarantined(app) == 0
         for task in stored:  # and each one pages in (an input that does not suit the task is a 400, not a 422)
             r = await client.post(f"/predict?task={task}", **IMAGE)
-            assert r.status_code in (200, 400), (task, r.text)
+            # Finite weights whose scores overflow on this input (the fuzz finds some) paged in and ran: the 422
+            # that names the overflow, never a failure to load.
+            overflow = r.status_code == 422 and "produced non-finite scores" in r.json()["error"]["message"]
+            assert r.status_code in (200, 400) or overflow, (task, r.text)
