@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     if ray_options is not None:
         _serve_on_ray(settings, ray_options, log)
         return
-    from adaptformer_server.tier import plan
+    from adaptformer_server.tier.plan import plan
 
     try:
         processes = plan(settings)

@@ -9,8 +9,6 @@
   and ``/v2 .../infer``; every other route is passed to the engine process's app (one owner of adapter state).
 - :mod:`.wire`: the messages between them (a small JSON header, tensors as zero-copy frames).
 - :mod:`.shared`: the run directory and the engine's state block that every front reads.
+- :mod:`.plan`: how many processes (``--workers``, ``--engine-process``); :mod:`.process`: what each child does
+  first (die with its parent, a title in ``ps``).
 """
-
-from adaptformer_server.tier.plan import Plan, plan
-
-__all__ = ["Plan", "plan"]

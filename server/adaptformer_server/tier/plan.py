@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from adaptformer_server.settings import Settings
 
@@ -21,10 +23,18 @@ class Plan:
 
 
 def _cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a container's limit)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 def _cuda(settings: Settings) -> bool:
@@ -47,7 +57,7 @@ def plan(settings: Settings) -> Plan:
     if settings.engine_process == "off" and fronts > 1:
         raise ValueError(
             f"{fronts} workers need the engine process (every front sends its tensors to the one model): "
-            "drop --no-engine-process / ADAPTFORMER_ENGINE_PROCESS=off, or serve with --workers 1"
+            "drop --engine-process off (ADAPTFORMER_ENGINE_PROCESS=off), or serve with --workers 1"
         )
     split = fronts > 1 or settings.engine_process == "on"
     return Plan(fronts=fronts, split=split)

@@ -1,6 +1,6 @@
 """What the processes of one server share: a run directory and the engine's state block.
 
-The run directory (under /dev/shm where it exists) holds the engine's ZeroMQ socket, the Unix socket of its app,
+The run directory (under /dev/shm where it has room, else the temporary directory) holds the engine's ZeroMQ socket, the Unix socket of its app,
 the state block and prometheus_client's multiprocess files. The state block is 32 bytes of a memory-mapped file
 that the supervisor and the engine write and every front reads on each request (no message needed):
 
@@ -29,6 +29,7 @@ _FORMAT = "<QqQQ"  # epoch, pid, status, generation
 _SIZE = struct.calcsize(_FORMAT)
 LOADING, READY, FAILED = 0, 1, 2
 _PREFIX = "adaptformer-"
+_MIN_FREE = 256 * 1024 * 1024
 _NAMES = {LOADING: "loading", READY: "ready", FAILED: "failed"}
 
 
@@ -95,6 +96,16 @@ def alive(pid: int) -> bool:
     return True
 
 
+def _roomy(path: str) -> bool:
+    """Whether ``path`` is a writable directory with room for the metrics files (about 3 MiB per process; a
+    container's /dev/shm is 64 MiB unless its shm size is raised)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK) and st.f_bavail * st.f_frsize >= _MIN_FREE
+
+
 class RunDir:
     """The run directory of one server (made by the supervisor, removed when it stops)."""
 
@@ -104,7 +115,7 @@ class RunDir:
     @classmethod
     def create(cls) -> RunDir:
         """A new run directory; those of servers that were killed (their supervisor's pid is gone) are removed."""
-        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+        base = "/dev/shm" if _roomy("/dev/shm") else tempfile.gettempdir()
         for old in Path(base).glob(f"{_PREFIX}*"):
             with contextlib.suppress(OSError, ValueError):
                 if not alive(int((old / "pid").read_text())):
