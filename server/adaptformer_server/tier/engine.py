@@ -48,6 +48,7 @@ class EngineServer:
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._outbox: dict[bytes, list[tuple[dict[str, Any], list[Any]]]] = {}
 
     async def serve(self) -> None:
         self.sock.bind(self.address)
@@ -67,29 +68,63 @@ class EngineServer:
     async def _answer(self, frames: list[Any]) -> None:
         identity, head, tensors = frames[0], frames[1], frames[2:]
         header = wire.loads(head.buffer)
-        bind_request_id(header.get("rid"))  # this task's log lines carry the front's request id
+        if header.get("op") == "infer":  # the requests of one turn of a front's event loop
+            at = 0
+            for request in header["requests"]:
+                n = sum(len(job["shapes"]) for job in request["jobs"])
+                task = asyncio.create_task(self._infer_one(identity, request, tensors[at : at + n]))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                at += n
+            return
         reply: dict[str, Any] = {"id": header["id"]}
         out: list[Any] = []
         try:
-            op = header["op"]
-            if op == "infer":
-                shapes, out = await self._infer(header, tensors)
-                reply["shapes"] = shapes
-            elif op == "entry":
+            if header.get("op") == "entry":
                 out = [self._entry(header["task"])]
-            elif op == "image_tasks":
+            elif header.get("op") == "image_tasks":
                 out = [self._pickle([e for e in self.runtime.adapters if e.spec.modality == "image"])]
             else:
-                raise ValueError(f"unknown op {op!r}")
-        except ApiError as e:
-            reply["error"] = wire.encode_error(e)
-            out = []
+                raise ValueError(f"unknown op {header.get('op')!r}")
         except Exception as e:
-            log.exception("engine: request %s failed", header.get("rid"))
             reply["error"] = wire.encode_error(e)
             out = []
         with contextlib.suppress(zmq.ZMQError):  # the front went away
             await self.sock.send_multipart([identity, wire.dumps(reply), *out], copy=False)
+
+    async def _infer_one(self, identity: Any, request: dict[str, Any], tensors: list[Any]) -> None:
+        bind_request_id(request.get("rid"))  # this task's log lines carry the front's request id
+        reply: dict[str, Any] = {"id": request["id"]}
+        out: list[Any] = []
+        try:
+            reply["shapes"], out = await self._infer(request, tensors)
+        except ApiError as e:
+            reply["error"] = wire.encode_error(e)
+        except Exception as e:
+            log.exception("engine: request %s failed", request.get("rid"))
+            reply["error"] = wire.encode_error(e)
+        self._reply(identity.bytes, reply, out)
+
+    def _reply(self, identity: bytes, reply: dict[str, Any], frames: list[Any]) -> None:
+        """Queues an answer; the answers to one front that are ready in one turn of the loop go as one message."""
+        box = self._outbox.setdefault(identity, [])
+        box.append((reply, frames))
+        if len(box) == 1:
+            asyncio.get_running_loop().call_soon(self._flush, identity)
+
+    def _flush(self, identity: bytes) -> None:
+        box = self._outbox.pop(identity, [])
+        if not box:
+            return
+        header = {"replies": [reply for reply, _ in box]}
+        message = [identity, wire.dumps(header), *(f for _, frames in box for f in frames)]
+        task = asyncio.ensure_future(self._send(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, message: list[Any]) -> None:
+        with contextlib.suppress(zmq.ZMQError):  # the front went away: its requests are failed there
+            await self.sock.send_multipart(message, copy=False)
 
     @staticmethod
     def _pickle(value: Any) -> bytes:
@@ -100,7 +135,7 @@ class EngineServer:
     def _entry(self, task: str) -> bytes:
         return self._pickle(self.runtime.adapters.entry(task))  # NotFound: the error answer
 
-    async def _infer(self, header: dict[str, Any], tensors: list[Any]) -> tuple[list[list[list[int]]], list[Any]]:
+    async def _infer(self, request: dict[str, Any], tensors: list[Any]) -> tuple[list[list[list[int]]], list[Any]]:
         """Admits each job's task at the version the front decoded for, queues every job at once, and answers
         each job's logits as one frame."""
         adapters = self.runtime.adapters
@@ -108,15 +143,15 @@ class EngineServer:
         assert batcher is not None
         jobs = []
         i = 0
-        for job in header["jobs"]:
+        for job in request["jobs"]:
             entry, adapter = await adapters.resolve(job["key"])
             inputs = []
             for shape in job["shapes"]:
                 inputs.append(wire.tensor_from(tensors[i].buffer, job["dtype"], shape))
                 i += 1
             jobs.append((inputs, entry.key, adapter))
-        if header.get("rid"):
-            log.debug("engine: request %s: %d jobs", header["rid"], len(jobs))
+        if request.get("rid"):
+            log.debug("engine: request %s: %d jobs", request["rid"], len(jobs))
         logits = await batcher.submit_many(jobs)
         shapes = [[list(o.shape) for o in outs] for outs in logits]
         frames = [wire.tensor_frame(_cat(outs)) for outs in logits]

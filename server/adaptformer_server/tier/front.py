@@ -63,6 +63,7 @@ class EngineLink:
         self._ids = itertools.count(1)
         self._waiting: dict[int, tuple[int, asyncio.Future[tuple[dict[str, Any], list[Any]]]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._outbox: list[tuple[dict[str, Any], list[Any]]] = []
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._watch())]
@@ -89,37 +90,76 @@ class EngineLink:
             )
         return now
 
-    async def call(self, header: dict[str, Any], frames: Sequence[Any] = ()) -> tuple[dict[str, Any], list[Any]]:
-        """Sends one message and waits for its answer; an answer with ``error`` raises that error."""
+    def _expect(self, header: dict[str, Any]) -> asyncio.Future[tuple[dict[str, Any], list[Any]]]:
+        """Numbers a message and registers the future its answer resolves (tagged with the engine's epoch)."""
         now = self.require_ready()
         mid = next(self._ids)
         header["id"] = mid
         future: asyncio.Future[tuple[dict[str, Any], list[Any]]] = asyncio.get_running_loop().create_future()
         self._waiting[mid] = (now.epoch, future)
+        future.add_done_callback(lambda _: self._waiting.pop(mid, None))
+        return future
+
+    async def _send(self, message: list[Any]) -> None:
         try:
-            message = [wire.dumps(header), *frames]
-            try:
-                await self.sock.send_multipart(message, flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:  # a new engine process, not connected yet: give the connection a moment
-                if not await self.sock.poll(timeout=_CONNECT_MS, flags=zmq.POLLOUT):  # type: ignore[call-arg]
-                    raise NotReady(
-                        "the engine process is not connected; retry shortly", retry_after=_RETRY_AFTER
-                    ) from None
-                await self.sock.send_multipart(message, flags=zmq.NOBLOCK, copy=False)
-            reply, out = await future
-        finally:
-            self._waiting.pop(mid, None)
-        if "error" in reply:
-            raise wire.decode_error(reply["error"])
-        return reply, out
+            await self.sock.send_multipart(message, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:  # a new engine process, not connected yet: give the connection a moment
+            if not await self.sock.poll(timeout=_CONNECT_MS, flags=zmq.POLLOUT):  # type: ignore[call-arg]
+                raise NotReady("the engine process is not connected; retry shortly", retry_after=_RETRY_AFTER) from None
+            await self.sock.send_multipart(message, flags=zmq.NOBLOCK, copy=False)
+
+    async def call(self, header: dict[str, Any], frames: Sequence[Any] = ()) -> tuple[dict[str, Any], list[Any]]:
+        """Sends one message and waits for its answer; an answer with ``error`` raises that error."""
+        future = self._expect(header)
+        try:
+            await self._send([wire.dumps(header), *frames])
+        except BaseException:
+            future.cancel()
+            raise
+        return _result(await future)
+
+    async def infer(self, request: dict[str, Any], frames: list[Any]) -> tuple[dict[str, Any], list[Any]]:
+        """Sends one request's tensors to the engine and waits for its logits. The requests that arrive in one
+        turn of the event loop travel as one message (one send here, one receive and one task in the engine)."""
+        future = self._expect(request)
+        self._outbox.append((request, frames))
+        if len(self._outbox) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+        return _result(await future)
+
+    def _flush(self) -> None:
+        batch, self._outbox = self._outbox, []
+        header = {"op": "infer", "requests": [request for request, _ in batch]}
+        message = [wire.dumps(header), *(frame for _, frames in batch for frame in frames)]
+        task = asyncio.ensure_future(self._send(message))
+        task.add_done_callback(lambda t: self._sent(t, [request["id"] for request, _ in batch]))
+
+    def _sent(self, task: asyncio.Future[None], ids: list[int]) -> None:
+        error = None if task.cancelled() else task.exception()
+        if error is None:
+            return
+        for mid in ids:
+            waiting = self._waiting.get(mid)
+            if waiting is not None and not waiting[1].done():
+                waiting[1].set_exception(error)
 
     async def _read(self) -> None:
         while True:
             frames = await self.sock.recv_multipart(copy=False)
-            reply = wire.loads(frames[0].buffer)
-            waiting = self._waiting.get(reply.get("id", 0))
-            if waiting is not None and not waiting[1].done():
-                waiting[1].set_result((reply, frames[1:]))
+            header = wire.loads(frames[0].buffer)
+            if "replies" not in header:
+                self._resolve(header, frames[1:])
+                continue
+            at = 1
+            for reply in header["replies"]:  # one frame per job of each answered request
+                n = len(reply.get("shapes", ()))
+                self._resolve(reply, frames[at : at + n])
+                at += n
+
+    def _resolve(self, reply: dict[str, Any], frames: list[Any]) -> None:
+        waiting = self._waiting.get(reply.get("id", 0))
+        if waiting is not None and not waiting[1].done():
+            waiting[1].set_result((reply, frames))
 
     async def _watch(self) -> None:
         while True:
@@ -142,6 +182,13 @@ class EngineLink:
                 f.set_exception(error)
 
 
+def _result(answer: tuple[dict[str, Any], list[Any]]) -> tuple[dict[str, Any], list[Any]]:
+    reply, _ = answer
+    if "error" in reply:
+        raise wire.decode_error(reply["error"])
+    return answer
+
+
 class RemoteBatcher:
     """The batcher's ``submit_many`` in a front: the jobs' tensors go to the engine in one message, which queues
     them on its batcher beside every other front's."""
@@ -161,7 +208,7 @@ class RemoteBatcher:
                 }
             )
             frames.extend(wire.tensor_frame(x) for x in inputs)
-        reply, out = await self.link.call({"op": "infer", "rid": current_request_id(), "jobs": head}, frames)
+        reply, out = await self.link.infer({"rid": current_request_id(), "jobs": head}, frames)
         logits = []
         for shapes, frame in zip(reply["shapes"], out, strict=True):
             flat = wire.tensor_from(frame.buffer, "float32", [-1]) if shapes else None
