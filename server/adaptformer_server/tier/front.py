@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adaptformer_server.errors import NotFound, NotReady, error_body
 from adaptformer_server.metrics import Metrics
-from adaptformer_server.observability import current_request_id
+from adaptformer_server.observability import bind_request_id, current_request_id, request_id_from
 from adaptformer_server.registry import AdapterEntry
 from adaptformer_server.services import InferenceService
 from adaptformer_server.services.adapters import split_pin
@@ -321,7 +321,9 @@ class EngineProxy:
         await self.client.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP]
+        rid = current_request_id() or bind_id(scope)
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP and k.lower() != b"x-request-id"]
+        headers.append((b"x-request-id", rid.encode("latin-1")))
         query = scope.get("query_string", b"")
         url = scope.get("raw_path") or scope["path"].encode()
         target = (url + (b"?" + query if query else b"")).decode("latin-1")
@@ -345,9 +347,8 @@ class EngineProxy:
             response = await self.client.send(request, stream=True)
         except httpx.TransportError as e:
             log.warning("cannot reach the engine process's app: %s", e)
-            await _send_json(
-                send, 503, error_body("not_ready", "the engine process is loading or restarting; retry shortly")
-            )
+            body = error_body("not_ready", "the engine process is loading or restarting; retry shortly")
+            await _send_json(send, 503, body, rid)
             return
         try:
             out = [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP]
@@ -361,12 +362,22 @@ class EngineProxy:
             await response.aclose()
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+def bind_id(scope: Scope) -> str:
+    """The request's id (the client's when sane, else a new one) for this task's log lines (the front's access
+    line); it goes on to the engine's app, whose lines and answer carry the same id."""
+    given = next((v for k, v in scope["headers"] if k.lower() == b"x-request-id"), None)
+    rid = request_id_from(given.decode("latin-1") if given is not None else None)
+    bind_request_id(rid)
+    return rid
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any], rid: str) -> None:
     data = orjson.dumps(body)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(data)).encode()),
         (b"retry-after", str(_RETRY_AFTER).encode()),
+        (b"x-request-id", rid.encode("latin-1")),
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
@@ -383,9 +394,10 @@ class Dispatcher:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not _LOCAL.fullmatch(scope["path"]):
+            rid = bind_id(scope)
             if scope["path"] == "/readyz" and not self.link.snapshot().ready:  # ready only once tensors can flow
                 now = self.link.snapshot()
-                await _send_json(send, 503, {"status": now.state if now.epoch <= 1 else "restarting"})
+                await _send_json(send, 503, {"status": now.state if now.epoch <= 1 else "restarting"}, rid)
                 return
             await self.proxy(scope, receive, send)
             return
