@@ -13,8 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 from torch import nn
 
 try:
@@ -24,20 +23,19 @@ except ImportError:  # the server extra installs it; without it, the standard li
 
 from adaptformer_server import __version__
 from adaptformer_server.auth import Auth
-from adaptformer_server.errors import CatchAllMiddleware, install_error_handlers
-from adaptformer_server.hosts import HostOriginMiddleware
+from adaptformer_server.errors import install_error_handlers
+from adaptformer_server.hosts import HostOriginCheck
 from adaptformer_server.jobs import JobManager
-from adaptformer_server.limits import BodyLimitMiddleware
-from adaptformer_server.metrics import Metrics, MetricsMiddleware
-from adaptformer_server.observability import install_observability
+from adaptformer_server.limits import BodyLimit
+from adaptformer_server.metrics import Metrics
+from adaptformer_server.middleware import REPLICA_HEADER, ServingMiddleware
+from adaptformer_server.observability import cors_policy, echo_request_ids
 from adaptformer_server.routes import adapters, health, jobs, oip, predict, repository, ui
 from adaptformer_server.routes.docs import install_docs
 from adaptformer_server.runtime import Runtime
 from adaptformer_server.settings import MAKE_KEY, Settings
 
 __all__ = ["REPLICA_HEADER", "create_app", "default_replica_id"]
-
-REPLICA_HEADER = "X-AdaptFormer-Replica"
 
 log = logging.getLogger("adaptformer_server")
 
@@ -70,26 +68,6 @@ class FastJSONResponse(JSONResponse):
 def default_replica_id() -> str:
     """``host:pid``: tells apart the processes behind one address (replicas behind a proxy)."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-class ReplicaHeaderMiddleware:
-    """Names the process that answered in every HTTP response (``X-AdaptFormer-Replica``)."""
-
-    def __init__(self, app: ASGIApp, replica_id: str) -> None:
-        self.app = app
-        self.replica_id = replica_id
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_header(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)[REPLICA_HEADER] = self.replica_id
-            await send(message)
-
-        await self.app(scope, receive, send_with_header)
 
 
 def create_app(
@@ -153,13 +131,17 @@ def create_app(
             return settings.max_examples_bytes + _MULTIPART_SLACK
         return settings.max_body_bytes
 
-    # Added innermost first: metrics see every final status, including the catch-all's 500.
-    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit, body_timeout=settings.body_timeout)
-    app.add_middleware(HostOriginMiddleware, settings=settings)
-    app.add_middleware(CatchAllMiddleware)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(ReplicaHeaderMiddleware, replica_id=replica_id)
-    install_observability(app, settings, expose_headers=[REPLICA_HEADER])  # CORS, then X-Request-ID outermost
+    # One middleware: request id, CORS, replica header, metrics (every final status, the catch-all's 500
+    # included), catch-all, Host/Origin checks, body limits (middleware.py).
+    app.add_middleware(
+        ServingMiddleware,
+        metrics=metrics,
+        replica_id=replica_id,
+        hosts=HostOriginCheck(settings),
+        body_limit=BodyLimit(body_limit, body_timeout=settings.body_timeout),
+        cors=cors_policy(settings, expose_headers=[REPLICA_HEADER]),
+        echo_request_id=echo_request_ids(),
+    )
     app.include_router(predict.router)
     app.include_router(adapters.router)
     app.include_router(health.router)

@@ -1,18 +1,30 @@
 """FastAPI dependencies: the services, the runtime, the settings and the auth checks, as typed aliases for
-handlers."""
+handlers; and the route class of the prediction routes, which checks without dependencies."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
+from fastapi.routing import APIRoute
 
 from adaptformer_server.auth import Auth
 from adaptformer_server.runtime import Runtime
 from adaptformer_server.services import AdapterManager, InferenceService
 from adaptformer_server.settings import Settings
 
-__all__ = ["Adapters", "AdminAuth", "Inference", "PredictAuth", "ReadyRuntime", "RuntimeDep", "SettingsDep"]
+__all__ = [
+    "Adapters",
+    "AdminAuth",
+    "Inference",
+    "PredictAuth",
+    "PredictRoute",
+    "ReadyRuntime",
+    "RuntimeDep",
+    "SettingsDep",
+    "inference_of",
+]
 
 
 # Every dependency is ``async def``: they only read app state, and FastAPI runs a plain ``def`` dependency in a
@@ -63,3 +75,28 @@ Inference = Annotated[InferenceService, Depends(ready_inference)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PredictAuth = Annotated[None, Depends(predict_auth)]
 AdminAuth = Annotated[None, Depends(admin_auth)]
+
+
+class PredictRoute(APIRoute):
+    """A prediction route (``POST /predict``, the ``/v2`` infer routes): the predict key (401/403), then
+    readiness (503), checked by direct calls before FastAPI solves the route's parameters: what the
+    ``PredictAuth`` and ``Inference`` dependencies did, in that order (a request without its key is 401 whatever
+    its query), without solving dependencies per request. The handler takes the service with
+    :func:`inference_of`. Those dependencies take only the request, so the OpenAPI schema is the same.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            state = request.app.state
+            state.auth.check_predict(request)
+            state.runtime.require_ready()
+            return await handler(request)
+
+        return route
+
+
+def inference_of(request: Request) -> InferenceService:
+    """The inference service of a :class:`PredictRoute`'s request (ready: the route checked)."""
+    return request.app.state.runtime.inference

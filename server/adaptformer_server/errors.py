@@ -5,7 +5,6 @@ Body: ``{"error": {"code": str, "message": str, "check": str (incompatible adapt
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,14 +15,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adaptformer.errors import AdapterFormatError, DataError, IncompatibleAdapterError, InputTooLargeError
 
 __all__ = [
     "CLIENT_CLOSED",
     "ApiError",
-    "CatchAllMiddleware",
     "Forbidden",
     "IncompatibleAdapter",
     "InvalidAdapter",
@@ -41,8 +38,6 @@ __all__ = [
     "install_error_handlers",
     "status_of",
 ]
-
-log = logging.getLogger("adaptformer_server")
 
 # The client closed the connection before the server could answer (nginx's 499): counted, not a server error.
 CLIENT_CLOSED = 499
@@ -231,40 +226,3 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(mapped, _api_error)  # as_api_error
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-
-
-class CatchAllMiddleware:
-    """Turns an unexpected exception (a bug) into a logged JSON 500, once, instead of a bare text error.
-
-    A client that closed the connection mid-request is no bug: it is logged at debug level and answered 499 (a
-    status the metrics count; the client is gone and never sees it).
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        except ClientDisconnect:
-            log.debug("client closed the connection during %s %s", scope.get("method"), scope.get("path"))
-            if not started:
-                body = error_body("client_closed_request", "the client closed the connection before the answer")
-                await JSONResponse(body, CLIENT_CLOSED)(scope, receive, send_wrapper)
-        except Exception:
-            log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
-            if started:
-                raise
-            body = error_body("internal_error", "internal server error (a bug); the server log has the details")
-            await JSONResponse(body, 500)(scope, receive, send)

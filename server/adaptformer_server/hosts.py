@@ -17,12 +17,12 @@ from urllib.parse import urlsplit
 
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from adaptformer_server.errors import error_body
 from adaptformer_server.settings import Settings
 
-__all__ = ["LOOPBACK_NAMES", "HostOriginMiddleware", "allowed_hosts"]
+__all__ = ["LOOPBACK_NAMES", "HostOriginCheck", "allowed_hosts"]
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 STATE_CHANGING = frozenset({"POST", "PUT", "DELETE", "PATCH"})
@@ -62,7 +62,7 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return False
 
 
-class HostOriginMiddleware:
+class HostOriginCheck:
     """400 ``invalid_host`` for a Host the server does not answer to; 403 ``forbidden`` for a POST, PUT, DELETE or
     PATCH whose Origin is not the server's own (scheme-less comparison of ``host[:port]`` with the Host header) nor
     one of the settings' ``cors_origins``.
@@ -71,24 +71,19 @@ class HostOriginMiddleware:
     names it), so is a request without a Host header (HTTP/1.0: not a browser).
     """
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
-        self.app = app
+    def __init__(self, settings: Settings) -> None:
         self.allowed = allowed_hosts(settings)
         self.cors_origins = frozenset(settings.cors_origins)  # pages the operator lets call the server (CORS)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = Headers(scope=scope)
+    def refusal(self, scope: Scope, headers: Headers) -> JSONResponse | None:
+        """The answer refusing an HTTP request (``headers``: its headers), or None when it may pass."""
         host = headers.get("host")
         if host is not None and not self._host_ok(_host_name(host), scope):
             message = (
                 f"this server does not answer to the host name {host!r} (a guard against DNS rebinding); "
                 "connect to it by an allowed name, or add this one to ADAPTFORMER_ALLOWED_HOSTS (--allowed-hosts)"
             )
-            await JSONResponse(error_body("invalid_host", message), 400)(scope, receive, send)
-            return
+            return JSONResponse(error_body("invalid_host", message), 400)
         origin = headers.get("origin")
         if origin is not None and scope["method"] in STATE_CHANGING and not self._origin_ok(origin, host):
             message = (
@@ -96,9 +91,8 @@ class HostOriginMiddleware:
                 "not this server; only the server's own pages (the playground) and clients that send no Origin "
                 "(scripts, curl, the Python client) may change state or run predictions"
             )
-            await JSONResponse(error_body("forbidden", message), 403)(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+            return JSONResponse(error_body("forbidden", message), 403)
+        return None
 
     def _origin_ok(self, origin: str, host: str | None) -> bool:
         return _same_origin(origin, host) or origin.strip().lower() in self.cors_origins

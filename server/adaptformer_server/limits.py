@@ -4,49 +4,59 @@ the longest wait for the next chunk (a stalled body must not hold a connection a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import sys
+from collections.abc import Awaitable, Callable
 
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope
 
 from adaptformer_server.errors import PayloadTooLarge, RequestTimeout, error_body
 
-__all__ = ["BodyLimitMiddleware"]
+__all__ = ["BodyLimit"]
+
+_NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})  # methods whose bodies are not limited (nor read)
 
 
-class BodyLimitMiddleware:
+if sys.version_info >= (3, 11):
+
+    async def _within(awaitable: Awaitable[Message], seconds: float) -> Message:
+        """``awaitable``'s result, or TimeoutError after ``seconds``: ``asyncio.timeout`` runs it in this task,
+        where ``wait_for`` (before 3.12) makes a task of it, for every chunk of every body."""
+        async with asyncio.timeout(seconds):
+            return await awaitable
+
+else:  # pragma: no cover - Python 3.10
+    _within = asyncio.wait_for
+
+
+class BodyLimit:
     """Answers 413 as soon as a body is known to exceed its route's limit, and 408 (then closes the connection)
     when the next piece of a body takes longer than ``body_timeout`` to arrive.
 
     Args:
-        app: The wrapped ASGI app.
         limit_for: Gives the byte limit for a request scope (method and path).
         body_timeout: Longest wait in seconds for the next body chunk (None: no limit).
     """
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[Scope], int], body_timeout: float | None = None) -> None:
-        self.app = app
+    def __init__(self, limit_for: Callable[[Scope], int], body_timeout: float | None = None) -> None:
         self.limit_for = limit_for
         self.body_timeout = body_timeout
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
-            await self.app(scope, receive, send)
-            return
+    def guard(self, scope: Scope, receive: Receive) -> tuple[JSONResponse | None, Receive]:
+        """For an HTTP request: the answer refusing it on its Content-Length (400 not a number, 413 too large) or
+        None, and the ``receive`` to read its body with (counting the bytes against the limit, and timing each
+        wait: they raise :class:`PayloadTooLarge` and :class:`RequestTimeout`)."""
+        if scope["method"] in _NO_BODY:
+            return None, receive
         limit = self.limit_for(scope)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
             try:
                 size = int(declared)
             except ValueError:
-                await JSONResponse(error_body("invalid_input", "Content-Length is not a number"), 400)(
-                    scope, receive, send
-                )
-                return
+                return JSONResponse(error_body("invalid_input", "Content-Length is not a number"), 400), receive
             if size > limit:
-                message = _message(size, limit)
-                await JSONResponse(error_body("payload_too_large", message), 413)(scope, receive, send)
-                return
+                return JSONResponse(error_body("payload_too_large", _message(size, limit)), 413), receive
         received = 0
         more_body = True
         timeout = self.body_timeout
@@ -56,7 +66,7 @@ class BodyLimitMiddleware:
             if not more_body or timeout is None:  # after the body: waiting for a disconnect is not a stall
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), timeout)
+                message = await _within(receive(), timeout)
             except asyncio.TimeoutError:
                 raise RequestTimeout(
                     f"the request body stalled: nothing arrived for {timeout:g} s after {received:,} bytes; "
@@ -69,7 +79,7 @@ class BodyLimitMiddleware:
                     raise PayloadTooLarge(_message(received, limit, streaming=True))
             return message
 
-        await self.app(scope, counting_receive, send)
+        return None, counting_receive
 
 
 def _message(size: int, limit: int, streaming: bool = False) -> str:

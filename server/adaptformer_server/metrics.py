@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
 from urllib.parse import parse_qsl
 
 from prometheus_client import (
@@ -19,9 +20,9 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
-__all__ = ["ALL_TASKS", "CONTENT_TYPE_LATEST", "OTHER", "PREDICT_ROUTES", "Metrics", "MetricsMiddleware"]
+__all__ = ["ALL_TASKS", "CONTENT_TYPE_LATEST", "OTHER", "PREDICT_ROUTES", "Metrics"]
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -49,6 +50,9 @@ class Metrics:
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             r.register(collector)
         self.is_task: Callable[[str], bool] = lambda name: False  # the app points it at its registry
+        # The labelled series of every request, by label values (closed sets): `labels()` checks and locks per call.
+        self._http_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._task_series: dict[tuple[str, str], Any] = {}
         self.http_requests = Counter(
             "adaptformer_http_requests",
             "HTTP requests by method, route and status",
@@ -138,51 +142,39 @@ class Metrics:
         name = name.partition("@")[0]
         return name if name == ALL_TASKS or self.is_task(name) else OTHER
 
+    def observe_request(self, scope: Scope, status: int, elapsed: float) -> None:
+        """Counts an HTTP request (``scope``, routed or not) that ended with ``status`` by method, route template
+        (never the raw path) and status, and times it (``elapsed`` seconds); times prediction requests by task
+        too (a request naming several tasks counts under each).
 
-class MetricsMiddleware:
-    """Counts every HTTP request by method, route template (never the raw path) and status, and times it; times
-    prediction requests by task too (a request naming several tasks counts under each).
-
-    Unknown methods and paths that match no route are counted as ``other``, so are unknown tasks.
-    """
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = getattr(scope.get("route"), "path", None) or OTHER
-            method = scope["method"] if scope["method"] in _METHODS else OTHER
-            self.metrics.http_requests.labels(method, route, str(status)).inc()
-            elapsed = time.perf_counter() - start
-            self.metrics.http_latency.labels(route).observe(elapsed)
-            where = PREDICT_ROUTES.get(route)
-            if where is not None:
-                outcome = "ok" if 200 <= status < 300 else "error"
-                for task in self._labels(_task_names(scope, where)):
-                    self.metrics.task_latency.labels(task, outcome).observe(elapsed)
-
-    def _labels(self, names: list[str]) -> set[str]:
-        return {self.metrics.task_label(name) for name in names}
+        Unknown methods and paths that match no route are counted as ``other``, so are unknown tasks.
+        """
+        route = getattr(scope.get("route"), "path", None) or OTHER
+        method = scope["method"] if scope["method"] in _METHODS else OTHER
+        series = self._http_series.get((method, route, status))
+        if series is None:
+            series = self.http_requests.labels(method, route, str(status)), self.http_latency.labels(route)
+            self._http_series[method, route, status] = series
+        count, latency = series
+        count.inc()
+        latency.observe(elapsed)
+        where = PREDICT_ROUTES.get(route)
+        if where is not None:
+            outcome = "ok" if 200 <= status < 300 else "error"
+            for task in {self.task_label(name) for name in _task_names(scope, where)}:
+                timer = self._task_series.get((task, outcome))
+                if timer is None:
+                    timer = self._task_series[task, outcome] = self.task_latency.labels(task, outcome)
+                timer.observe(elapsed)
 
 
-def _task_names(scope: Scope, where: str) -> list[str]:
+def _task_names(scope: Scope, where: str) -> list[str] | tuple[str, ...]:
     if where == "path":
         return [str(scope.get("path_params", {}).get("task", ""))]
-    query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
-    return list(dict.fromkeys(value for key, value in query if key == "task"))[:_MAX_TASKS]
+    return _query_tasks(scope.get("query_string", b""))
+
+
+@lru_cache(maxsize=1024)  # clients repeat their queries; the cache is bounded whatever they send
+def _query_tasks(query_string: bytes) -> tuple[str, ...]:
+    query = parse_qsl(query_string.decode("latin-1"))
+    return tuple(dict.fromkeys(value for key, value in query if key == "task"))[:_MAX_TASKS]

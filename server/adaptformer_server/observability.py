@@ -5,7 +5,9 @@
   and carried by every log line written while the request is handled (a context variable, copied into worker
   threads by ``asyncio.to_thread``). In a Ray Serve replica, Ray's proxy makes the id and sets the header.
 - Log lines: text (``time LEVEL logger [request id]: message``) or JSON objects, one per line.
-- CORS: Starlette's ``CORSMiddleware`` for the origins the settings list; none by default.
+- CORS: the rules of Starlette's ``CORSMiddleware`` for the origins the settings list; none by default.
+
+The app's one middleware (``middleware.py``) applies all of it per request.
 """
 
 from __future__ import annotations
@@ -16,13 +18,12 @@ import re
 import sys
 import uuid
 from collections.abc import Sequence
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from datetime import datetime, timezone
 
-from fastapi import FastAPI
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from adaptformer_server.routes.oip import HEADER_LENGTH
 from adaptformer_server.settings import Settings
@@ -31,11 +32,14 @@ __all__ = [
     "REQUEST_ID_HEADER",
     "JsonFormatter",
     "RequestIdFilter",
-    "RequestIdMiddleware",
     "TextFormatter",
+    "add_cors_headers",
     "configure_logging",
+    "cors_policy",
     "current_request_id",
-    "install_observability",
+    "echo_request_ids",
+    "enter_request",
+    "leave_request",
     "request_id_from",
 ]
 
@@ -64,48 +68,27 @@ def request_id_from(value: str | None) -> str:
     return uuid.uuid4().hex
 
 
-def _in_ray_replica() -> bool:
-    """Whether this app runs in a Ray Serve replica, whose proxy makes the id (passing it in the request header,
-    where this app takes it) and appends ``X-Request-ID`` to every response itself."""
+def enter_request(request_id: str) -> Token[str | None]:
+    """Makes ``request_id`` the id of this task's log lines until :func:`leave_request` (the token)."""
+    return _request_id.set(request_id)
+
+
+def leave_request(token: Token[str | None]) -> None:
+    _request_id.reset(token)
+
+
+def echo_request_ids() -> bool:
+    """Whether the app names the request id in its responses: not in a Ray Serve replica, whose proxy makes the
+    id (passing it in the request header, where this app takes it) and appends ``X-Request-ID`` to every
+    response itself (a second header would follow)."""
     serve = sys.modules.get("ray.serve")
     if serve is None:
-        return False
+        return True
     try:
         serve.get_replica_context()
     except Exception:
-        return False
-    return True
-
-
-class RequestIdMiddleware:
-    """Gives every HTTP request an id (see the module docstring) and names it in the ``X-Request-ID`` response
-    header. Installed outermost, so even the answers of the other middleware carry it.
-
-    Args:
-        app: The app.
-        echo: Whether to set the response header (not in a Ray Serve replica: a second header would follow).
-    """
-
-    def __init__(self, app: ASGIApp, echo: bool = True) -> None:
-        self.app = app
-        self.echo = echo
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = request_id_from(Headers(scope=scope).get(REQUEST_ID_HEADER))
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start" and self.echo:
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
-            await send(message)
-
-        token = _request_id.set(request_id)
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            _request_id.reset(token)
+        return True
+    return False
 
 
 class RequestIdFilter(logging.Filter):
@@ -163,22 +146,40 @@ def configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
 
 
-def install_observability(app: FastAPI, settings: Settings, expose_headers: Sequence[str] = ()) -> None:
-    """Adds CORS (when origins are configured) and the request id around every other middleware: call it last.
+async def _no_app(scope: Scope, receive: Receive, send: Send) -> None:  # pragma: no cover - never called
+    raise RuntimeError("the CORS policy answers preflights and sets headers; it wraps no app")
+
+
+def cors_policy(settings: Settings, expose_headers: Sequence[str] = ()) -> CORSMiddleware | None:
+    """Starlette's CORS rules for the origins the settings list (None when there are none), used for its answers
+    to preflights and its headers (:func:`add_cors_headers`), not as a layer of its own.
 
     Args:
-        app: The app.
-        settings: Its settings (``cors_origins``).
+        settings: The settings (``cors_origins``).
         expose_headers: Response headers a cross-origin page may read, besides the request id and Retry-After.
     """
-    if settings.cors_origins:
-        # No credentials mode: keys travel in Authorization/X-API-Key, which a page sends explicitly.
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "HEAD", "POST", "DELETE"],
-            allow_headers=["Authorization", "X-API-Key", REQUEST_ID_HEADER, HEADER_LENGTH],
-            expose_headers=[REQUEST_ID_HEADER, "Retry-After", HEADER_LENGTH, *expose_headers],
-            max_age=600,
-        )
-    app.add_middleware(RequestIdMiddleware, echo=not _in_ray_replica())
+    if not settings.cors_origins:
+        return None
+    # No credentials mode: keys travel in Authorization/X-API-Key, which a page sends explicitly.
+    return CORSMiddleware(
+        _no_app,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "HEAD", "POST", "DELETE"],
+        allow_headers=["Authorization", "X-API-Key", REQUEST_ID_HEADER, HEADER_LENGTH],
+        expose_headers=[REQUEST_ID_HEADER, "Retry-After", HEADER_LENGTH, *expose_headers],
+        max_age=600,
+    )
+
+
+def add_cors_headers(cors: CORSMiddleware, headers: MutableHeaders, origin: str | None) -> None:
+    """The headers ``CORSMiddleware.send`` adds to an answer that is not a preflight's, for a request whose
+    ``Origin`` is ``origin`` (None: it has none), in the same order."""
+    explicit = False
+    if origin is not None:
+        headers.update(cors.simple_headers)
+        # Credentials need the page's own origin instead of `*`; listed origins are mirrored back.
+        explicit = cors.allow_credentials if cors.allow_all_origins else cors.is_allowed_origin(origin=origin)
+    if origin is not None and explicit:
+        cors.allow_explicit_origin(headers, origin)
+    else:
+        headers["Vary"] = ", ".join([*headers.getlist("Vary"), "Origin"])

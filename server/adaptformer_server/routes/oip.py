@@ -27,7 +27,7 @@ from fastapi.routing import APIRoute
 
 from adaptformer.preprocess import InputSpec
 from adaptformer_server import __version__
-from adaptformer_server.deps import Inference, PredictAuth, RuntimeDep
+from adaptformer_server.deps import Inference, PredictAuth, PredictRoute, RuntimeDep, inference_of
 from adaptformer_server.errors import (
     InvalidInput,
     PayloadTooLarge,
@@ -64,6 +64,10 @@ class OIPRoute(APIRoute):
                 return JSONResponse({"error": err.message}, err.status, headers=err.headers)
 
         return route
+
+
+class OIPPredictRoute(OIPRoute, PredictRoute):
+    """``infer``: the key and readiness checks of :class:`PredictRoute`, errors in the protocol's shape."""
 
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"], route_class=OIPRoute)
@@ -402,14 +406,29 @@ def _respond(req: _Infer, entry: AdapterEntry, logits: list[torch.Tensor], laten
     )
 
 
-@router.post("/models/{task}/infer", summary="Inference", responses={400: {}, 404: {}, 413: {}, 503: {}})
-@router.post("/models/{task}/versions/{version}/infer", summary="Inference (one version)", responses={404: {}})
-async def infer(
-    request: Request, task: str, _: PredictAuth, inference: Inference, version: str | None = None
-) -> Response:
+_Endpoint = Callable[..., Coroutine[Any, Any, Response]]
+
+
+def _predict_post(
+    path: str, summary: str, responses: dict[int | str, dict[str, Any]]
+) -> Callable[[_Endpoint], _Endpoint]:
+    """``@router.post`` for a prediction route (:class:`OIPPredictRoute`; the decorators take no route class)."""
+
+    def register(endpoint: _Endpoint) -> _Endpoint:
+        router.add_api_route(
+            path, endpoint, methods=["POST"], summary=summary, responses=responses, route_class_override=OIPPredictRoute
+        )
+        return endpoint
+
+    return register
+
+
+@_predict_post("/models/{task}/infer", "Inference", {400: {}, 404: {}, 413: {}, 503: {}})
+@_predict_post("/models/{task}/versions/{version}/infer", "Inference (one version)", {404: {}})
+async def infer(request: Request, task: str, version: str | None = None) -> Response:
     async def read() -> _Infer:
         return await _parse(request)
 
-    done = await inference.infer([task], read, version=version)
+    done = await inference_of(request).infer([task], read, version=version)
     ((entry, logits),) = done.results
     return _respond(done.payload, entry, logits, done.latency_ms)

@@ -7,14 +7,14 @@ from typing import Annotated
 import torch
 from fastapi import APIRouter, Query, Request
 
-from adaptformer_server.deps import Inference, PredictAuth
+from adaptformer_server.deps import PredictRoute, inference_of
 from adaptformer_server.inputs import IMAGE_TYPES, PredictBody, read_predict_body
 from adaptformer_server.registry import AdapterEntry
 from adaptformer_server.schemas import MultiPredictResponse, Prediction, PredictResponse, error_responses, form_body
 from adaptformer_server.services import ALL_IMAGE_TASKS
 from adaptformer_server.store import TASK_PATTERN
 
-router = APIRouter(tags=["predict"])
+router = APIRouter(tags=["predict"], route_class=PredictRoute)  # key and readiness checked by the route
 
 _FILES = {"type": "array", "items": {"type": "string", "format": "binary"}}
 _BODY = form_body(
@@ -51,8 +51,6 @@ def answer(entry: AdapterEntry, logits: list[torch.Tensor], k: int, latency_ms: 
 )
 async def predict(
     request: Request,
-    _: PredictAuth,
-    inference: Inference,
     task: Annotated[
         list[str],
         Query(
@@ -63,6 +61,8 @@ async def predict(
     ],
     top_k: Annotated[int, Query(ge=1, description="labels per input (clamped to the class count)")] = 5,
 ) -> PredictResponse | MultiPredictResponse:
+    inference = inference_of(request)
+
     async def read() -> PredictBody:
         return await read_predict_body(request, inference.settings)
 

@@ -347,8 +347,8 @@ class EngineProxy:
             response = await self.client.send(request, stream=True)
         except httpx.TransportError as e:
             log.warning("cannot reach the engine process's app: %s", e)
-            body = error_body("not_ready", "the engine process is loading or restarting; retry shortly")
-            await _send_json(send, 503, body, rid)
+            problem = error_body("not_ready", "the engine process is loading or restarting; retry shortly")
+            await _send_json(send, 503, problem, rid)
             return
         try:
             out = [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP]
