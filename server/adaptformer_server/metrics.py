@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
@@ -17,6 +17,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Metric,
     generate_latest,
     multiprocess,
 )
@@ -38,6 +39,20 @@ PREDICT_ROUTES = {
     "/v2/models/{task}/versions/{version}/infer": "path",
 }
 _MAX_TASKS = 64  # /predict's own limit on `task` values
+
+
+class _Unsampled:
+    """The server's metric families that no process has a sample of yet (the multiprocess collector only knows
+    what some process wrote), as their HELP and TYPE lines, so that /metrics lists the same names either way."""
+
+    def __init__(self, registry: CollectorRegistry, present: set[str]) -> None:
+        self.registry = registry
+        self.present = present
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            if family.name.startswith("adaptformer_") and family.name not in self.present:
+                yield Metric(family.name, family.documentation, family.type, family.unit)
 
 
 class Metrics:
@@ -132,7 +147,8 @@ class Metrics:
         multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR`` set), the whole server's series from every process."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            collector = multiprocess.MultiProcessCollector(registry)
+            registry.register(_Unsampled(self.registry, {family.name for family in collector.collect()}))
             return generate_latest(registry)
         return generate_latest(self.registry)
 

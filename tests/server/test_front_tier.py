@@ -228,3 +228,25 @@ def test_engine_that_cannot_load_stops_the_server(tmp_path: Path) -> None:
         assert server.proc.wait(120) == 1, server.output()
     finally:
         server.close()
+
+
+def _predictions(text: str, task: str) -> float:
+    pattern = rf'^adaptformer_predict_requests_total\{{status="200",task="{task}"\}} (\S+)$'
+    found = re.search(pattern, text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_metrics_of_any_front_report_the_whole_server(tier: ServerProcess) -> None:
+    answers, fronts = spread(tier.url, "birds", 10)
+    assert len(fronts) == 2 and all(r.status_code == 200 for r in answers)
+    seen = {}
+    for _ in range(40):
+        r = fresh(tier.url, "GET", "/metrics")
+        seen[r.headers[REPLICA]] = _predictions(r.text, "birds")
+        if len(seen) == 2:
+            break
+    assert len(seen) == 2, "every /metrics request went to one front"
+    assert set(seen.values()) == {float(len(answers))}, seen  # both fronts' counts, from either front
+    text = fresh(tier.url, "GET", "/metrics").text
+    assert "# TYPE adaptformer_source_fetches_total counter" in text  # listed though no process has a sample
+    assert re.search(r"^adaptformer_batch_size_count [1-9]", text, re.M)  # the engine's series too
