@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The engine's GPU check in one run (under 8 minutes on one H200): ViT-B/16 engine vs plain timm in float16 and
-# bfloat16 at batch 64 and 256 with 1, 16 and 64 tasks mixed, and a server saturation run (ViT-B/16, 16 tasks).
+# bfloat16 at batch 64 and 256 with 1, 16 and 64 tasks mixed, and a server saturation run (ViT-B/16 bfloat16, 16
+# tasks, PNG and JPEG, device decoding on and off) in both shapes: one process, and cores - 2 front processes with
+# the engine process (--workers).
 # Writes docs/benchmarks/gpu.md and gpu.json (--quick: gpu_quick.* in a temporary folder) and copies them to $OUT
 # when it is set.
 #
@@ -17,7 +19,8 @@
 #     --platform manylinux1_x86_64 -d .whl \
 #     fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 pydantic==2.14.4 pydantic_core==2.50.5 \
 #     pydantic-settings==2.16.3 python-dotenv==1.2.4 python-multipart==0.0.34 annotated-types==0.8.0 \
-#     typing-inspection==0.4.5 opentelemetry-api==1.45.2 fastapi-offline==1.7.7 orjson==3.13.0 httptools==0.9.0
+#     typing-inspection==0.4.5 opentelemetry-api==1.45.2 fastapi-offline==1.7.7 orjson==3.13.0 httptools==0.9.0 \
+#     pyzmq==27.3.0 setproctitle==1.3.8 prometheus-client==0.26.0
 #
 # Without the wheels (and without the packages) the server part is skipped with a message; the engine part runs.
 set -euo pipefail

@@ -173,8 +173,15 @@ class ServerProcess:
         return self.proc.poll() is None
 
     def cpu_s(self) -> float:
-        """:func:`cpu_seconds` of this server process."""
-        return cpu_seconds(self.pid)
+        """:func:`cpu_seconds` of this server process and its children (a server of several processes: the engine
+        and the fronts)."""
+        total, todo = 0.0, [self.pid]
+        while todo:
+            pid = todo.pop()
+            with contextlib.suppress(OSError):  # a child that just exited
+                total += cpu_seconds(pid)
+            todo.extend(children(pid))
+        return total
 
     def wait_ready(self, timeout: float = 300, interval: float = 0.2) -> dict[str, Any]:
         """Waits (:func:`wait_ready`) and returns the body of /readyz."""
