@@ -66,7 +66,7 @@ def photo(width: int, height: int, seed: int) -> bytes:
         draw.ellipse((x - r, y - r, x + r, y + r), fill=color)
     img = img.filter(ImageFilter.GaussianBlur(2))
     noise = (torch.randn(height, width, 3, generator=g) * 6).clamp(-20, 20)
-    arr = (torch.from_numpy(np.asarray(img)).float() + noise).clamp(0, 255).to(torch.uint8)
+    arr = (torch.from_numpy(np.array(img)).float() + noise).clamp(0, 255).to(torch.uint8)
     buf = io.BytesIO()
     Image.fromarray(arr.numpy(), "RGB").save(buf, "JPEG", quality=90)
     return buf.getvalue()
@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         embedded = work / "embedded.safetensors"
         small = work / "vit_small.safetensors"
+        vit_small = None
         for kind in args.kinds.split(","):
             if kind == "png28":
                 vit = embedded_backbone(embedded, seed=0)
@@ -163,9 +164,10 @@ def main(argv: list[str] | None = None) -> None:
                 import timm
                 from safetensors.torch import save_file
 
-                vit = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0)
-                if not small.exists():
-                    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, small)
+                if vit_small is None:  # one set of weights for both JPEG kinds (the adapters record its fingerprint)
+                    vit_small = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0)
+                    save_file({k: v.contiguous() for k, v in vit_small.state_dict().items()}, small)
+                vit = vit_small
                 backbone = ["--backbone", "vit_small_patch16_224", "--weights", small]
                 w, h = (224, 224) if kind == "jpeg224" else (1024, 768)
                 payloads, ctype = [photo(w, h, i) for i in range(16)], "image/jpeg"
@@ -178,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
                     for shape in order[r % len(order) :] + order[: r % len(order)]:
                         row = measure(servers[shape], args, payloads, ctype)
                         rows[shape].append(row)
+                        if row["errors"]:
+                            print(servers[shape].output(1500), flush=True)
                         print(
                             f"{kind} round {r + 1} {shape}: {row['rps']:.0f} img/s, p99 {row['p99_ms']:.0f} ms, "
                             f"fronts {row['cpu_ms_per_image_fronts']} CPU-ms/img, "

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import orjson
+import torch
 import zmq
 import zmq.asyncio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -422,6 +423,9 @@ def front_app(settings: Settings, run_path: str, parent: int, number: int | None
     from adaptformer_server.observability import configure_logging
 
     configure_logging(settings)
+    # A front's tensor work (preprocessing, stacking) is small per request and its parallelism is the processes:
+    # torch's intra-op threads would only wait on each other (and on the other fronts) for a core.
+    torch.set_num_threads(1)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request passed on: the access log has it
     run = RunDir(__import__("pathlib").Path(run_path))
     runtimes: list[FrontRuntime] = []
