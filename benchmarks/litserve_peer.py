@@ -38,7 +38,7 @@ class PeerAPI(ls.LitAPI):
             task = task_from_bytes(path.read_bytes(), source=path.name)
             self.tasks[path.stem] = self.engine.prepare(task, self.info)
 
-    def decode_request(self, request: Any) -> tuple[str, torch.Tensor]:
+    def decode_request(self, request) -> tuple[str, torch.Tensor]:  # type: ignore[no-untyped-def]  # LitServe reads a form for an unannotated request
         task = str(request["task"])
         data = request["image"].file.read()
         return task, preprocess_image(Image.open(io.BytesIO(data)), self.tasks[task].info.input)
@@ -64,5 +64,6 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, default=8300)
     args = p.parse_args()
-    server = ls.LitServer(PeerAPI(), accelerator="cpu", max_batch_size=32, batch_timeout=0.005, workers_per_device=1)
+    api = PeerAPI(max_batch_size=32, batch_timeout=0.005)
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1)
     server.run(host="127.0.0.1", port=args.port, num_api_servers=1, generate_client_file=False, log_level="warning")
