@@ -21,12 +21,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import io
-import json
 import os
-import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -37,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from benchmarks.machine import cpu_model
+from benchmarks.machine import header, write_report
 from benchmarks.server_load import adapter_file, wrk_load
 from tests.support import ServerProcess, children, cpu_seconds, embedded_backbone, png
 
@@ -139,11 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.seconds = args.seconds or (3.0 if args.quick else 10.0)
     results: dict = {
-        "command": " ".join(["python -m benchmarks.front_tier", shlex.join(sys.argv[1:] if argv is None else argv)]),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, {platform.machine()}",
-        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
-        "note": args.note,
+        **header("benchmarks.front_tier", argv, args.note),
         "stand_in_ms": args.stand_in_ms,
         "clients": args.clients,
         "seconds": args.seconds,
@@ -207,12 +199,7 @@ def main(argv: list[str] | None = None) -> None:
                 "fed_by_16_cores": round(14 * 1000 / summary["2 fronts + engine"]["cpu_ms_per_image_fronts"]),
             }
     results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    report = render(results)
-    print("\n" + report)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report + "\n")
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    write_report(args.out, render(results), results)
 
 
 NAMES = {"png28": "28x28 PNG", "jpeg224": "224x224 JPEG", "jpeg1024": "1024x768 JPEG, resized to 224"}

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import os
 import platform
+import shlex
+import sys
 from pathlib import Path
+from typing import Any
 
-__all__ = ["cpu_model"]
+__all__ = ["cpu_model", "header", "write_report"]
 
 
 def cpu_model() -> str:
@@ -17,3 +23,24 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def header(module: str, argv: list[str] | None, note: str = "") -> dict[str, Any]:
+    """The head of a report: the command that made it, when, on what, how loaded the machine was."""
+    args = sys.argv[1:] if argv is None else argv
+    return {
+        "command": " ".join([f"python -m {module}", shlex.join(args)]).strip(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, {platform.machine()}",
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        "note": note,
+    }
+
+
+def write_report(out: Path | None, report: str, results: dict[str, Any]) -> None:
+    """Prints the report; with ``out``, writes it (Markdown) and its results (JSON beside it)."""
+    print("\n" + report)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report + "\n")
+        out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str) + "\n")

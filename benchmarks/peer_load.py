@@ -18,24 +18,19 @@ every server), wrk with ``--clients`` connections, torch 1 thread everywhere, in
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import platform
-import shlex
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from adaptformer_server.backbone import load_backbone
 from adaptformer_server.settings import Settings
-from benchmarks.machine import cpu_model
+from benchmarks.machine import header, write_report
 from benchmarks.server_load import adapter_file, engine_alone, wrk_load
-from tests.support import ServerProcess, embedded_backbone, png
+from tests.support import ServerProcess, embedded_backbone, png, wait_ready
 
 TASKS = 16
 BOUNDARY = "adaptformerbenchboundary"
@@ -73,20 +68,11 @@ class Peer:
         self.proc = subprocess.Popen(
             [sys.executable, str(PEER), "--port", str(self.port)], env=env, stdout=self._log, stderr=subprocess.STDOUT
         )
-        deadline = time.monotonic() + 300
-        import httpx
-
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the LitServe peer exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the LitServe peer did not become healthy")
-            time.sleep(0.2)
+        try:
+            wait_ready(self.url, self.proc, path="/health", output=lambda: log.read_text()[-2000:])
+        except AssertionError:
+            self.close()
+            raise
 
     def close(self) -> None:
         import signal
@@ -114,11 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     args.seconds = args.seconds or (3.0 if args.quick else 15.0)
     torch.set_num_threads(1)
     results: dict = {
-        "command": " ".join(["python -m benchmarks.peer_load", shlex.join(sys.argv[1:] if argv is None else argv)]),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, {platform.machine()}",
-        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
-        "note": args.note,
+        **header("benchmarks.peer_load", argv, args.note),
         "backbone": args.backbone,
         "clients": args.clients,
         "seconds": args.seconds,
@@ -187,12 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         "server, 2 fronts / LitServe": round(med["server, 2 fronts"]["rps"] / med["LitServe"]["rps"], 3),
     }
     results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    report = render(results)
-    print("\n" + report)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report + "\n")
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_report(args.out, render(results), results)
 
 
 def render(r: dict) -> str:

@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import copy
 import datetime as dt
-import json
 import os
 import platform
 import random
@@ -48,7 +47,7 @@ from adaptformer.engine import MultiTaskViT
 from adaptformer_server.backbone import load_backbone, resolve_device
 from adaptformer_server.settings import Settings
 from benchmarks import engine_throughput as bench
-from benchmarks.machine import cpu_model
+from benchmarks.machine import cpu_model, write_report
 from tests.support import ServerProcess, adapter_bytes, embedded_backbone, png
 
 TASKS = 16
@@ -401,12 +400,7 @@ def main(argv: list[str] | None = None) -> None:
             args.seconds, args.bottleneck, args.reps = seconds, bottleneck, args.reps or (3 if quick else 7)
             results["saturation"] = saturation(args, vit, store, payloads, tasks)
             results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-            report = render_saturation(results)
-            print("\n" + report)
-            if args.out is not None:
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(report + "\n")
-                args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+            write_report(args.out, render_saturation(results), results)
             return
 
         results["load"] = {}
@@ -445,12 +439,7 @@ def main(argv: list[str] | None = None) -> None:
             restart = server.ready_s
         results["page_in"].update(registered=registered, slots=args.slots, start_s=first_start, restart_s=restart)
 
-    report = render(results)
-    print("\n" + report)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report + "\n")
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    write_report(args.out, render(results), results)
 
 
 def saturation(

@@ -85,8 +85,9 @@ def wait_ready(
     timeout: float = 300,
     interval: float = 0.2,
     output: Callable[[], str] = lambda: "",
+    path: str = "/readyz",
 ) -> None:
-    """Polls ``url``/readyz until it answers 200.
+    """Polls ``url`` + ``path`` (the server's /readyz; another server's health route) until it answers 200.
 
     Raises:
         AssertionError: the process exited first, or ``timeout`` seconds passed; the message ends with
@@ -97,7 +98,7 @@ def wait_ready(
         if proc.poll() is not None:
             raise AssertionError(f"server exited with {proc.returncode}:\n{output()}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=5).status_code == 200:
                 return
         except httpx.TransportError:
             pass
