@@ -24,3 +24,11 @@ def vit_base() -> nn.Module:
     """A random-weight ViT-B/16 at 224 px without a head, built once (building it is the slow part)."""
     torch.manual_seed(0)
     return timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0).eval()
+
+
+@pytest.fixture(scope="module")
+def backbone() -> nn.Module:
+    """A tiny random ViT (tests.support.make_vit), one per test module: tests may adapt or wrap it."""
+    from tests.support import make_vit
+
+    return make_vit()

@@ -21,11 +21,6 @@ CONFIG = af.AdapterConfig(bottleneck=8, scale=0.5, learnable_scale=True, layers=
 
 
 @pytest.fixture(scope="module")
-def backbone() -> nn.Module:
-    return make_vit()
-
-
-@pytest.fixture(scope="module")
 def model(backbone: nn.Module) -> nn.Module:
     """An adapted model with random non-zero adapters and a 3-class head."""
     return adapted(backbone, CONFIG, num_classes=len(LABELS))

@@ -61,11 +61,6 @@ class Fixture:
 
 
 @pytest.fixture(scope="module")
-def backbone() -> nn.Module:
-    return make_vit()
-
-
-@pytest.fixture(scope="module")
 def image_tasks(backbone: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Fixture:
     return Fixture(backbone, tmp_path_factory.mktemp("image"))
 

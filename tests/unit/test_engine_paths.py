@@ -59,11 +59,6 @@ def _tasks(backbone: nn.Module, count: int, video: bool = False) -> dict[str, af
 
 
 @pytest.fixture(scope="module")
-def backbone() -> nn.Module:
-    return make_vit()
-
-
-@pytest.fixture(scope="module")
 def image_tasks(backbone: nn.Module) -> dict[str, af.TaskAdapter]:
     return _tasks(backbone, 64)
 

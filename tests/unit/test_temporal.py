@@ -39,11 +39,6 @@ def _clip_model(
     return model
 
 
-@pytest.fixture(scope="module")
-def backbone() -> nn.Module:
-    return make_vit()
-
-
 @pytest.mark.parametrize(
     ("temporal", "tubelet"),
     # mix works across time slots, so it sees the order of frames only with one frame per slot

@@ -1,4 +1,4 @@
-"""Hostile adapter files, round 2 (issue 23): each case answers 4xx at upload, and a file that reaches the store
+"""Tampered adapter files: each case answers 4xx at upload, and a file that reaches the store
 by another way (a hand copy, another replica, an older server) never stops the server: start-up and the store
 watcher move it to ``.quarantine/``, log it and count it.
 

@@ -1,9 +1,8 @@
-"""Issue 23, requests and connections: what hostile probing of a running server found, one test per case.
-
-Items 3 (clip frames over the pixel limit), 4 (the OIP pixel budget is per request), 5 (Host and Origin), 7
-(closed metric labels), 8 (clients that abort mid-body), 10 (FP32 values out of range) and the notes (stalled
-connections, the decoder allow-list). They run against one server process of their own: small pixel limits,
-2-second header and body timeouts, default (loopback) host rules and no keys.
+"""Requests and connections that probing a running server found mishandled, one test per case: clip frames over
+the pixel limit, the OIP pixel budget per request, Host and Origin, closed metric labels, clients that abort
+mid-body, FP32 values out of range, stalled connections, the decoder allow-list. They run against one server
+process of their own: small pixel limits, 2-second header and body timeouts, default (loopback) host rules and no
+keys.
 """
 
 from __future__ import annotations
@@ -32,19 +31,19 @@ SIZE = 28  # the input side of the embedded architecture's tasks
 
 @pytest.fixture(scope="module")
 def server(kit: Kit) -> Iterator[Server]:
-    store = kit.workdir / "store-round2-requests"
+    store = kit.workdir / "store-probed-requests"
     store.mkdir(parents=True, exist_ok=True)
     (store / "t00.safetensors").write_bytes(kit.tasks["t00"])
     (store / "clip4.safetensors").write_bytes(kit.clip_task())
     # Timeouts as variables: a server without the settings still starts (and the timeout tests fail, not error).
     env = {"ADAPTFORMER_HEADER_TIMEOUT": str(TIMEOUT_S), "ADAPTFORMER_BODY_TIMEOUT": str(TIMEOUT_S)}
-    log = kit.workdir / "server-round2-requests.log"
+    log = kit.workdir / "server-probed-requests.log"
     settings = {"max_image_pixels": MAX_IMAGE_PIXELS, "max_request_pixels": MAX_REQUEST_PIXELS}
     with Server(kit.weights, store, log, env=env, **settings) as s:
         yield s
 
 
-# -- payloads --------------------------------------------------------------------------------------------------
+# -- payloads ----------------------------------------------------------------------------------------------------------
 def _png(side: int) -> bytes:
     return png(size=side, color=(0, 90, 200))
 
@@ -118,7 +117,7 @@ def _clip_ok(server: Server) -> None:
     assert r.status_code == 200, r.text
 
 
-# -- item 3: every frame of every clip source is checked before it is decoded ----------------------------------
+# -- Every frame of every clip source is checked before it is decoded --------------------------------------------------
 @pytest.mark.parametrize(
     "source",
     ["gif-big-last-frame", "tiff-big-last-page", "gif-big-frame-in-frame-list", "oip-gif-big-last-frame"],
@@ -143,7 +142,7 @@ def test_clip_frames_over_the_pixel_limit_are_refused_before_decoding(source: st
     _clip_ok(server)
 
 
-# -- item 4: an OIP request has one pixel budget, whatever its rows --------------------------------------------
+# -- An OIP request has one pixel budget, whatever its rows ------------------------------------------------------------
 @pytest.mark.parametrize("shape", ["rows-of-frames", "animated-elements"])
 def test_oip_clip_pixel_budget_is_per_request(shape: str, server: Server):
     side = 1000  # 1M pixels a frame: one 4-frame clip is exactly max_request_pixels, two are twice it
@@ -161,7 +160,7 @@ def test_oip_clip_pixel_budget_is_per_request(shape: str, server: Server):
     assert f"{MAX_REQUEST_PIXELS:,}" in r.json()["error"]
 
 
-# -- item 5: Host and Origin -----------------------------------------------------------------------------------
+# -- Host and Origin ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["GET", "DELETE", "POST"])
 def test_foreign_host_is_refused(method: str, server: Server, kit: Kit):
     victim = _victim(server, kit)
@@ -248,7 +247,7 @@ def test_same_origin_and_originless_requests_still_work(server: Server, kit: Kit
     _healthy(server)
 
 
-# -- item 7: metric labels come from a closed set --------------------------------------------------------------
+# -- Metric labels come from a closed set ------------------------------------------------------------------------------
 # Methods the HTTP parser passes on to the app (httptools refuses tokens it does not know, such as PROBE0, with a
 # 400 of its own; h11 passes any token): each must count as "other".
 WEBDAV_METHODS = ["PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "SEARCH", "REPORT", "PURGE"]
@@ -272,7 +271,7 @@ def test_metric_labels_come_from_a_closed_set(server: Server):
     assert not [m for m in WEBDAV_METHODS if m in text]
 
 
-# -- item 8: a client that aborts mid-body is not a server bug -------------------------------------------------
+# -- A client that aborts mid-body is not a server bug -----------------------------------------------------------------
 def _abort_mid_body(server: Server, path: str, content_type: str, prefix: bytes) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         head = (
@@ -314,7 +313,7 @@ def test_client_abort_mid_body_is_not_a_500(server: Server, kit: Kit):
     _healthy(server)
 
 
-# -- item 10: FP32 values out of range blame the input ---------------------------------------------------------
+# -- FP32 values out of range blame the input --------------------------------------------------------------------------
 def _fp32(server: Server, body: str) -> httpx.Response:
     return httpx.post(
         f"{server.url}/v2/models/t00/infer", content=body, headers={"Content-Type": "application/json"}, timeout=30
@@ -350,7 +349,7 @@ def test_oip_fp32_value_out_of_the_preprocessed_range_is_a_422_blaming_the_input
 
 @pytest.mark.parametrize("where", ["body", "data"])
 def test_oip_deeply_nested_json_is_a_400(where: str, server: Server):
-    """Item 9, the OIP half: JSON nested deeper than the parser's recursion limit."""
+    """The OIP half of deep nesting: JSON nested deeper than the parser's recursion limit."""
     deep = "[" * 100_000 + "]" * 100_000
     if where == "body":
         body = deep
@@ -362,7 +361,7 @@ def test_oip_deeply_nested_json_is_a_400(where: str, server: Server):
     _healthy(server)
 
 
-# -- notes: stalled connections are closed ---------------------------------------------------------------------
+# -- Stalled connections are closed ------------------------------------------------------------------------------------
 def _read_until_closed(s: socket.socket, limit_s: float) -> tuple[bytes, float]:
     """Everything the server sends until it closes the connection; fails if it is still open after limit_s."""
     start = time.monotonic()
@@ -428,7 +427,7 @@ def test_slow_but_steady_body_is_not_cut(server: Server):
     assert got.startswith(b"HTTP/1.1 200 "), got[:300]
 
 
-# -- notes: only PNG, JPEG, WebP, GIF, BMP and TIFF are decoded ------------------------------------------------
+# -- Only PNG, JPEG, WebP, GIF, BMP and TIFF are decoded ---------------------------------------------------------------
 _EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n"
 
 
