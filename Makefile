@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-server system-deps serve test test-slow test-ray ci lint format bench clean
+.PHONY: install install-server system-deps serve test test-slow test-workers test-ray ci lint format bench clean
 
 # Three layers, each installed once: torch (the big one), the server, then the dev tools and the client.
 # `make serve` stops after the server; `make test` adds the rest. TORCH_INDEX_URL picks where torch comes from,
@@ -74,6 +74,11 @@ test: lint system-deps
 test-slow: install
 	$(PY) -m pytest -q -rs -m slow --timeout 1800
 
+# The tests that start server processes, again with every server as 2 front processes + an engine process
+# (--workers 2; tests/support/process.py reads TEST_SERVER_WORKERS). The in-process tests build the same app.
+test-workers: install system-deps
+	TEST_SERVER_WORKERS=2 $(PY) -m pytest -q -rs $$(grep -rlE 'ServerProcess[(]|live_server[(]' tests --include='test_*.py' | sort) tests/docs
+
 # Ray Serve tests (docs/SCALING.md): installs the ray extra, starts a local Ray cluster on 127.0.0.1 (a few minutes).
 # As root where unshare works they run in a network namespace of their own with only a loopback interface.
 test-ray: install
@@ -85,10 +90,12 @@ test-ray: install
 		$(PY) -m pytest -q -rs -m ray --timeout 1800 tests/ray tests/deploy; \
 	fi
 
-# What CI runs (.ci/run): the default suite (ruff, system packages, pytest), then the slow tests, then the Ray tests.
+# What CI runs (.ci/run): the default suite (ruff, system packages, pytest), the server-process tests with --workers 2,
+# then the slow tests, then the Ray tests.
 # One after the other: the Ray tests install the ray extra into the venv the others use.
 ci:
 	$(MAKE) test
+	$(MAKE) test-workers
 	$(MAKE) test-slow
 	$(MAKE) test-ray
 
