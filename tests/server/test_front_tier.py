@@ -12,6 +12,7 @@ import concurrent.futures
 import os
 import re
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,6 +101,34 @@ def test_upload_delete_rollback_served_by_every_front(tier: ServerProcess) -> No
     answers, fronts = spread(url, "owls")
     assert len(fronts) == 2 and all(r.status_code == 404 for r in answers)
     assert all(r.json()["error"]["code"] == "not_found" for r in answers)
+
+
+def test_uploads_under_load_are_served_at_once(tier: ServerProcess) -> None:
+    """While other clients keep both fronts' caches busy, every prediction made after a 201 answers the new
+    version (an entry a front read just before an upload is never kept as the state after it)."""
+    url, stop = tier.url, threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while not stop.is_set():
+                client.post("/predict?task=gulls", files=[("image", ("x.png", png(2), "image/png"))])
+
+    assert fresh(url, "POST", "/adapters", **upload_files(adapter_bytes(tier.vit, "gulls", seed=20))).status_code == 201  # type: ignore[attr-defined]
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for seed in range(21, 27):
+            up = fresh(url, "POST", "/adapters", **upload_files(adapter_bytes(tier.vit, "gulls", seed=seed)))  # type: ignore[attr-defined]
+            assert up.status_code == 201, up.text
+            version = up.json()["adapter"]["version"]
+            served = [predict(url, "gulls").json()["version"] for _ in range(8)]
+            assert served == [version] * 8, (version, served)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert fresh(url, "DELETE", "/adapters/gulls").status_code == 200
 
 
 def test_paging_agrees_across_fronts(tier: ServerProcess) -> None:

@@ -42,6 +42,7 @@ __all__ = ["Dispatcher", "EngineLink", "EngineProxy", "FrontAdapters", "FrontRun
 log = logging.getLogger("adaptformer_server.front")
 
 _WATCH_S = 0.2  # how often a front looks whether its engine process is still the same live one
+_REFRESH_TRIES = 5  # registry changes during one request's lookups before it goes on with what it read
 _CONNECT_MS = 1000  # how long a request waits for the connection to a new engine process
 _RETRY_AFTER = 2  # seconds, in the 503 of a request whose engine process stopped
 _LOCAL = re.compile(r"/predict|/v2/models/[^/]+(/versions/[^/]+)?/infer|/healthz|/metrics")
@@ -244,17 +245,31 @@ class FrontAdapters:
             self._images = None
 
     async def refresh(self, names: Sequence[str]) -> None:
-        """Makes the entries of ``names`` (and, for ``*``, every image task) current before a request uses them."""
-        self._current()
-        for name in names:
-            if name == "*":
-                if self._images is None:
-                    _, out = await self.link.call({"op": "image_tasks"})
-                    self._images = pickle.loads(out[0].bytes)
-                    self._entries.update((e.task, e) for e in self._images)
-            elif name not in self._entries:  # the engine's 404 (unknown task, version not kept) raises here
-                _, out = await self.link.call({"op": "entry", "task": name})
-                self._entries[name] = pickle.loads(out[0].bytes)
+        """Makes the entries of ``names`` (and, for ``*``, every image task) current before a request uses them.
+
+        What the engine answers is kept only if its registry did not change while it was asked (the generation
+        is the same after the answer as before the question); otherwise it is asked again, so an entry read just
+        before an upload is never cached as the state after it.
+        """
+        for attempt in range(_REFRESH_TRIES):
+            self._current()
+            seen = self._seen
+            entries: dict[str, AdapterEntry] = {}
+            images = self._images
+            for name in names:
+                if name == "*":
+                    if images is None:
+                        _, out = await self.link.call({"op": "image_tasks"})
+                        images = pickle.loads(out[0].bytes)
+                        entries.update((e.task, e) for e in images)
+                elif name not in self._entries and name not in entries:  # the engine's 404 raises here
+                    _, out = await self.link.call({"op": "entry", "task": name})
+                    entries[name] = pickle.loads(out[0].bytes)
+            now = self.link.snapshot()
+            if (now.epoch, now.generation) == seen or attempt == _REFRESH_TRIES - 1:
+                self._entries.update(entries)
+                self._images = images
+                return
 
     def get(self, task: str) -> AdapterEntry | None:
         return self._entries.get(task)
