@@ -2,12 +2,18 @@
 the inference service admits, decodes and runs requests. The runtime builds both and runs their life cycle."""
 
 from adaptformer_server.services.adapters import AdapterManager, Upload, split_pin
-from adaptformer_server.services.inference import ALL_IMAGE_TASKS, Inference, InferenceService, Payload, check_task_name
+from adaptformer_server.services.inference import (
+    ALL_IMAGE_TASKS,
+    InferenceResult,
+    InferenceService,
+    Payload,
+    check_task_name,
+)
 
 __all__ = [
     "ALL_IMAGE_TASKS",
     "AdapterManager",
-    "Inference",
+    "InferenceResult",
     "InferenceService",
     "Payload",
     "Upload",

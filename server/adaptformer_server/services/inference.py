@@ -37,12 +37,12 @@ from adaptformer_server.services.adapters import AdapterManager, split_pin
 from adaptformer_server.settings import Settings
 from adaptformer_server.store import TASK_PATTERN, valid_task_name, valid_version
 
-__all__ = ["ALL_IMAGE_TASKS", "Inference", "InferenceService", "Payload", "check_task_name"]
+__all__ = ["ALL_IMAGE_TASKS", "InferenceResult", "InferenceService", "Payload", "check_task_name"]
 
 log = logging.getLogger("adaptformer_server")
 
 ALL_IMAGE_TASKS = "*"
-Job = tuple[AdapterEntry, TaskAdapter, list[torch.Tensor]]  # a task's version, its adapter, its inputs
+TaskInputs = tuple[AdapterEntry, TaskAdapter, list[torch.Tensor]]  # a task's version, its adapter, its inputs
 
 
 class Payload(Protocol):
@@ -61,7 +61,7 @@ P = TypeVar("P", bound=Payload)
 
 
 @dataclass(frozen=True)
-class Inference(Generic[P]):
+class InferenceResult(Generic[P]):
     """What a request's tasks answered: the body as read, each task's entry (the version that ran) and its
     logits per input, and the time since the request came in."""
 
@@ -160,7 +160,7 @@ class InferenceService:
 
     async def infer(
         self, names: Sequence[str], read: Callable[[], Awaitable[P]], *, version: str | None = None
-    ) -> Inference[P]:
+    ) -> InferenceResult[P]:
         """Admits, decodes and runs one request; counts it under each task it names (status and latency).
 
         Args:
@@ -198,7 +198,7 @@ class InferenceService:
             jobs, logits = await self._run(jobs, optional)
             latency_ms = round((time.perf_counter() - start) * 1000, 3)
             results = [(entry, out) for (entry, _, _), out in zip(jobs, logits, strict=True)]
-            return Inference(payload, results, latency_ms)
+            return InferenceResult(payload, results, latency_ms)
 
     async def _admit(
         self, tasks: list[str], optional: set[str], version: str | None
@@ -224,7 +224,7 @@ class InferenceService:
             raise NotFound("task=* asks for every image task, but none can be served now; GET /adapters lists them")
         return resolved
 
-    def _check_queue_size(self, jobs: list[Job]) -> None:
+    def _check_queue_size(self, jobs: list[TaskInputs]) -> None:
         total = sum(len(inputs) for _, _, inputs in jobs)
         if len(jobs) > 1 and total > self.settings.queue_size:  # one task keeps the contract's 503
             raise PayloadTooLarge(
@@ -232,7 +232,9 @@ class InferenceService:
                 f"{self.settings.queue_size}: ask for fewer tasks or send fewer images"
             )
 
-    async def _run(self, jobs: list[Job], optional: set[str]) -> tuple[list[Job], list[list[torch.Tensor]]]:
+    async def _run(
+        self, jobs: list[TaskInputs], optional: set[str]
+    ) -> tuple[list[TaskInputs], list[list[torch.Tensor]]]:
         """Runs the inputs of every job through the batcher at once (shared forward passes); returns the jobs kept
         and their logits.
 
