@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from benchmarks.machine import header, write_report
+from benchmarks.machine import header, provenance, write_report
 from benchmarks.server_load import adapter_file, wrk_load
 from tests.support import ServerProcess, children, cpu_seconds, embedded_backbone, png
 
@@ -209,9 +209,8 @@ def render(r: dict) -> str:
     lines = [
         "# Front tier (device stand-in)",
         "",
-        f"`{r['command']}`, {r['date']}, on {r['machine']} (load average at the start "
-        f"{', '.join(map(str, r['load_average_at_start']))}, at the end {', '.join(map(str, r['load_average_at_end']))})."
-        f" The forward pass of each batch is a sleep of {r['stand_in_ms']} ms (no CPU); {r['clients']} wrk "
+        provenance(r)
+        + f" The forward pass of each batch is a sleep of {r['stand_in_ms']} ms (no CPU); {r['clients']} wrk "
         f"connections, tasks mixed over {TASKS} adapters, one image per request, {r['seconds']:.0f} s per run, "
         f"{r['rounds']} interleaved rounds (medians). Client and server share the machine's cores. "
         + (f"Note: {r['note']}" if r["note"] else ""),

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_model", "header", "write_report"]
+__all__ = ["cpu_model", "header", "provenance", "write_report"]
 
 
 def cpu_model() -> str:
@@ -44,3 +44,10 @@ def write_report(out: Path | None, report: str, results: dict[str, Any]) -> None
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(report + "\n")
         out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+def provenance(r: dict[str, Any]) -> str:
+    """The report's first sentence: the command, when, where, and the load average before and after."""
+    start = ", ".join(map(str, r["load_average_at_start"]))
+    end = ", ".join(map(str, r["load_average_at_end"]))
+    return f"`{r['command']}`, {r['date']}, on {r['machine']} (load average at the start {start}, at the end {end})."

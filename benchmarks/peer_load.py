@@ -28,7 +28,7 @@ import torch
 
 from adaptformer_server.backbone import load_backbone
 from adaptformer_server.settings import Settings
-from benchmarks.machine import header, write_report
+from benchmarks.machine import header, provenance, write_report
 from benchmarks.server_load import adapter_file, engine_alone, wrk_load
 from tests.support import ServerProcess, embedded_backbone, png, wait_ready
 
@@ -176,9 +176,8 @@ def render(r: dict) -> str:
     lines = [
         "# The server, the engine alone and LitServe",
         "",
-        f"`{r['command']}`, {r['date']}, on {r['machine']} (load average at the start "
-        f"{', '.join(map(str, r['load_average_at_start']))}, at the end {', '.join(map(str, r['load_average_at_end']))})."
-        f" Backbone `{r['backbone']}` on the CPU, torch 1 thread, {TASKS} tasks (d^={r['bottleneck']}) mixed, one PNG "
+        provenance(r)
+        + f" Backbone `{r['backbone']}` on the CPU, torch 1 thread, {TASKS} tasks (d^={r['bottleneck']}) mixed, one PNG "
         f"per request as a multipart form, {r['clients']} wrk connections, {r['seconds']:.0f} s per measurement, "
         f"{r['rounds']} interleaved rounds (medians); client and servers share the machine. "
         + (f"Note: {r['note']}" if r["note"] else ""),

@@ -73,6 +73,13 @@ def test_processes_are_named_and_counted(tier: ServerProcess) -> None:
     assert ready.status_code == 200 and ready.json()["adapters"] >= 3
 
 
+def test_bad_names_are_answered_as_in_one_process(tier: ServerProcess) -> None:
+    for _ in range(6):  # new connections: both fronts
+        bad, unknown = predict(tier.url, "..%2Fx"), predict(tier.url, "nosuchtask")
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_input", bad.text
+        assert unknown.status_code == 404 and "unknown task 'nosuchtask'" in unknown.json()["error"]["message"]
+
+
 def test_upload_delete_rollback_served_by_every_front(tier: ServerProcess) -> None:
     url = tier.url
     first = fresh(url, "POST", "/adapters", **upload_files(adapter_bytes(tier.vit, "owls", seed=5)))  # type: ignore[attr-defined]

@@ -181,9 +181,6 @@ class InferenceService:
                 raise InvalidInput(
                     "the query needs a `task` (repeat it for several tasks, or task=* for every image task)"
                 )
-            for name in names:
-                if name != ALL_IMAGE_TASKS:
-                    check_task_name(name)  # 400 before any lookup
             await self.adapters.refresh(names)  # a front's view of the engine's registry; nothing in one process
             tasks = self.expand(names, version)
             labels = list(dict.fromkeys(split_pin(t)[0] for t in tasks))  # pinned versions count as their task

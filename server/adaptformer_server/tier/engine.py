@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import pickle
 import sys
 from typing import Any
 
+import torch
 import zmq
 import zmq.asyncio
 
@@ -128,8 +130,6 @@ class EngineServer:
 
     @staticmethod
     def _pickle(value: Any) -> bytes:
-        import pickle
-
         return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
     def _entry(self, task: str) -> bytes:
@@ -163,8 +163,6 @@ class EngineServer:
 
 
 def _cat(outs: list[Any]) -> Any:
-    import torch
-
     return torch.cat([o.reshape(-1).float() for o in outs]) if outs else torch.empty(0)
 
 

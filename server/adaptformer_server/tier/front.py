@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import pickle
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -26,11 +27,11 @@ import zmq
 import zmq.asyncio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from adaptformer_server.errors import NotFound, NotReady, error_body
+from adaptformer_server.errors import InvalidInput, NotFound, NotReady, error_body
 from adaptformer_server.metrics import Metrics
 from adaptformer_server.observability import bind_request_id, current_request_id, request_id_from
 from adaptformer_server.registry import AdapterEntry
-from adaptformer_server.services import InferenceService
+from adaptformer_server.services import InferenceService, check_task_name
 from adaptformer_server.services.adapters import split_pin
 from adaptformer_server.settings import Settings
 from adaptformer_server.tier import wire
@@ -216,14 +217,20 @@ class RemoteBatcher:
             flat = wire.tensor_from(frame.buffer, "float32", [-1]) if shapes else None
             parts, start = [], 0
             for shape in shapes:
-                n = 1
-                for d in shape:
-                    n *= d
+                n = math.prod(shape)
                 assert flat is not None
                 parts.append(flat[start : start + n].view(*shape))
                 start += n
             logits.append(parts)
         return logits
+
+
+def _possible(name: str) -> bool:
+    try:
+        check_task_name(name)
+    except InvalidInput:
+        return False
+    return True
 
 
 class FrontAdapters:
@@ -262,6 +269,8 @@ class FrontAdapters:
                         _, out = await self.link.call({"op": "image_tasks"})
                         images = pickle.loads(out[0].bytes)
                         entries.update((e.task, e) for e in images)
+                elif not _possible(name):
+                    continue  # never asked for: the service's lookup answers it 400
                 elif name not in self._entries and name not in entries:  # the engine's 404 raises here
                     _, out = await self.link.call({"op": "entry", "task": name})
                     entries[name] = pickle.loads(out[0].bytes)
@@ -337,7 +346,7 @@ class EngineProxy:
         await self.client.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        rid = current_request_id() or bind_id(scope)
+        rid = current_request_id() or ""  # the Dispatcher bound it (bind_id)
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP and k.lower() != b"x-request-id"]
         headers.append((b"x-request-id", rid.encode("latin-1")))
         query = scope.get("query_string", b"")
@@ -443,11 +452,5 @@ def front_app(settings: Settings, run_path: str, parent: int, number: int | None
     torch.set_num_threads(1)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request passed on: the access log has it
     run = RunDir(__import__("pathlib").Path(run_path))
-    runtimes: list[FrontRuntime] = []
-
-    def make_runtime(s: Settings, m: Metrics) -> FrontRuntime:
-        runtimes.append(FrontRuntime(s, m, run))
-        return runtimes[0]
-
-    app = create_app(settings, make_runtime=make_runtime)
-    return Dispatcher(app, EngineProxy(run), runtimes[0].link)
+    app = create_app(settings, make_runtime=lambda s, m: FrontRuntime(s, m, run))
+    return Dispatcher(app, EngineProxy(run), app.state.runtime.link)
