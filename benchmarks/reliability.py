@@ -555,7 +555,7 @@ def _store_files(store: Path) -> tuple[list[Path], list[Path]]:
             adapters.append(p)
         elif p.name == ".history" and p.is_dir():
             other.extend(sorted(p.glob("*/.*.tmp")))
-        elif p.name not in (".versions.json", ".headers.json", ".seeded"):
+        elif p.name not in (".index.json", ".seeded"):
             other.append(p)
     return adapters, other
 

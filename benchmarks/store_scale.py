@@ -7,7 +7,7 @@
 Measures:
 
 1. time to ready (process start to ``/readyz`` 200): first start (a store no server read before: no caches) and
-   restarts (``.versions.json`` and ``.headers.json`` in place), next to a server on a store of 4 adapters;
+   restarts (the index ``.index.json`` in place), next to a server on a store of 4 adapters;
 2. idle CPU of the two servers side by side in the same window (no requests; the store watcher polls every
    500 ms): CPU seconds from ``/proc`` over ``--idle-s``, as a percentage of one core;
 3. page-in: requests to tasks not resident (cold: the adapter is read from the store and paged in), then twice
@@ -110,8 +110,8 @@ def listing(url: str, repeats: int) -> dict:
 def store_start(root: Path) -> dict:
     """The store's share of start-up, timed in this process as the server does it: scan (headers read and
     checked, or taken from the caches), the backbone fit check of every file, the registry filled."""
-    from adaptformer_server.registry import AdapterEntry, Registry
-    from adaptformer_server.store import AdapterStore
+    from adaptformer_server.repository.layout import AdapterStore
+    from adaptformer_server.repository.registry import Registry
 
     _, info = build_engine(Settings(backbone="embedded", seed_demo=False))
     out = {}
@@ -121,7 +121,7 @@ def store_start(root: Path) -> dict:
         registry = Registry()
         for f in found:
             info.check_header(f.header, f"{f.task}.safetensors")
-            registry.put(AdapterEntry(task=f.task, version=f.version, size_bytes=f.size, header=f.header))
+            registry.put(f)
         out[name] = time.perf_counter() - t0
     return out
 
@@ -136,8 +136,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     result: dict = {"tasks": args.tasks, "store_made_s": made_s}
 
     result["store_start_s"] = store_start(big)
-    for path in (big / ".versions.json", big / ".headers.json"):
-        path.unlink()
+    (big / ".index.json").unlink()
     first = server(big, log)  # no caches yet: every header read and checked, every file hashed
     result["ready_first_start_s"], result["ready_first_start_cpu_s"] = first.ready_s, first.ready_cpu_s
     first.close()

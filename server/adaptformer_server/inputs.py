@@ -26,7 +26,7 @@ from adaptformer.errors import DataError
 from adaptformer.preprocess import InputSpec, preprocess_image
 from adaptformer_server import fast_decode
 from adaptformer_server.errors import ApiError, InvalidInput, PayloadTooLarge, UnsupportedMediaType, data_error
-from adaptformer_server.registry import AdapterEntry
+from adaptformer_server.repository.record import AdapterEntry
 from adaptformer_server.settings import Settings
 
 __all__ = [

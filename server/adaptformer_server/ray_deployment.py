@@ -72,9 +72,9 @@ class AdaptFormerServer:
 
 
 def resident_tasks(app: FastAPI | None) -> list[str]:
-    """The tasks with a version resident in the app's bank (its keys are ``task@version``); none before it opens."""
-    bank = None if app is None else app.state.runtime.adapters.bank
-    return sorted(bank.resident_tasks()) if bank is not None else []
+    """The tasks with a version resident in the app (its keys are ``task@version``); none before it opens."""
+    resident = None if app is None else app.state.runtime.adapters.resident_adapters
+    return sorted(resident.resident_tasks()) if resident is not None else []
 
 
 def request_task(request: PendingRequest | None) -> str:

@@ -226,7 +226,7 @@ async def test_a_hostile_file_found_by_the_watcher_is_quarantined(tmp_path):
 
 def test_the_store_refuses_what_upload_refuses(tmp_path, hostile_files):
     """One reader for upload, start-up and watcher: the store's header check refuses each hostile file alike."""
-    from adaptformer_server.store import AdapterStore
+    from adaptformer_server.repository.layout import AdapterStore
 
     store = AdapterStore(tmp_path / "store")
     for case, data in hostile_files.items():
@@ -239,7 +239,8 @@ def test_the_store_refuses_what_upload_refuses(tmp_path, hostile_files):
 
 def test_only_files_broken_for_good_are_quarantined(tmp_path):
     """A file still being copied in, one a newer server wrote, and one replaced since it was examined stay put."""
-    from adaptformer_server.store import AdapterStore, Stamp
+    from adaptformer_server.repository.layout import AdapterStore
+    from adaptformer_server.repository.record import Stamp
 
     moved: list[str] = []
     store = AdapterStore(tmp_path / "store", on_quarantine=moved.append)

@@ -20,8 +20,9 @@ import pytest
 from fastapi import FastAPI
 
 from adaptformer_server import create_app
+from adaptformer_server.repository.layout import HISTORY, AdapterStore
+from adaptformer_server.repository.names import version_of
 from adaptformer_server.settings import Settings
-from adaptformer_server.store import HISTORY, AdapterStore, version_of
 from tests.support import png, serving
 
 DEMO = Path(__file__).resolve().parents[2] / "adapters" / "adaptformer" / "demo"
@@ -118,8 +119,9 @@ def test_upload_crash_at_every_step(monkeypatch, tmp_path):
             assert current == VERSION[4] and set(kept) == {VERSION[2], VERSION[3], VERSION[4]}
         else:  # nothing kept before is lost (the prune comes last)
             assert {VERSION[1], VERSION[2], VERSION[3]} <= set(kept), step
-        listed = AdapterStore(root, keep_versions=3).versions("digits")
-        assert [v.version for v in listed if v.current] == [current]
+        store = AdapterStore(root, keep_versions=3)
+        listed = [v.version for v in store.versions("digits")]
+        assert store.current_version("digits") == current and listed.count(current) == 1, step
 
 
 def test_rollback_crash_at_every_step(monkeypatch, tmp_path):

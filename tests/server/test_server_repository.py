@@ -39,9 +39,9 @@ async def test_load_a_kept_version(vit, store, make_settings):
         pinned = f"cars@{first['adapter']['version']}"
         adapters = client._transport.app.state.adapters  # type: ignore[attr-defined]
         assert (await client.post(f"/v2/repository/models/{pinned}/load")).status_code == 200
-        assert pinned in adapters.bank
+        assert pinned in adapters.resident_adapters
         assert (await client.post(f"/v2/repository/models/{pinned}/unload")).status_code == 200
-        assert pinned not in adapters.bank and adapters.entry("cars").key in adapters.bank
+        assert pinned not in adapters.resident_adapters and adapters.entry("cars").key in adapters.resident_adapters
 
 
 async def test_load_and_unload_need_the_admin_key(vit, tasks_store, make_settings):

@@ -14,8 +14,10 @@ from fastapi import FastAPI
 
 from adaptformer_server import create_app
 from adaptformer_server.app import REPLICA_HEADER
+from adaptformer_server.repository.layout import AdapterStore
+from adaptformer_server.repository.names import version_of
+from adaptformer_server.repository.watcher import StoreWatcher
 from adaptformer_server.settings import Settings
-from adaptformer_server.store import AdapterStore, StoreWatcher, version_of
 from tests.support import adapter_bytes, async_wait_until, image_files, png, serving, tiny_vit, upload_files
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from adaptformer_server import create_app
-from adaptformer_server.store import HISTORY
+from adaptformer_server.repository.layout import HISTORY
 from tests.support import adapter_bytes, image_files, png, serving, upload_files
 
 

@@ -9,7 +9,9 @@ import subprocess
 import time
 
 from adaptformer_server import create_app
-from adaptformer_server.store import _HOST, AdapterStore, version_of
+from adaptformer_server.repository.files import HOST
+from adaptformer_server.repository.layout import AdapterStore
+from adaptformer_server.repository.names import version_of
 from tests.support import adapter_bytes, image_files, png, serving, tiny_vit, upload_files
 
 
@@ -32,10 +34,10 @@ async def test_half_written_and_corrupt_files_are_never_loaded(vit, tasks_store,
     (tasks_store / ".cars.safetensors.k2j3h4.tmp").write_bytes(good[: len(good) // 2])  # crash during atomic_write
     os.utime(tasks_store / ".cars.safetensors.k2j3h4.tmp", (time.time() - 3600, time.time() - 3600))
     (tasks_store / ".live.safetensors.x9y8z7.tmp").write_bytes(good[:100])  # another host's server writing now
-    (tasks_store / f".mine.safetensors.{_HOST}-{os.getpid()}-k2j3.tmp").write_bytes(good[:100])  # this process
+    (tasks_store / f".mine.safetensors.{HOST}-{os.getpid()}-k2j3.tmp").write_bytes(good[:100])  # this process
     gone = subprocess.Popen(["true"])
     gone.wait()
-    (tasks_store / f".dead.safetensors.{_HOST}-{gone.pid}-k2j3.tmp").write_bytes(good[:100])  # a killed server's
+    (tasks_store / f".dead.safetensors.{HOST}-{gone.pid}-k2j3.tmp").write_bytes(good[:100])  # a killed server's
     (tasks_store / "half.safetensors").write_bytes(good[: len(good) // 2])  # header intact, tensors cut
     (tasks_store / "stub.safetensors").write_bytes(good[:20])  # header cut
     (tasks_store / "junk.safetensors").write_bytes(b"\x80\x04not safetensors at all")
@@ -49,7 +51,7 @@ async def test_half_written_and_corrupt_files_are_never_loaded(vit, tasks_store,
         # the old leftover and the dead process's go; a young one may be a write in progress (another host's,
         # or a process on this host that is alive)
         left = sorted(p.name for p in tasks_store.glob(".*.tmp"))
-        assert left == [".live.safetensors.x9y8z7.tmp", f".mine.safetensors.{_HOST}-{os.getpid()}-k2j3.tmp"]
+        assert left == [".live.safetensors.x9y8z7.tmp", f".mine.safetensors.{HOST}-{os.getpid()}-k2j3.tmp"]
         for name in ("half", "stub", "junk", "alien", "bad name!"):
             assert f"skipping {name}.safetensors" in caplog.text, name
         assert "truncated" in caplog.text and "fingerprint" in caplog.text
@@ -101,7 +103,7 @@ def test_versions_are_cached_and_refreshed(vit, store):
     (store / "a.safetensors").write_bytes(data)
     s = AdapterStore(store)
     assert [(f.task, f.version) for f in s.scan()] == [("a", version_of(data))]
-    assert (store / ".versions.json").exists()
+    assert (store / ".index.json").exists()
     newer = adapter_bytes(vit, "a", seed=2)
     s.write("a", newer)  # a new inode and mtime: the cache entry no longer applies
     assert [f.version for f in s.scan()] == [version_of(newer)]

@@ -10,7 +10,8 @@ import httpx
 
 from adaptformer_client import AsyncClient
 from adaptformer_server import create_app
-from adaptformer_server.store import HISTORY, version_of
+from adaptformer_server.repository.layout import HISTORY
+from adaptformer_server.repository.names import version_of
 from tests.support import adapter_bytes, async_wait_until, image_files, png, serving, upload_files
 
 

@@ -12,7 +12,7 @@ from adaptformer.errors import AdapterFormatError, DataError, IncompatibleAdapte
 from adaptformer_server import create_app
 from adaptformer_server.errors import CLIENT_CLOSED, InvalidInput, NotFound, as_api_error, status_of
 from adaptformer_server.inputs import PredictBody
-from adaptformer_server.services import Upload
+from adaptformer_server.services import Replacement
 from tests.support import adapter_bytes, image_files, png, serving
 
 
@@ -69,7 +69,7 @@ async def test_the_adapter_manager_uploads_and_replaces(vit, tasks_store, make_s
     async with serving(app) as client:
         adapters = app.state.adapters
         first = await adapters.upload(adapter_bytes(vit, "gamma", seed=5), None)
-        assert isinstance(first, Upload) and first.previous is None and adapters.resident(first.entry)
+        assert isinstance(first, Replacement) and first.previous is None and adapters.resident(first.entry)
         second = await adapters.upload(adapter_bytes(vit, "gamma", seed=6), "gamma")
         assert second.previous == first.entry and adapters.entry("gamma") == second.entry
         assert (await client.get("/adapters/gamma")).json()["version"] == second.entry.version

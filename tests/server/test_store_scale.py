@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from adaptformer_server import create_app
-from adaptformer_server import store as store_module
-from adaptformer_server.store import AdapterStore, StoreWatcher, version_of
+from adaptformer_server.repository import layout as store_module
+from adaptformer_server.repository.layout import AdapterStore
+from adaptformer_server.repository.names import version_of
+from adaptformer_server.repository.watcher import StoreWatcher
 from tests.support import adapter_bytes, image_files, png, serving
 
 OLD = time.time() - 3600  # an hour ago: older than the watcher's racy window
@@ -146,7 +148,7 @@ def test_two_changes_in_one_clock_tick_are_both_seen(vit, store):
 def test_a_restart_opens_no_unchanged_file(vit, store, monkeypatch):
     s = filled(store, vit, 30)
     first, _ = s.scan_stamped()
-    assert (store / ".headers.json").exists()
+    assert (store / ".index.json").exists()
     (store / "t005.safetensors").write_bytes(adapter_bytes(vit, "t", seed=8))  # changed while the server was down
     restarted = AdapterStore(store)
     spy = Spy(monkeypatch, restarted)
@@ -167,17 +169,17 @@ def test_a_restart_opens_no_unchanged_file(vit, store, monkeypatch):
 def test_header_records_of_other_checks_or_damaged_are_not_trusted(vit, store, monkeypatch):
     s = filled(store, vit, 3)
     s.scan_stamped()
-    records = json.loads((store / ".headers.json").read_text())
+    records = json.loads((store / ".index.json").read_text())
     records["format"] = "1/2/another-version"
-    (store / ".headers.json").write_text(json.dumps(records))
+    (store / ".index.json").write_text(json.dumps(records))
     spy = Spy(monkeypatch, s)
     assert len(s.scan()) == 3 and spy.calls["examine"] == 3
-    (store / ".headers.json").write_text("{not json")
+    (store / ".index.json").write_text("{not json")
     assert len(s.scan()) == 3 and spy.calls["examine"] == 6
     s.scan()  # rewritten: records of this server again
-    bad = json.loads((store / ".headers.json").read_text())
+    bad = json.loads((store / ".index.json").read_text())
     bad["files"]["t000.safetensors"]["header"] = {"meta": 1}
-    (store / ".headers.json").write_text(json.dumps(bad))
+    (store / ".index.json").write_text(json.dumps(bad))
     assert len(s.scan()) == 3 and spy.calls["examine"] == 7  # the damaged record only
 
 
@@ -207,7 +209,7 @@ def test_changes_made_by_other_processes_are_seen(vit, store, tmp_path):
     (tmp_path / "up.bin").write_bytes(upload)
     (tmp_path / "cp.safetensors").write_bytes(copied)
     code = (
-        "import sys; from pathlib import Path; from adaptformer_server.store import AdapterStore; "
+        "import sys; from pathlib import Path; from adaptformer_server.repository.layout import AdapterStore; "
         "AdapterStore(Path(sys.argv[1])).write('t004', Path(sys.argv[2]).read_bytes())"
     )
     subprocess.run([sys.executable, "-c", code, str(store), str(tmp_path / "up.bin")], check=True, timeout=120)

@@ -7,7 +7,7 @@ import pytest
 
 from adaptformer_client import AsyncClient
 from adaptformer_server import create_app
-from adaptformer_server.registry import decode_cursor, encode_cursor
+from adaptformer_server.repository.registry import decode_cursor, encode_cursor
 from tests.support import adapter_bytes, serving, upload_files
 
 

@@ -32,10 +32,10 @@ from adaptformer.embedded import EMBEDDED_NAME
 from adaptformer_server.errors import ApiError, NotFound
 from adaptformer_server.jobs.examples import ExamplesSummary
 from adaptformer_server.jobs.worker import PREFIX
+from adaptformer_server.repository.names import version_of
 from adaptformer_server.runtime import Runtime
-from adaptformer_server.services.adapters import Upload
+from adaptformer_server.services.adapters import Replacement
 from adaptformer_server.settings import Settings
-from adaptformer_server.store import version_of
 
 __all__ = ["TERMINAL", "JobManager", "QueueFull", "TrainParams", "register_adapter"]
 
@@ -45,9 +45,9 @@ TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 _ID_CHARS = frozenset("0123456789abcdef-j")
 
 
-async def register_adapter(runtime: Runtime, data: bytes, task: str) -> Upload:
+async def register_adapter(runtime: Runtime, data: bytes, task: str) -> Replacement:
     """The one place a trained adapter enters the server: the upload path, with all of its checks. Returns its
-    ``Upload`` (``.entry``, ``.previous``)."""
+    ``Replacement`` (``.entry``, ``.previous``)."""
     return await runtime.adapters.upload(data, task)
 
 

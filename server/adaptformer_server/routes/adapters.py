@@ -12,7 +12,7 @@ from starlette.datastructures import UploadFile
 from adaptformer_server.deps import Adapters, AdminAuth, PredictAuth
 from adaptformer_server.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, ValidationFailed, counted
 from adaptformer_server.inputs import media_type, read_form
-from adaptformer_server.registry import MAX_PAGE, decode_cursor, encode_cursor
+from adaptformer_server.repository.registry import MAX_PAGE, decode_cursor, encode_cursor
 from adaptformer_server.schemas import (
     AdapterInfo,
     AdapterList,
@@ -25,7 +25,7 @@ from adaptformer_server.schemas import (
     error_responses,
     form_body,
 )
-from adaptformer_server.services import AdapterManager, Upload
+from adaptformer_server.services import AdapterManager, Replacement
 from adaptformer_server.sources import fetch, scheme_of
 
 router = APIRouter(prefix="/adapters", tags=["adapters"])
@@ -61,7 +61,7 @@ async def list_adapters(
         after = decode_cursor(cursor)
     except ValueError as e:
         raise InvalidInput(f"bad query parameter: {e}") from None
-    page, last = adapters.registry.page(after, limit, prefix, modality)
+    page, last = adapters.page(after, limit, prefix, modality)
     body: dict = {"adapters": [adapters.info(e) for e in page]}
     if limit is not None or cursor is not None:  # else every task, in the answer of before paging
         body["next_cursor"] = encode_cursor(last)
@@ -115,7 +115,7 @@ async def upload_adapter(request: Request, _: AdminAuth, adapters: Adapters) -> 
     return _uploaded(adapters, result)
 
 
-def _uploaded(adapters: AdapterManager, result: Upload) -> dict:
+def _uploaded(adapters: AdapterManager, result: Replacement) -> dict:
     return {
         "adapter": adapters.info(result.entry),
         "replaced": result.previous is not None,

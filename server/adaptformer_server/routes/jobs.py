@@ -18,8 +18,8 @@ from adaptformer_server.errors import InvalidInput, NotReady, PayloadTooLarge, U
 from adaptformer_server.inputs import media_type, read_form
 from adaptformer_server.jobs.examples import ExamplesSummary, check_examples, unpack_fields, unpack_zip
 from adaptformer_server.jobs.manager import JobManager, TrainParams
+from adaptformer_server.repository.names import TASK_PATTERN, valid_task_name
 from adaptformer_server.schemas import error_responses, form_body
-from adaptformer_server.store import TASK_PATTERN, valid_task_name
 
 router = APIRouter(tags=["training"])
 

@@ -35,7 +35,7 @@ from adaptformer_server.errors import (
     as_api_error,
 )
 from adaptformer_server.inputs import Decoder, PredictBody, decode_inputs
-from adaptformer_server.registry import AdapterEntry
+from adaptformer_server.repository.record import AdapterEntry
 from adaptformer_server.settings import Settings
 
 __all__ = ["router"]

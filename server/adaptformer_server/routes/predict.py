@@ -9,10 +9,10 @@ from fastapi import APIRouter, Query, Request
 
 from adaptformer_server.deps import PredictRoute, inference_of
 from adaptformer_server.inputs import IMAGE_TYPES, PredictBody, read_predict_body
-from adaptformer_server.registry import AdapterEntry
+from adaptformer_server.repository.names import TASK_PATTERN
+from adaptformer_server.repository.record import AdapterEntry
 from adaptformer_server.schemas import MultiPredictResponse, Prediction, PredictResponse, error_responses, form_body
 from adaptformer_server.services import ALL_IMAGE_TASKS
-from adaptformer_server.store import TASK_PATTERN
 
 router = APIRouter(tags=["predict"], route_class=PredictRoute)  # key and readiness checked by the route
 

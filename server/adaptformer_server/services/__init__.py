@@ -1,7 +1,7 @@
 """The service layer: what routes call. The adapter manager owns the adapters (store, registry, bank, watcher);
 the inference service admits, decodes and runs requests. The runtime builds both and runs their life cycle."""
 
-from adaptformer_server.services.adapters import AdapterManager, Upload, split_pin
+from adaptformer_server.services.adapters import AdapterManager, Replacement, split_pin
 from adaptformer_server.services.inference import (
     ALL_IMAGE_TASKS,
     InferenceResult,
@@ -16,7 +16,7 @@ __all__ = [
     "InferenceResult",
     "InferenceService",
     "Payload",
-    "Upload",
+    "Replacement",
     "check_task_name",
     "split_pin",
 ]

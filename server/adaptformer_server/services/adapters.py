@@ -1,7 +1,8 @@
-"""The adapter manager: the store, the registry, the bank and the store watcher of one server.
+"""The adapter manager: the one owner of a server's adapter state (the repository's store, registry, resident
+adapters and store watcher, :mod:`adaptformer_server.repository`).
 
 Every change to the adapters a server serves goes through it: uploads, registrations by reference, deletes,
-rollbacks, the watcher's syncs with the shared store, and the page-ins of the bank.
+rollbacks, the watcher's syncs with the shared store, and the page-ins of resident adapters.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import contextlib
 import logging
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,48 +24,40 @@ from adaptformer.engine import MultiTaskViT
 from adaptformer.errors import AdapterFormatError, IncompatibleAdapterError
 from adaptformer.task import TaskAdapter
 from adaptformer_server.backbone import BackboneInfo
-from adaptformer_server.bank import Bank, StaleVersion
 from adaptformer_server.errors import IncompatibleAdapter, InvalidAdapter, NotFound, NotReady
 from adaptformer_server.metrics import Metrics
-from adaptformer_server.registry import AdapterEntry, Registry
-from adaptformer_server.settings import Settings
-from adaptformer_server.store import (
+from adaptformer_server.repository.layout import AdapterStore
+from adaptformer_server.repository.names import (
     SUFFIX,
-    TASK_PATTERN,
-    AdapterStore,
-    Stamp,
-    StoredFile,
-    StoreWatcher,
-    demo_files,
+    split_pin,
+    task_name_problem,
     valid_task_name,
     valid_version,
     version_of,
 )
+from adaptformer_server.repository.record import AdapterEntry, Stamp
+from adaptformer_server.repository.registry import Registry
+from adaptformer_server.repository.resident import ResidentAdapters, StaleVersion
+from adaptformer_server.repository.seed import demo_files, seed
+from adaptformer_server.repository.watcher import StoreWatcher
+from adaptformer_server.settings import Settings
 
-__all__ = ["AdapterManager", "Upload", "split_pin"]
+__all__ = ["AdapterManager", "Replacement", "split_pin"]
 
 log = logging.getLogger("adaptformer_server")
 
-_PINNED_HEADERS = 1024  # headers of pinned (non-current) versions kept in memory
-
-
-def split_pin(name: str) -> tuple[str, str | None]:
-    """``task@version`` -> (task, version); a plain task name -> (task, None)."""
-    task, sep, version = name.partition("@")
-    return (task, version) if sep else (name, None)
-
 
 @dataclass(frozen=True)
-class Upload:
-    """The result of storing an adapter."""
+class Replacement:
+    """What an upload or a rollback made current, and the entry it replaced (``None``: a new task)."""
 
     entry: AdapterEntry
     previous: AdapterEntry | None
 
 
 class AdapterManager:
-    """Owns the store, the registry, the bank and the store watcher; routes reach it as the ``Adapters``
-    dependency once the server is ready.
+    """Owns the store, the registry, the resident adapters and the store watcher; routes reach it as the
+    ``Adapters`` dependency once the server is ready.
 
     Args:
         settings: Server settings (store, slots, versions kept, watcher period).
@@ -77,7 +69,7 @@ class AdapterManager:
         self.metrics = metrics
         self.registry = Registry()
         self.store: AdapterStore | None = None
-        self.bank: Bank | None = None
+        self.resident_adapters: ResidentAdapters | None = None
         self.watcher: StoreWatcher | None = None
         self.engine: MultiTaskViT | None = None
         self.backbone: BackboneInfo | None = None
@@ -86,21 +78,22 @@ class AdapterManager:
         # Serialises this process's uploads, deletes and store syncs (other processes write the store too: the
         # watcher brings their changes in; the files themselves are replaced atomically).
         self._write_lock = asyncio.Lock()
-        self._pinned: OrderedDict[str, AdapterEntry] = OrderedDict()  # task@version -> entry of a kept version
 
     # -- life cycle -------------------------------------------------------------------------------------------
     async def open(self, engine: MultiTaskViT, backbone: BackboneInfo) -> None:
-        """Opens the store (cleaned, seeded, scanned and fit-checked), fills the registry and sets up the bank."""
+        """Opens the store (cleaned, seeded, scanned and fit-checked), fills the registry and sets up the resident adapters."""
         self.engine, self.backbone = engine, backbone
         store = self.store = await asyncio.to_thread(
             AdapterStore, self.settings.store, self._quarantined, self.settings.keep_versions
         )
         files, seen = await asyncio.to_thread(self._prepare_store, store, backbone)
-        for f in files:
-            self.registry.put(_entry(f))
+        for entry in files:
+            self.registry.put(entry)
         self.watcher = StoreWatcher(store, self._check_stored, seen)
         self.metrics.registered.set(len(self.registry))
-        self.bank = Bank(self.settings.slots, self._page_in, self.metrics, self._keep_resident)
+        self.resident_adapters = ResidentAdapters(
+            self.settings.slots, self._page_in, self.metrics, self.registry.wanted
+        )
 
     def watch(self) -> None:
         """Starts polling the store every ``store_poll_ms`` (nothing when it is 0)."""
@@ -116,11 +109,11 @@ class AdapterManager:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    def _prepare_store(self, store: AdapterStore, info: BackboneInfo) -> tuple[list[StoredFile], dict[str, Stamp]]:
+    def _prepare_store(self, store: AdapterStore, info: BackboneInfo) -> tuple[list[AdapterEntry], dict[str, Stamp]]:
         store.clean_temp_files()
         store.clean_history()
         if self.settings.seed_demo and self.settings.backbone in ("embedded", EMBEDDED_NAME):
-            store.seed(info.fingerprint, demo_files())
+            seed(store, info.fingerprint, demo_files())
         files = []
         found, seen = store.scan_stamped()  # the checks of parse_header; broken files are quarantined
         for f in found:
@@ -132,7 +125,7 @@ class AdapterManager:
             files.append(f)
         return files, seen
 
-    def _check_stored(self, f: StoredFile) -> None:
+    def _check_stored(self, f: AdapterEntry) -> None:
         """The fit check of start-up, of the store watcher and of every upload."""
         assert self.backbone is not None
         self.backbone.check_header(f.header, f"{f.task}.safetensors")
@@ -166,12 +159,12 @@ class AdapterManager:
             return await self._sync_locked()
 
     async def _sync_locked(self) -> int:
-        if self.watcher is None or self.bank is None:
+        if self.watcher is None or self.resident_adapters is None:
             return 0
         return self._apply(await asyncio.to_thread(self.watcher.poll))
 
-    def _apply(self, changes: dict[str, StoredFile | None]) -> int:
-        assert self.bank is not None
+    def _apply(self, changes: dict[str, AdapterEntry | None]) -> int:
+        assert self.resident_adapters is not None
         applied = 0
         for task, f in sorted(changes.items()):
             current = self.registry.get(task)
@@ -179,16 +172,16 @@ class AdapterManager:
                 if current is None:
                     continue
                 self.registry.remove(task)
-                self.bank.drop(task)
+                self.resident_adapters.drop(task)
                 self.metrics.store_changes.labels("removed").inc()
                 log.info("adapter %s version %s left the store", task, current.version)
             else:
                 if current is not None and current.version == f.version:
                     continue  # e.g. this process's own upload
-                entry = _entry(f)
-                was_resident = current is not None and current.key in self.bank
+                entry = f
+                was_resident = current is not None and current.key in self.resident_adapters
                 self.registry.put(entry)
-                self.bank.drop(task)
+                self.resident_adapters.drop(task)
                 kind = "replaced" if current is not None else "added"
                 self.metrics.store_changes.labels(kind).inc()
                 log.info(
@@ -205,9 +198,9 @@ class AdapterManager:
         return applied
 
     async def _prefetch(self, entry: AdapterEntry) -> None:
-        assert self.bank is not None
+        assert self.resident_adapters is not None
         try:
-            await self.bank.get(entry)
+            await self.resident_adapters.get(entry)
         except Exception as e:  # reported to the request that needs it; here it is only a warm-up
             log.info("prefetch of %s failed: %s", entry.key, e)
 
@@ -223,6 +216,12 @@ class AdapterManager:
 
     async def refresh(self, names: Sequence[str]) -> None:
         """Nothing: this registry is the one source (a front process's view refreshes from it here)."""
+
+    def page(
+        self, after: str | None, limit: int | None, prefix: str = "", modality: str | None = None
+    ) -> tuple[list[AdapterEntry], str | None]:
+        """One page of the current entries in task-name order (:meth:`Registry.page`)."""
+        return self.registry.page(after, limit, prefix, modality)
 
     def entry(self, task: str) -> AdapterEntry:
         """The current entry of ``task``, or of a kept version for ``task@version``; 404 with a hint when unknown."""
@@ -240,53 +239,46 @@ class AdapterManager:
         assert self.store is not None
         key = f"{task}@{version}"
         if not valid_version(version) or not self.store.has_version(task, version):
-            self._pinned.pop(key, None)
+            self.registry.unpin(key)
             raise NotFound(
                 f"task {task!r} has no version {version!r}; GET /adapters/{task}/versions lists the versions kept"
             )
-        entry = self._pinned.get(key)
+        entry = self.registry.pinned(key)
         if entry is None:
             path = self.store.version_path(task, version)
             try:
                 with path.open("rb") as fh:
-                    size = os.fstat(fh.fileno()).st_size
                     header = read_header(fh, f"{key}{SUFFIX}")
-                f = StoredFile(task=task, version=version, size=size, header=header)
-                self._check_stored(f)
+                    stamp = Stamp.of(os.fstat(fh.fileno()))
+                entry = AdapterEntry(task=task, version=version, size_bytes=stamp.size, header=header, stamp=stamp)
+                self._check_stored(entry)
             except FileNotFoundError:
                 raise NotFound(f"task {task!r} has no version {version!r} any more") from None
             except IncompatibleAdapterError as e:
                 raise IncompatibleAdapter(f"version {version} of task {task!r}: {e}", check=e.check) from None
             except AdapterFormatError as e:
                 raise InvalidAdapter(f"version {version} of task {task!r} cannot be loaded: {e}") from None
-            entry = _entry(f)
-            self._pinned[key] = entry
-            while len(self._pinned) > _PINNED_HEADERS:
-                self._pinned.popitem(last=False)
-        self._pinned.move_to_end(key)
+            self.registry.pin(entry)
         return entry
 
     def info(self, entry: AdapterEntry) -> dict:
-        """The contract's AdapterInfo of ``entry`` (with whether it is resident in the bank)."""
-        assert self.bank is not None and self.backbone is not None
-        return entry.info(resident=entry.key in self.bank, backbone_params=self.backbone.params)
+        """The contract's AdapterInfo of ``entry`` (with whether it is resident on the device)."""
+        assert self.resident_adapters is not None and self.backbone is not None
+        return entry.info(resident=entry.key in self.resident_adapters, backbone_params=self.backbone.params)
 
     def resident(self, entry: AdapterEntry) -> bool:
-        """Whether ``entry`` holds a bank slot now."""
-        assert self.bank is not None
-        return entry.key in self.bank
+        """Whether ``entry`` is resident on the device now."""
+        assert self.resident_adapters is not None
+        return entry.key in self.resident_adapters
 
     # -- page-in ----------------------------------------------------------------------------------------------
-    def _keep_resident(self, entry: AdapterEntry) -> bool:
-        return self.registry.current_version(entry.task) == entry.version or entry.key in self._pinned
-
     async def resolve(self, task: str) -> tuple[AdapterEntry, TaskAdapter]:
         """Admission: the current version of ``task`` and its adapter object, which the request keeps."""
-        assert self.bank is not None
+        assert self.resident_adapters is not None
         for _ in range(5):
             entry = self.entry(task)
             try:
-                return entry, await self.bank.get(entry)
+                return entry, await self.resident_adapters.get(entry)
             except StaleVersion:
                 # replaced or deleted (here or by another process) since it was registered: read the store now
                 if self.watcher is not None:
@@ -310,7 +302,7 @@ class AdapterManager:
         """Reads one version from the store, checks it fully and places it on the device (worker thread)."""
         assert self.store is not None
         try:
-            if self._pinned.get(entry.key) is entry:  # a kept version a request named: its copy, hash checked
+            if self.registry.is_pinned(entry):  # a kept version a request named: its copy, hash checked
                 data = self.store.read_version(entry.task, entry.version)
             else:  # the current version: the current file, or the registry is behind the store (sync, retry)
                 data = self.store.read(entry.task)
@@ -340,85 +332,85 @@ class AdapterManager:
         return task
 
     async def load(self, task: str) -> AdapterEntry:
-        """Pages ``task`` (or ``task@version``) into a bank slot now (the repository extension's load)."""
+        """Pages ``task`` (or ``task@version``) into a resident slot now (the repository extension's load)."""
         entry, _ = await self.resolve(task)
         return entry
 
     def unload(self, task: str) -> AdapterEntry:
-        """Takes ``task`` (every resident version) or ``task@version`` out of the bank; the store keeps it."""
-        assert self.bank is not None
+        """Takes ``task`` (every resident version) or ``task@version`` out of the resident adapters; the store keeps it."""
+        assert self.resident_adapters is not None
         entry = self.entry(task)
         if "@" in task:
-            self.bank.discard(entry.key)
+            self.resident_adapters.discard(entry.key)
         else:
-            self.bank.drop(entry.task)
+            self.resident_adapters.drop(entry.task)
         return entry
 
     # -- changes ----------------------------------------------------------------------------------------------
-    def _validate_upload(self, data: bytes, name: str | None) -> tuple[str, str, TaskAdapter, AdapterEntry]:
+    def _validate_upload(
+        self, data: bytes, name: str | None, version: str | None = None
+    ) -> tuple[AdapterEntry, TaskAdapter]:
         """Full check of uploaded bytes (worker thread): the header checks and fit check of start-up and the
-        watcher, then the tensors, their values in the serving dtype and the engine. Returns name, version, ..."""
+        watcher, then the tensors, their values in the serving dtype and the engine. Returns the entry (the bytes
+        hashed once: ``version`` when the caller knows it) and the adapter, prepared."""
         header = parse_header(data, "uploaded file", size=len(data))
         name = name or str(header.meta["task"])
-        if not valid_task_name(name):
-            raise InvalidAdapter(
-                f"invalid task name {name[:80]!r}: names match {TASK_PATTERN} and never contain '..'; pass a valid "
-                "name in the `task` form field"
-            )
-        version = version_of(data)
-        entry = AdapterEntry(task=name, version=version, size_bytes=len(data), header=header)
+        if (problem := task_name_problem(name)) is not None:
+            raise InvalidAdapter(f"{problem}; pass a valid name in the `task` form field")
+        entry = AdapterEntry(task=name, version=version or version_of(data), size_bytes=len(data), header=header)
         try:
-            self._check_stored(StoredFile(task=name, version=version, size=len(data), header=header))
+            self._check_stored(entry)
             prepared = self._prepare(task_from_bytes(data, source="uploaded file"))
         except IncompatibleAdapterError as e:
             hint = ""
             if e.check in ("fingerprint", "shapes"):
                 hint = "; train the adapter on the backbone this server runs (GET /readyz shows its fingerprint)"
             raise IncompatibleAdapter(f"{e}{hint}", check=e.check) from None
-        return name, version, prepared, entry
+        return entry, prepared
 
-    async def upload(self, data: bytes, name: str | None) -> Upload:
+    async def upload(self, data: bytes, name: str | None) -> Replacement:
         """Validates, stores (atomically) and registers an adapter; it is resident and servable on return."""
-        assert self.store is not None and self.bank is not None
-        if name is not None and not valid_task_name(name):
-            raise InvalidAdapter(f"invalid task name {name!r}: names match {TASK_PATTERN} and never contain '..'")
-        task, version, prepared, entry = await asyncio.to_thread(self._validate_upload, data, name)
+        assert self.store is not None and self.resident_adapters is not None
+        if name is not None and (problem := task_name_problem(name)) is not None:
+            raise InvalidAdapter(problem)
+        entry, prepared = await asyncio.to_thread(self._validate_upload, data, name)
+        task, version = entry.task, entry.version
         async with self._write_lock:
             await self._sync_locked()  # the version this replaces may come from another server, moments ago
-            await asyncio.to_thread(self.store.write, task, data)
+            await asyncio.to_thread(self.store.write, task, data, version)
             previous = self.registry.put(entry)
-            self.bank.drop(task)
-            self.bank.put(entry, prepared)
+            self.resident_adapters.drop(task)
+            self.resident_adapters.put(entry, prepared)
             self.metrics.registered.set(len(self.registry))
         log.info("adapter %s version %s stored%s", task, version, f" (replaces {previous.version})" if previous else "")
-        return Upload(entry=entry, previous=previous)
+        return Replacement(entry=entry, previous=previous)
 
     async def delete(self, task: str) -> AdapterEntry:
         """Removes a task from the store and the registry; requests in flight finish with their adapter."""
-        assert self.store is not None and self.bank is not None
+        assert self.store is not None and self.resident_adapters is not None
         async with self._write_lock:
             if self.registry.get(task) is None:
                 await self._sync_locked()  # uploaded through another server moments ago?
             entry = self.entry(task)
             await asyncio.to_thread(self.store.delete, task)
             self.registry.remove(task)
-            self.bank.drop(task)
+            self.resident_adapters.drop(task)
             self.metrics.registered.set(len(self.registry))
         log.info("adapter %s version %s deleted", task, entry.version)
         return entry
 
-    async def rollback(self, task: str, version: str | None = None) -> Upload:
+    async def rollback(self, task: str, version: str | None = None) -> Replacement:
         """Makes a kept version current again (default: the one before the current); servable on return.
 
         The kept file gets exactly the checks of an upload; requests in flight finish on the version they
         started with, and other servers sharing the store see the change as they see an upload.
         """
-        assert self.store is not None and self.bank is not None
+        assert self.store is not None and self.resident_adapters is not None
         store = self.store
         async with self._write_lock:
             await self._sync_locked()
             current = self.entry(task)
-            listed = await asyncio.to_thread(store.versions, task)
+            listed = await asyncio.to_thread(store.versions, task)  # (AdapterEntry records, newest first)
             if version is None:
                 order = [v.version for v in listed]
                 i = order.index(current.version) if current.version in order else -1
@@ -433,18 +425,19 @@ class AdapterManager:
                     f"task {task!r} has no version {version!r}; GET /adapters/{task}/versions lists the versions kept"
                 )
             if version == current.version:
-                return Upload(entry=current, previous=current)
-            try:
+                return Replacement(entry=current, previous=current)
+            gone = NotFound(f"version {version} of task {task!r} is no longer kept")
+            try:  # another server sharing the store may prune it at any moment: then it is gone, not an error
                 data = await asyncio.to_thread(store.read_version, task, version)
+                entry, prepared = await asyncio.to_thread(self._validate_upload, data, task, version)
+                await asyncio.to_thread(store.promote, task, version)
             except FileNotFoundError:
-                raise NotFound(f"version {version} of task {task!r} is no longer kept") from None
-            name, _, prepared, entry = await asyncio.to_thread(self._validate_upload, data, task)
-            await asyncio.to_thread(store.promote, task, version)
+                raise gone from None
             previous = self.registry.put(entry)
-            self.bank.drop(name)
-            self.bank.put(entry, prepared)
+            self.resident_adapters.drop(task)
+            self.resident_adapters.put(entry, prepared)
         log.info("adapter %s rolled back to version %s (was %s)", task, version, current.version)
-        return Upload(entry=entry, previous=previous)
+        return Replacement(entry=entry, previous=previous)
 
     # -- versions and files -----------------------------------------------------------------------------------
     async def versions(self, task: str) -> dict[str, Any]:
@@ -459,18 +452,13 @@ class AdapterManager:
         assert self.store is not None
         out = []
         for v in self.store.versions(task):
-            meta: dict[str, Any] = {}
-            path = self.store.path(task) if v.current else self.store.version_path(task, v.version)
-            try:
-                meta = read_header(path, path.name).meta
-            except (OSError, AdapterFormatError) as e:
-                log.warning("version %s of %s: cannot read its header: %s", v.version, task, e)
+            meta = v.meta
             metrics = meta.get("metrics")
             out.append(
                 {
                     "version": v.version,
                     "current": v.version == current,
-                    "size_bytes": v.size,
+                    "size_bytes": v.size_bytes,
                     "stored": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(v.stored_ns / 1e9)),
                     "created": str(meta.get("created", "")),
                     "description": str(meta.get("description", "")),
@@ -497,7 +485,3 @@ class AdapterManager:
                 f"task {task!r} has no version {want!r}; GET /adapters/{task}/versions lists the versions kept"
             ) from None
         return data, want
-
-
-def _entry(f: StoredFile) -> AdapterEntry:
-    return AdapterEntry(task=f.task, version=f.version, size_bytes=f.size, header=f.header)

@@ -32,10 +32,10 @@ from adaptformer_server.errors import (
 )
 from adaptformer_server.inputs import Decoder, decode_device
 from adaptformer_server.metrics import Metrics
-from adaptformer_server.registry import AdapterEntry
+from adaptformer_server.repository.names import TASK_PATTERN, valid_task_name, valid_version
+from adaptformer_server.repository.record import AdapterEntry
 from adaptformer_server.services.adapters import AdapterManager, split_pin
 from adaptformer_server.settings import Settings
-from adaptformer_server.store import TASK_PATTERN, valid_task_name, valid_version
 
 __all__ = ["ALL_IMAGE_TASKS", "InferenceResult", "InferenceService", "Payload", "check_task_name"]
 

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from adaptformer_server.errors import InvalidInput, NotFound, NotReady, error_body
 from adaptformer_server.metrics import Metrics
 from adaptformer_server.observability import bind_request_id, current_request_id, request_id_from
-from adaptformer_server.registry import AdapterEntry
+from adaptformer_server.repository.record import AdapterEntry
 from adaptformer_server.services import InferenceService, check_task_name
 from adaptformer_server.services.adapters import split_pin
 from adaptformer_server.settings import Settings

@@ -1,90 +1,29 @@
-"""The registry: task name -> current version and metadata. Rebuilt from the store at start."""
+"""The registry: task name -> current entry, and the entries of kept versions that requests pinned. Rebuilt from
+the store at start."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import bisect
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from functools import cached_property
-from typing import Any
 
-from adaptformer.adapter_file import Header
-from adaptformer.preprocess import InputSpec
+from adaptformer_server.repository.record import AdapterEntry
 
-__all__ = ["MAX_PAGE", "AdapterEntry", "Registry", "decode_cursor", "encode_cursor"]
+__all__ = ["MAX_PAGE", "Registry", "decode_cursor", "encode_cursor"]
 
 MAX_PAGE = 1000  # the largest page of GET /adapters (about 500 kB of JSON)
-
-
-@dataclass(frozen=True)
-class AdapterEntry:
-    """One version of one task, as described by its file header (immutable: a new upload is a new entry)."""
-
-    task: str
-    version: str
-    size_bytes: int
-    header: Header
-
-    @property
-    def key(self) -> str:
-        """The name this version has in a batch's task table (``task@version``)."""
-        return f"{self.task}@{self.version}"
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        return self.header.meta
-
-    @cached_property
-    def spec(self) -> InputSpec:
-        # Parsed once per entry (an entry is one immutable version), not on every request that reads it.
-        return InputSpec.from_dict(self.meta["input"])
-
-    @property
-    def labels(self) -> list[str]:
-        return list(self.meta["labels"])
-
-    def info(self, resident: bool, backbone_params: int) -> dict[str, Any]:
-        """The contract's AdapterInfo."""
-        meta = self.meta
-        spec = self.spec
-        params = self.header.params
-        metrics = meta.get("metrics")
-        return {
-            "task": self.task,
-            "description": str(meta.get("description", "")),
-            "input": {
-                "size": spec.size,
-                "mean": list(spec.mean),
-                "std": list(spec.std),
-                "interpolation": spec.interpolation,
-                "frames": spec.frames,
-                "note": str(meta.get("input_note", "")),
-            },
-            "version": self.version,
-            "method": meta["method"],
-            "modality": spec.modality,
-            "frames": spec.frames,
-            "num_classes": len(meta["labels"]),
-            "labels": self.labels,
-            "params": params,
-            "percent_of_backbone": round(100.0 * params / max(backbone_params, 1), 4),
-            "size_bytes": self.size_bytes,
-            "backbone": str(meta["backbone"]),
-            "fingerprint": str(meta["backbone_fingerprint"]),
-            "config": meta.get("config") if isinstance(meta.get("config"), dict) else None,
-            "metrics": metrics if isinstance(metrics, dict) else {},
-            "created": str(meta.get("created", "")),
-            "resident": resident,
-        }
+MAX_PINNED = 1024  # entries of pinned (non-current) versions kept in memory
 
 
 class Registry:
-    """The current entry of every task. Used from the event loop only, so no lock is needed."""
+    """The current entry of every task, and the last pinned kept versions. Used from the event loop only, so no
+    lock is needed."""
 
     def __init__(self) -> None:
         self._entries: dict[str, AdapterEntry] = {}
+        self._pinned: OrderedDict[str, AdapterEntry] = OrderedDict()  # task@version -> entry of a kept version
         self._names: list[str] | None = []  # the task names, sorted; None: to be sorted again (a task came or went)
         # Called after every change (the engine process tells its fronts through it: tier.shared.EngineState.bump).
         self.on_change: Callable[[], None] | None = None
@@ -109,6 +48,30 @@ class Registry:
             if self.on_change is not None:
                 self.on_change()
         return removed
+
+    def pinned(self, key: str) -> AdapterEntry | None:
+        """The entry of a kept version (``task@version``) a request named before, the most recent kept."""
+        entry = self._pinned.get(key)
+        if entry is not None:
+            self._pinned.move_to_end(key)
+        return entry
+
+    def pin(self, entry: AdapterEntry) -> None:
+        """Remembers the entry of a kept, non-current version (its header was read and checked)."""
+        self._pinned[entry.key] = entry
+        while len(self._pinned) > MAX_PINNED:
+            self._pinned.popitem(last=False)
+
+    def unpin(self, key: str) -> None:
+        self._pinned.pop(key, None)
+
+    def is_pinned(self, entry: AdapterEntry) -> bool:
+        """Whether ``entry`` is the remembered entry of its pinned version (not only one with the same key)."""
+        return self._pinned.get(entry.key) is entry
+
+    def wanted(self, entry: AdapterEntry) -> bool:
+        """Whether ``entry`` is still worth a resident slot: its task's current version, or a pinned version."""
+        return self.current_version(entry.task) == entry.version or entry.key in self._pinned
 
     def current_version(self, task: str) -> str | None:
         entry = self._entries.get(task)

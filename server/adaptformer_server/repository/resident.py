@@ -1,4 +1,8 @@
-"""The bank: adapters resident on the device in a fixed number of slots; the rest are paged in on demand (LRU)."""
+"""The adapters resident on the device, at most ``slots`` of them; the rest are paged in on demand (LRU).
+
+(The engine's branch bank, ``adaptformer.gathered.BranchBank``, is another thing: the stacked device weights of the
+tasks a batch runs.)
+"""
 
 from __future__ import annotations
 
@@ -10,22 +14,22 @@ from collections.abc import Callable
 
 from adaptformer.task import TaskAdapter
 from adaptformer_server.metrics import Metrics
-from adaptformer_server.registry import AdapterEntry
+from adaptformer_server.repository.record import AdapterEntry
 
-__all__ = ["Bank", "StaleVersion"]
+__all__ = ["ResidentAdapters", "StaleVersion"]
 
-log = logging.getLogger("adaptformer_server.bank")
+log = logging.getLogger("adaptformer_server.resident")
 
 
 class StaleVersion(Exception):
     """The file on disk is no longer the version asked for (replaced or deleted meanwhile)."""
 
 
-class Bank:
+class ResidentAdapters:
     """Resident adapters by ``task@version``, least recently used out.
 
     A request keeps a reference to the TaskAdapter it was given, so evicting or replacing a version never
-    affects a request in flight; the slot count bounds what the bank holds, not what running batches hold.
+    affects a request in flight; the slot count bounds what is resident, not what running batches hold.
 
     Args:
         slots: Most adapters kept resident.
