@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -254,25 +255,19 @@ class Settings(BaseSettings):
     @field_validator("allowed_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = value.split(",")
-        if isinstance(value, list):
-            return [_host_name(h) if isinstance(h, str) else h for h in value if not isinstance(h, str) or h.strip()]
-        return value
+        return _split_list(value, _host_name)
 
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = value.split(",")
-        if isinstance(value, list):
-            return [_origin(o) if isinstance(o, str) else o for o in value if not isinstance(o, str) or o.strip()]
-        return value
+        return _split_list(value, _origin)
 
     @field_validator("admin_key", mode="before")
     @classmethod
-    def _empty_is_none(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
+    def _strip_key(cls, value: object) -> object:
+        """A key read from a file (``$(cat keyfile)``) ends with a newline no client sends: stripped, as API keys are;
+        an empty one is no key."""
+        return (value.strip() or None) if isinstance(value, str) else value
 
     @field_validator("store", "weights", "jobs_dir")
     @classmethod
@@ -339,3 +334,12 @@ class Settings(BaseSettings):
             return ipaddress.ip_address(self.host.strip("[]")).is_loopback
         except ValueError:
             return False
+
+
+def _split_list(value: object, clean: Callable[[str], str]) -> object:
+    """A comma-separated string or a list, its non-empty string items cleaned (other items left to validation)."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if isinstance(value, list):
+        return [clean(v) if isinstance(v, str) else v for v in value if not isinstance(v, str) or v.strip()]
+    return value

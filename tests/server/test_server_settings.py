@@ -34,6 +34,16 @@ def test_defaults_and_environment(monkeypatch, tmp_path):
     assert s.max_batch_size == 7 and not s.seed_demo and not s.loopback
 
 
+@pytest.mark.parametrize("read", ["s3cr3t-admin\n", " s3cr3t-admin\r\n", "\ts3cr3t-admin "])
+def test_an_admin_key_read_from_a_file_loses_its_newline(monkeypatch, read):
+    """``ADAPTFORMER_ADMIN_KEY="$(cat keyfile)"``-style values: the key clients send is the one without the newline
+    (it used to be kept, and every ``Bearer KEY`` was refused); a key of blanks only is no key."""
+    monkeypatch.setenv("ADAPTFORMER_ADMIN_KEY", read)
+    assert Settings().admin_key.get_secret_value() == "s3cr3t-admin"
+    monkeypatch.setenv("ADAPTFORMER_ADMIN_KEY", " \n")
+    assert Settings().admin_key is None
+
+
 def test_flags_override_environment(monkeypatch):
     monkeypatch.setenv("ADAPTFORMER_PORT", "9000")
     monkeypatch.setenv("ADAPTFORMER_MAX_WAIT_MS", "9")
