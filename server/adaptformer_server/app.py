@@ -89,7 +89,7 @@ def create_app(
         log.warning("%s: allowed on loopback only; make a real key with %s", problem, MAKE_KEY)
     metrics = Metrics()
     runtime = make_runtime(settings, metrics) if make_runtime else Runtime(settings, metrics, backbone=backbone)
-    metrics.is_task = lambda name: runtime.adapters.registry.get(name) is not None
+    metrics.is_task = runtime.adapters.knows
     replica_id = settings.replica_id or default_replica_id()
     job_manager = JobManager(settings, runtime, backbone=backbone) if isinstance(runtime, Runtime) else None
 

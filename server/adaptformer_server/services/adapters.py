@@ -214,6 +214,9 @@ class AdapterManager:
         """The current entry of every task, sorted by task."""
         return iter(self.registry)
 
+    def knows(self, task: str) -> bool:
+        return self.registry.get(task) is not None
+
     async def refresh(self, names: Sequence[str]) -> None:
         """Nothing: this registry is the one source (a front process's view refreshes from it here)."""
 

@@ -239,7 +239,6 @@ class FrontAdapters:
 
     def __init__(self, link: EngineLink) -> None:
         self.link = link
-        self.registry = self  # what the app's metrics ask: registry.get(task)
         self._seen: tuple[int, int] = (-1, -1)
         self._entries: dict[str, AdapterEntry] = {}
         self._images: list[AdapterEntry] | None = None
@@ -280,8 +279,8 @@ class FrontAdapters:
                 self._images = images
                 return
 
-    def get(self, task: str) -> AdapterEntry | None:
-        return self._entries.get(task)
+    def knows(self, task: str) -> bool:
+        return task in self._entries
 
     def __iter__(self) -> Iterator[AdapterEntry]:
         return iter(self._images or [])
