@@ -17,9 +17,17 @@ AdapterInput = Literal["ln", "raw", "own_ln"]
 
 
 def parse_layers(value: str) -> str | tuple[int, ...]:
-    """A ``--layers`` value: ``0,1,2`` (or one index) as a tuple of indices, anything else as given."""
-    if "," in value or value.lstrip("-").isdigit():
-        return tuple(int(v) for v in value.split(",") if v.strip())
+    """A ``layers`` value as text (``--layers``, a training job's knob): ``0,1,2`` (or one index) as a tuple of
+    indices, anything else as given (:class:`AdapterConfig` checks it).
+
+    Raises:
+        ValueError: a list of something other than integers (``1,a``).
+    """
+    if "," in value or value.strip().lstrip("-").isdigit():
+        try:
+            return tuple(int(v) for v in value.split(",") if v.strip())
+        except ValueError:
+            raise ValueError(f"layers {value[:40]!r}: a list of block indices holds integers, like 0,1,2") from None
     return value
 
 

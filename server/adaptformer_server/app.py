@@ -23,10 +23,10 @@ except ImportError:  # the server extra installs it; without it, the standard li
 
 from adaptformer_server import __version__
 from adaptformer_server.auth import Auth
+from adaptformer_server.body_limit import BodyLimit
 from adaptformer_server.errors import install_error_handlers
 from adaptformer_server.hosts import HostOriginCheck
 from adaptformer_server.jobs import JobManager
-from adaptformer_server.limits import BodyLimit
 from adaptformer_server.metrics import Metrics
 from adaptformer_server.middleware import REPLICA_HEADER, ServingMiddleware
 from adaptformer_server.observability import cors_policy, echo_request_ids

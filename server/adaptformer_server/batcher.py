@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from adaptformer.task import TaskAdapter
-from adaptformer_server.errors import InvalidAdapter, NotReady, Overloaded
+from adaptformer_server.errors import NonFiniteScores, NotReady, Overloaded
 from adaptformer_server.metrics import Metrics
 
 __all__ = ["Batcher", "RunBatch"]
@@ -248,13 +248,8 @@ class Batcher:
             if s.future.done():
                 continue
             if not bool(torch.isfinite(out).all()):
-                # finite weights can still overflow (e.g. values near 3e38): a clear 422, not NaN scores or a 500
-                s.future.set_exception(
-                    InvalidAdapter(
-                        f"adapter {s.key} produced non-finite scores (NaN or infinity) for this input; its weights "
-                        "overflow: upload a fixed adapter with POST /adapters"
-                    )
-                )
+                # finite weights can still overflow (e.g. values near 3e38): the adapter's fault, not NaN scores
+                s.future.set_exception(NonFiniteScores(s.key))
             else:
                 s.future.set_result(out)
 

@@ -3,7 +3,7 @@
 uvicorn closes an idle keep-alive connection (``timeout_keep_alive``) but not one that sends nothing, or half a
 request line and headers, and then stalls: each such connection is held forever. Here a connection has
 ``header_timeout`` seconds, from when it opens and again from the end of each response, to complete the headers
-of its next request; otherwise it is closed. (A stalled body is the app's: ``limits.BodyLimit``.)
+of its next request; otherwise it is closed. (A stalled body is the app's: ``body_limit.BodyLimit``.)
 """
 
 from __future__ import annotations

@@ -1,13 +1,18 @@
-"""API errors: one exception class per status, and the handlers that turn every error into contract JSON.
+"""API errors: one exception class per status, the serving layer's own errors, and the one mapping of every error
+to contract JSON.
 
 Body: ``{"error": {"code": str, "message": str, "check": str (incompatible adapters only)}}``.
+
+The inference service and the batcher raise :class:`ServingError` subclasses, in their own terms (a task, a
+version, a count); the status and the route to call instead are written here, in :func:`as_api_error`, as they are
+for the library's errors and Starlette's multipart errors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,6 +22,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 
 from adaptformer.errors import AdapterFormatError, DataError, IncompatibleAdapterError, InputTooLargeError
+from adaptformer_server.repository.names import TASK_PATTERN
 
 __all__ = [
     "CLIENT_CLOSED",
@@ -25,14 +31,22 @@ __all__ = [
     "IncompatibleAdapter",
     "InvalidAdapter",
     "InvalidInput",
+    "InvalidTaskName",
+    "NoTaskNamed",
+    "NoTaskToServe",
+    "NonFiniteScores",
     "NotFound",
     "NotReady",
     "Overloaded",
     "PayloadTooLarge",
     "RequestTimeout",
+    "ServingError",
+    "TooManySamples",
     "Unauthorized",
+    "UnknownVersion",
     "UnsupportedMediaType",
     "ValidationFailed",
+    "VersionReplaced",
     "as_api_error",
     "error_body",
     "install_error_handlers",
@@ -51,16 +65,21 @@ def error_body(code: str, message: str, check: str | None = None) -> dict[str, A
 
 
 class ApiError(Exception):
-    """An error with an HTTP status, a stable code and a message that says what to do."""
+    """An error with an HTTP status, a stable code and a message that says what to do.
+
+    Attributes:
+        fixed_headers: Headers every answer of the class carries (``headers`` adds to them).
+    """
 
     status: int = 500
     code: str = "internal_error"
+    fixed_headers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, message: str, *, check: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.check = check
-        self.headers = headers or {}
+        self.headers = {**self.fixed_headers, **(headers or {})}
 
     def response(self) -> JSONResponse:
         return JSONResponse(error_body(self.code, self.message, self.check), self.status, headers=self.headers)
@@ -72,9 +91,7 @@ class InvalidInput(ApiError):
 
 class Unauthorized(ApiError):
     status, code = 401, "unauthorized"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+    fixed_headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": "Bearer"}
 
 
 class Forbidden(ApiError):
@@ -93,9 +110,7 @@ class RequestTimeout(ApiError):
     """The body stalled; the connection is closed after the answer (what is left of the body is never read)."""
 
     status, code = 408, "request_timeout"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"Connection": "close"})
+    fixed_headers: ClassVar[dict[str, str]] = {"Connection": "close"}
 
 
 class PayloadTooLarge(ApiError):
@@ -114,18 +129,108 @@ class ValidationFailed(ApiError):
     status, code = 422, "validation_error"
 
 
-class Overloaded(ApiError):
-    status, code = 503, "overloaded"
+class _RetryLater(ApiError):
+    """A 503 that says when to try again: ``Retry-After`` seconds (the class's ``retry_after`` by default)."""
 
-    def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after)})
+    status = 503
+    retry_after = 1
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        seconds = self.retry_after if retry_after is None else retry_after
+        super().__init__(message, headers={"Retry-After": str(seconds)})
 
 
-class NotReady(ApiError):
-    status, code = 503, "not_ready"
+class Overloaded(_RetryLater):
+    code = "overloaded"
 
-    def __init__(self, message: str, retry_after: int = 5) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+class NotReady(_RetryLater):
+    code, retry_after = "not_ready", 5
+
+
+# -- the serving layer's errors ---------------------------------------------------------------------------------
+class ServingError(Exception):
+    """A prediction the inference service or the batcher refuses, said in their terms: no status, no route."""
+
+
+class InvalidTaskName(ServingError):
+    """A name that can never be a task (a ``task@version`` with a malformed version included)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name!r} is not a valid task name")
+        self.name = name
+
+
+class NoTaskNamed(ServingError):
+    """A request that names no task."""
+
+    def __init__(self) -> None:
+        super().__init__("the request names no task")
+
+
+class UnknownVersion(ServingError):
+    """A request that requires a version of a task other than the one served."""
+
+    def __init__(self, task: str, version: str, served: str) -> None:
+        super().__init__(f"model {task!r} has no version {version!r}: this server serves version {served}")
+        self.task, self.version, self.served = task, version, served
+
+
+class VersionReplaced(ServingError):
+    """The version a request requires was replaced while the request was admitted."""
+
+    def __init__(self, task: str, version: str) -> None:
+        super().__init__(f"model {task!r} version {version!r} was replaced while this request was admitted")
+        self.task, self.version = task, version
+
+
+class NoTaskToServe(ServingError):
+    """``*`` (every image task) stands for no task: the server has none, or (``servable``) none it can serve now."""
+
+    def __init__(self, servable: bool = False) -> None:
+        what = "none can be served now" if servable else "this server has none"
+        super().__init__(f"task=* asks for every image task, but {what}")
+        self.servable = servable
+
+
+class TooManySamples(ServingError):
+    """A request of several tasks needs more samples than the queue holds at most."""
+
+    def __init__(self, samples: int, tasks: int, queue_size: int) -> None:
+        super().__init__(
+            f"this request needs {samples} samples ({tasks} tasks); the queue holds at most {queue_size}: ask for "
+            "fewer tasks or send fewer images"
+        )
+
+
+class NonFiniteScores(ServingError):
+    """An adapter whose scores for an input are not finite (NaN or infinity): finite weights that overflow."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"adapter {key} produced non-finite scores (NaN or infinity) for this input")
+        self.key = key
+
+
+def _serving_answer(exc: ServingError) -> ApiError:
+    """The answer to a serving error: its status, and what to call or send instead."""
+    if isinstance(exc, InvalidTaskName):
+        return InvalidInput(
+            f"task {exc.name!r} is not a valid task name ({TASK_PATTERN}, no '..'), optionally followed by "
+            "@<version> (12 hex digits, as GET /adapters/{task}/versions lists them)"
+        )
+    if isinstance(exc, NoTaskNamed):
+        return InvalidInput("the query needs a `task` (repeat it for several tasks, or task=* for every image task)")
+    if isinstance(exc, UnknownVersion):
+        return NotFound(f"{exc} (GET /v2/models/{exc.task} lists it)")
+    if isinstance(exc, NoTaskToServe):
+        return NotFound(f"{exc}; GET /adapters lists them")
+    if isinstance(exc, VersionReplaced):
+        return NotFound(str(exc))
+    if isinstance(exc, TooManySamples):
+        return PayloadTooLarge(str(exc))
+    if isinstance(exc, NonFiniteScores):
+        return InvalidAdapter(f"{exc}; its weights overflow: upload a fixed adapter with POST /adapters")
+    return ApiError(str(exc))
 
 
 def data_error(e: DataError, what: str = "") -> ApiError:
@@ -153,11 +258,15 @@ def as_api_error(exc: BaseException) -> ApiError | None:
     """The one mapping of errors to answers: the API error ``exc`` is answered as (status, code, message), or
     ``None`` for anything unexpected (a bug: 500) and for a client that went away.
 
-    API errors stand for themselves; the library's errors and starlette's multipart errors are the client's
-    input or adapter at fault (400, 409, 413, 422).
+    API errors stand for themselves; the serving layer's errors, the library's errors and Starlette's multipart
+    errors are the client's input or adapter at fault (400, 404, 409, 413, 422).
     """
+    if isinstance(exc, StarletteHTTPException) and isinstance(exc.__context__, MultiPartException):
+        exc = exc.__context__  # Request.form() raises starlette's multipart errors again as 400s
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, ServingError):
+        return _serving_answer(exc)
     if isinstance(exc, DataError):
         return data_error(exc)
     if isinstance(exc, AdapterFormatError):
@@ -167,7 +276,7 @@ def as_api_error(exc: BaseException) -> ApiError | None:
     if isinstance(exc, MultiPartException):
         if exc.message.startswith("Too many"):
             return PayloadTooLarge(f"{exc.message} (too many multipart parts)")
-        if _multipart_too_large(exc):
+        if "exceeded maximum size" in exc.message:
             return PayloadTooLarge(f"{exc.message} (a text field is too long; send images as file parts)")
         return InvalidInput(f"malformed multipart body: {exc.message}")
     return None
@@ -181,10 +290,6 @@ def status_of(exc: BaseException) -> int:
     if isinstance(exc, ClientDisconnect):
         return CLIENT_CLOSED
     return 500
-
-
-def _multipart_too_large(exc: MultiPartException) -> bool:
-    return exc.message.startswith("Too many") or "exceeded maximum size" in exc.message
 
 
 def _location(err: dict[str, Any]) -> str:
@@ -211,6 +316,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    err = as_api_error(exc)  # a multipart body Request.form() refused
+    if err is not None:
+        return err.response()
     if exc.status_code == 404:
         body = error_body("not_found", f"no route {request.method} {request.url.path}; the API is described at /docs")
     elif exc.status_code == 405:
@@ -221,8 +329,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Maps API errors, request validation, routing, library and multipart errors to contract JSON."""
-    for mapped in (ApiError, DataError, AdapterFormatError, IncompatibleAdapterError, MultiPartException):
+    """Maps API errors, the serving layer's errors, request validation, routing, library and multipart errors to
+    contract JSON."""
+    for mapped in (ApiError, ServingError, DataError, AdapterFormatError, IncompatibleAdapterError, MultiPartException):
         app.add_exception_handler(mapped, _api_error)  # as_api_error
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

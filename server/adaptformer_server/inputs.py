@@ -3,7 +3,8 @@
 Decoding goes through ``adaptformer.data.decode`` (pixel and frame limits) and ``adaptformer.preprocess``
 (the same resize and normalisation as training), so the served tensors are the trained ones; JPEG and PNG stills
 take the tensor path of ``fast_decode`` (torchvision, on the GPU where there is one), equal to those within a
-stated tolerance. A request's image headers are read and its pixels counted before anything is decoded.
+stated tolerance. A request's image headers are read and its pixels counted before anything is decoded; every
+limit is the settings' :class:`~adaptformer_server.limits.Limits`.
 """
 
 from __future__ import annotations
@@ -18,26 +19,24 @@ from typing import TypeVar
 import torch
 from fastapi import Request
 from PIL import Image
-from starlette.datastructures import FormData, UploadFile
-from starlette.formparsers import MultiPartParser
+from starlette.datastructures import UploadFile
 
 from adaptformer.data.decode import open_clip, open_image
 from adaptformer.errors import DataError
 from adaptformer.preprocess import InputSpec, preprocess_image
 from adaptformer_server import fast_decode
-from adaptformer_server.errors import ApiError, InvalidInput, PayloadTooLarge, UnsupportedMediaType, data_error
+from adaptformer_server.errors import ApiError, InvalidInput, UnsupportedMediaType, data_error
+from adaptformer_server.limits import Limits, PixelBudget
 from adaptformer_server.repository.record import AdapterEntry
 from adaptformer_server.settings import Settings
 
 __all__ = [
     "IMAGE_TYPES",
     "Decoder",
-    "PixelBudget",
     "PredictBody",
     "decode_device",
     "decode_inputs",
     "media_type",
-    "read_form",
     "read_predict_body",
 ]
 
@@ -92,25 +91,14 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-async def read_form(request: Request, max_parts: int) -> FormData:
-    """Parses a multipart body with a bound on the number of parts (starlette's errors reach our handler)."""
-    parser = MultiPartParser(
-        request.headers, request.stream(), max_files=max_parts, max_fields=max_parts, max_part_size=64 * 1024
-    )
-    form = await parser.parse()
-    if len(form.multi_items()) > max_parts:
-        await form.close()
-        raise PayloadTooLarge(f"the request has {len(form.multi_items())} multipart parts; the limit is {max_parts}")
-    return form
-
-
-async def read_predict_body(request: Request, settings: Settings) -> PredictBody:
-    """Reads the encoded images of a /predict request, enforcing the count limits."""
+async def read_predict_body(request: Request, limits: Limits) -> PredictBody:
+    """Reads the encoded images of a /predict request within ``limits`` (parts, images, frames)."""
     mime = media_type(request)
     body = PredictBody()
     if mime == "multipart/form-data":
-        form = await read_form(request, settings.max_parts)
+        form = await limits.form(request)
         try:
+            files: list[tuple[str, UploadFile]] = []
             for name, value in form.multi_items():
                 if name not in ("image", "frame"):
                     continue
@@ -118,14 +106,11 @@ async def read_predict_body(request: Request, settings: Settings) -> PredictBody
                     raise InvalidInput(
                         f"field {name!r} must be a file part with a filename (curl -F {name}=@photo.png)"
                     )
-                target = body.images if name == "image" else body.frames
-                target.append(await value.read())
-                if len(body.images) > settings.max_images_per_request:
-                    raise PayloadTooLarge(
-                        f"more than {settings.max_images_per_request} images in one request; split it into several"
-                    )
-                if len(body.frames) > settings.max_frames:
-                    raise PayloadTooLarge(f"more than {settings.max_frames} frames in one clip")
+                files.append((name, value))
+            limits.check_images(sum(name == "image" for name, _ in files))
+            limits.check_frames(sum(name == "frame" for name, _ in files))
+            for name, file in files:
+                (body.images if name == "image" else body.frames).append(await file.read())
         finally:
             await form.close()
         if not body.images and not body.frames:
@@ -144,21 +129,6 @@ async def read_predict_body(request: Request, settings: Settings) -> PredictBody
     raise UnsupportedMediaType(f"Content-Type {mime!r} is not accepted by /predict; {_HOW}")
 
 
-class PixelBudget:
-    """The pixels one request may decode (``max_request_pixels``), across all its images, frames and clips."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-
-    def take(self, pixels: int) -> None:
-        self.used += pixels
-        if self.used > self.limit:
-            raise PayloadTooLarge(
-                f"the images of this request have more than {self.limit:,} pixels in all; send fewer or smaller images"
-            )
-
-
 class Decoder:
     """Decodes the images of one request, each once whatever the number of specs it is preprocessed for.
 
@@ -167,15 +137,16 @@ class Decoder:
     ``device`` when it is a CUDA device; everything else, and anything the tensor path fails on, by PIL.
 
     Args:
-        settings: The limits (``max_image_pixels``, ``max_request_pixels``) and ``fast_decode`` (``auto``: the
-            tensor path only with a ``device``).
+        settings: The limits (:class:`~adaptformer_server.limits.Limits` of them: pixels per image and per request)
+            and ``fast_decode`` (``auto``: the tensor path only with a ``device``).
         budget: The request's pixel budget (a new one of ``max_request_pixels`` by default).
         device: Where the tensor path decodes and preprocesses (``None``: the CPU).
     """
 
     def __init__(self, settings: Settings, budget: PixelBudget | None = None, device: torch.device | None = None):
         self.settings = settings
-        self.budget = PixelBudget(settings.max_request_pixels) if budget is None else budget
+        self.limits = Limits.of(settings)
+        self.budget = self.limits.budget() if budget is None else budget
         self.device = device
         on = settings.fast_decode == "on" or (settings.fast_decode == "auto" and device is not None)
         self.fast = on and fast_decode.available()
@@ -209,7 +180,7 @@ class Decoder:
     def stills(self, datas: Sequence[bytes], whats: Sequence[str]) -> list[Image.Image | torch.Tensor]:
         """The decoded images (a PIL image or a uint8 RGB tensor [3, H, W] each), from the cache when decoded."""
         todo = [i for i, d in enumerate(datas) if id(d) not in self._stills]
-        limit = self.settings.max_image_pixels
+        limit = self.limits.image_pixels
         for i in todo:  # the whole request's pixels are taken before anything is decoded
             declared = self.probe(datas[i]).pixels
             if declared <= limit:
@@ -239,7 +210,7 @@ class Decoder:
     def _pil(self, data: bytes, what: str) -> Image.Image:
         declared = self.probe(data).pixels
         try:
-            img = open_image(data, max_pixels=self.settings.max_image_pixels)
+            img = open_image(data, max_pixels=self.limits.image_pixels)
         except DataError as e:
             raise data_error(e, what) from None
         except Exception as e:  # a decoder failing on crafted bytes (struct.error, IndexError...): the input's fault
@@ -283,15 +254,15 @@ def _executor(settings: Settings) -> ThreadPoolExecutor:
     return _executors[n]
 
 
-def _open_clip(data: bytes, settings: Settings, budget: PixelBudget) -> list[Image.Image]:
-    # Every frame (GIF frames and TIFF pages have sizes of their own) is checked against max_image_pixels and
+def _open_clip(data: bytes, limits: Limits, budget: PixelBudget) -> list[Image.Image]:
+    # Every frame (GIF frames and TIFF pages have sizes of their own) is checked against the pixels of one image and
     # taken from the request's budget before it is decoded.
     try:
         return open_clip(
             data,
-            max_frames=settings.max_frames,
-            max_pixels=settings.max_image_pixels,
-            max_total_pixels=settings.max_request_pixels,
+            max_frames=limits.frames,
+            max_pixels=limits.image_pixels,
+            max_total_pixels=limits.request_pixels,
             on_frame=lambda w, h: budget.take(w * h),
         )
     except ApiError:
@@ -347,7 +318,7 @@ def decode_inputs(
         whats = [f"frame {i + 1}: " for i in range(len(body.frames))]
         frames: list[Image.Image | torch.Tensor] = decoder.stills(body.frames, whats)
     elif len(body.images) == 1:
-        frames = list(_open_clip(body.images[0], settings, decoder.budget))
+        frames = list(_open_clip(body.images[0], decoder.limits, decoder.budget))
     else:
         raise InvalidInput(
             f"task {task!r} is a clip task and takes one clip per request: {spec.frames} `frame` fields in order, "

@@ -1,87 +1,135 @@
-"""Request body limits: the size, checked on Content-Length before reading and again on every chunk received, and
-the longest wait for the next chunk (a stalled body must not hold a connection and a handler forever)."""
+"""What one request may hold: images, frames, pixels, multipart parts, JSON values; one :class:`Limits` made from
+the settings, whose checks every route and the decoder call, with one message per limit.
+
+The body's size in bytes is checked before any of these, while it arrives (``body_limit.BodyLimit``).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import sys
-from collections.abc import Awaitable, Callable
+import weakref
+from dataclasses import dataclass
 
-from fastapi.responses import JSONResponse
-from starlette.types import Message, Receive, Scope
+from starlette.datastructures import FormData
+from starlette.requests import Request
 
-from adaptformer_server.errors import PayloadTooLarge, RequestTimeout, error_body
+from adaptformer.input_spec import InputSpec
+from adaptformer_server.errors import InvalidInput, PayloadTooLarge
+from adaptformer_server.settings import Settings
 
-__all__ = ["BodyLimit"]
+__all__ = ["Limits", "PixelBudget"]
 
-_NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})  # methods whose bodies are not limited (nor read)
-
-
-if sys.version_info >= (3, 11):
-
-    async def _within(awaitable: Awaitable[Message], seconds: float) -> Message:
-        """``awaitable``'s result, or TimeoutError after ``seconds``: ``asyncio.timeout`` runs it in this task,
-        where ``wait_for`` (before 3.12) makes a task of it, for every chunk of every body."""
-        async with asyncio.timeout(seconds):
-            return await awaitable
-
-else:  # pragma: no cover - Python 3.10
-    _within = asyncio.wait_for
+_FIELD_BYTES = 64 * 1024  # a text field of a multipart form (files have the body's limit)
+_ENVELOPE_VALUES = 1024  # JSON values of an inference request around its tensor (names, shape, parameters)
+_made: dict[int, Limits] = {}  # by id() of the settings they were made from, while those live
 
 
-class BodyLimit:
-    """Answers 413 as soon as a body is known to exceed its route's limit, and 408 (then closes the connection)
-    when the next piece of a body takes longer than ``body_timeout`` to arrive.
+class PixelBudget:
+    """The pixels one request may decode (``max_request_pixels``), across all its images, frames and clips."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, pixels: int) -> None:
+        self.used += pixels
+        if self.used > self.limit:
+            raise PayloadTooLarge(
+                f"the images of this request have more than {self.limit:,} pixels in all; send fewer or smaller images"
+            )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits on what one request holds (the settings they come from in brackets).
 
     Args:
-        limit_for: Gives the byte limit for a request scope (method and path).
-        body_timeout: Longest wait in seconds for the next body chunk (None: no limit).
+        images: Inputs of one prediction: images, clips or tensor rows (``max_images_per_request``).
+        frames: Frames of one clip (``max_frames``).
+        image_pixels: Pixels of one image or clip frame (``max_image_pixels``).
+        request_pixels: Pixels of every image and frame of one request (``max_request_pixels``).
+        parts: Parts of a multipart form, files and fields together (``max_parts``).
+        example_parts: Parts of a training job's form: an image and a label field per example (``max_examples``).
+        field_bytes: Bytes of one text field of a multipart form.
     """
 
-    def __init__(self, limit_for: Callable[[Scope], int], body_timeout: float | None = None) -> None:
-        self.limit_for = limit_for
-        self.body_timeout = body_timeout
+    images: int
+    frames: int
+    image_pixels: int
+    request_pixels: int
+    parts: int
+    example_parts: int
+    field_bytes: int = _FIELD_BYTES
 
-    def guard(self, scope: Scope, receive: Receive) -> tuple[JSONResponse | None, Receive]:
-        """For an HTTP request: the answer refusing it on its Content-Length (400 not a number, 413 too large) or
-        None, and the ``receive`` to read its body with (counting the bytes against the limit, and timing each
-        wait: they raise :class:`PayloadTooLarge` and :class:`RequestTimeout`)."""
-        if scope["method"] in _NO_BODY:
-            return None, receive
-        limit = self.limit_for(scope)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                return JSONResponse(error_body("invalid_input", "Content-Length is not a number"), 400), receive
-            if size > limit:
-                return JSONResponse(error_body("payload_too_large", _message(size, limit)), 413), receive
-        received = 0
-        more_body = True
-        timeout = self.body_timeout
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        """The limits of ``settings``, made once for each settings object."""
+        limits = _made.get(id(settings))
+        if limits is None:
+            limits = _made[id(settings)] = cls(
+                images=settings.max_images_per_request,
+                frames=settings.max_frames,
+                image_pixels=settings.max_image_pixels,
+                request_pixels=settings.max_request_pixels,
+                parts=settings.max_parts,
+                example_parts=2 * settings.max_examples + 16,
+            )
+            weakref.finalize(settings, _made.pop, id(settings), None)
+        return limits
 
-        async def counting_receive() -> Message:
-            nonlocal received, more_body
-            if not more_body or timeout is None:  # after the body: waiting for a disconnect is not a stall
-                return await receive()
-            try:
-                message = await _within(receive(), timeout)
-            except asyncio.TimeoutError:
-                raise RequestTimeout(
-                    f"the request body stalled: nothing arrived for {timeout:g} s after {received:,} bytes; "
-                    "the connection is closed (send the whole body without pausing)"
-                ) from None
-            if message["type"] == "http.request":
-                more_body = message.get("more_body", False)
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise PayloadTooLarge(_message(received, limit, streaming=True))
-            return message
+    # -- inputs ---------------------------------------------------------------------------------------------------
+    def check_images(self, count: int, kind: str = "images") -> None:
+        """413 for more than ``images`` inputs (``kind``: images, clips, inputs) in one request."""
+        if count > self.images:
+            raise PayloadTooLarge(f"more than {self.images} {kind} in one request; split it into several")
 
-        return None, counting_receive
+    def check_frames(self, count: int, what: str = "the clip") -> None:
+        """413 for a clip (``what``) of more than ``frames`` frames."""
+        if count > self.frames:
+            raise PayloadTooLarge(f"{what} has {count:,} frames; the limit is {self.frames} (max_frames)")
 
+    def check_requested_frames(self, frames: int) -> None:
+        """400 for a clip length asked for (a training job's ``frames``) longer than the server takes."""
+        if frames > self.frames:
+            raise InvalidInput(f"frames={frames} is more than the server's clip limit ({self.frames})")
 
-def _message(size: int, limit: int, streaming: bool = False) -> str:
-    got = f"more than {limit:,} bytes were sent" if streaming else f"the body has {size:,} bytes"
-    return f"request body too large: {got}; the limit is {limit:,} bytes (send fewer or smaller files)"
+    def check_image_size(self, width: int, height: int, what: str) -> None:
+        """413 for an image or frame (``what``) of more than ``image_pixels`` pixels, said before it is decoded."""
+        if width * height > self.image_pixels:
+            raise PayloadTooLarge(
+                f"{what} is {width}x{height} pixels, more than the limit of {self.image_pixels:,} "
+                "(ADAPTFORMER_MAX_IMAGE_PIXELS)"
+            )
+
+    def budget(self) -> PixelBudget:
+        """A new request's pixel budget (``request_pixels``)."""
+        return PixelBudget(self.request_pixels)
+
+    # -- bodies ---------------------------------------------------------------------------------------------------
+    def json_values(self, spec: InputSpec) -> int:
+        """The most JSON values an inference request for a task of ``spec`` can need: ``images`` preprocessed
+        tensors, or as many encoded images (clips of at most ``frames`` frames each), and the request around them."""
+        per_input = 3 * spec.size * spec.size * (spec.frames if spec.modality == "clip" else 1)
+        return self.images * max(per_input, self.frames) + _ENVELOPE_VALUES
+
+    def check_json_values(self, count: int, spec: InputSpec, task: str) -> None:
+        """413 for an inference request of more JSON values than a request for ``task`` can need, before it is
+        parsed (``count``: at most that many values)."""
+        most = self.json_values(spec)
+        if count > most:
+            raise PayloadTooLarge(
+                f"the inference request holds about {count:,} JSON values; one for task {task!r} needs at most "
+                f"{most:,} (at most {self.images} inputs of {spec.size}x{spec.size} pixels): send fewer inputs, or "
+                "send the tensor as binary data"
+            )
+
+    async def form(self, request: Request, parts: int | None = None) -> FormData:
+        """The request's multipart form, parsed by Starlette within the limits: at most ``parts`` parts (``parts``
+        by default), files and fields together, text fields of at most ``field_bytes``. 413 beyond them (Starlette's
+        own refusals are answered by ``errors.as_api_error``); the caller closes the form."""
+        parts = self.parts if parts is None else parts
+        form = await request.form(max_files=parts, max_fields=parts, max_part_size=self.field_bytes)
+        count = len(form.multi_items())
+        if count > parts:  # Starlette counts files and fields apart
+            await form.close()
+            raise PayloadTooLarge(f"the request has {count} multipart parts; the limit is {parts}")
+        return form

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from functools import lru_cache
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
-from urllib.parse import parse_qsl
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,7 +21,7 @@ from prometheus_client import (
 )
 from starlette.types import Scope
 
-__all__ = ["ALL_TASKS", "CONTENT_TYPE_LATEST", "OTHER", "PREDICT_ROUTES", "Metrics"]
+__all__ = ["ALL_TASKS", "CONTENT_TYPE_LATEST", "OTHER", "Metrics"]
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -31,14 +29,8 @@ _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 OTHER = "other"
 # Per-task latency: a task label is a task of the registry, `*` (every image task), or OTHER; never a name a
-# client made up. Routes whose requests are timed per task, and where they name the task.
+# client made up.
 ALL_TASKS = "*"
-PREDICT_ROUTES = {
-    "/predict": "query",
-    "/v2/models/{task}/infer": "path",
-    "/v2/models/{task}/versions/{version}/infer": "path",
-}
-_MAX_TASKS = 64  # /predict's own limit on `task` values
 
 
 class _Unsampled:
@@ -88,8 +80,7 @@ class Metrics:
         )
         self.task_latency = Histogram(
             "adaptformer_task_request_seconds",
-            "Prediction latency by task (/predict and /v2 infer), request received to answer sent; "
-            "outcome ok (2xx) or error",
+            "Prediction latency by task (/predict and /v2 infer), names admitted to answer; outcome ok (2xx) or error",
             ["task", "outcome"],
             buckets=_LATENCY,
             registry=r,
@@ -160,10 +151,9 @@ class Metrics:
 
     def observe_request(self, scope: Scope, status: int, elapsed: float) -> None:
         """Counts an HTTP request (``scope``, routed or not) that ended with ``status`` by method, route template
-        (never the raw path) and status, and times it (``elapsed`` seconds); times prediction requests by task
-        too (a request naming several tasks counts under each).
+        (never the raw path) and status, and times it (``elapsed`` seconds).
 
-        Unknown methods and paths that match no route are counted as ``other``, so are unknown tasks.
+        Unknown methods and paths that match no route are counted as ``other``.
         """
         route = getattr(scope.get("route"), "path", None) or OTHER
         method = scope["method"] if scope["method"] in _METHODS else OTHER
@@ -174,23 +164,17 @@ class Metrics:
         count, latency = series
         count.inc()
         latency.observe(elapsed)
-        where = PREDICT_ROUTES.get(route)
-        if where is not None:
-            outcome = "ok" if 200 <= status < 300 else "error"
-            for task in {self.task_label(name) for name in _task_names(scope, where)}:
-                timer = self._task_series.get((task, outcome))
-                if timer is None:
-                    timer = self._task_series[task, outcome] = self.task_latency.labels(task, outcome)
-                timer.observe(elapsed)
 
-
-def _task_names(scope: Scope, where: str) -> list[str] | tuple[str, ...]:
-    if where == "path":
-        return [str(scope.get("path_params", {}).get("task", ""))]
-    return _query_tasks(scope.get("query_string", b""))
-
-
-@lru_cache(maxsize=1024)  # clients repeat their queries; the cache is bounded whatever they send
-def _query_tasks(query_string: bytes) -> tuple[str, ...]:
-    query = parse_qsl(query_string.decode("latin-1"))
-    return tuple(dict.fromkeys(value for key, value in query if key == "task"))[:_MAX_TASKS]
+    def observe_prediction(self, tasks: Iterable[str], names: Iterable[str], status: str, elapsed: float) -> None:
+        """Counts a prediction request that ended with ``status`` under each task it ran (``tasks``: the names
+        expanded, or ``_unknown`` when they did not pass their checks), and times it (``elapsed`` seconds): overall,
+        and by each name it gave (:meth:`task_label`: a task of the registry, ``*`` or ``other``)."""
+        for task in tasks:
+            self.predictions.labels(task, status).inc()
+        self.predict_latency.observe(elapsed)
+        outcome = "ok" if status.startswith("2") else "error"
+        for task in {self.task_label(name) for name in names}:
+            timer = self._task_series.get((task, outcome))
+            if timer is None:
+                timer = self._task_series[task, outcome] = self.task_latency.labels(task, outcome)
+            timer.observe(elapsed)

@@ -5,13 +5,13 @@ The effects, outermost first:
 
 1. the request id (``observability.py``): taken or made, bound to log lines, named in ``X-Request-ID`` on every
    answer;
-2. CORS (``observability.cors_policy``, when origins are configured): preflights are answered here (with the
-   request id, nothing else below applies to them); the other answers get the CORS headers;
+2. CORS (``observability.cors_policy``, when origins are configured): preflights to an allowed Host are answered
+   here (with the request id, nothing else below applies to them); the other answers get the CORS headers;
 3. ``X-AdaptFormer-Replica``: the process that answered;
 4. metrics: every request below, counted and timed with the status it ends with (the catch-all's included);
 5. the catch-all: a client gone before the answer is 499, a bug a logged JSON 500;
-6. the Host and Origin checks (``hosts.py``);
-7. the body limits (``limits.py``): 400/413 on Content-Length, then the size and stall checks of the body read.
+6. the Host and Origin checks (``hosts.py``): a preflight to a foreign Host is refused here, as any request;
+7. the body limits (``body_limit.py``): 400/413 on Content-Length, then the size and stall checks of the body read.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from adaptformer_server.body_limit import BodyLimit
 from adaptformer_server.errors import CLIENT_CLOSED, error_body
 from adaptformer_server.hosts import HostOriginCheck
-from adaptformer_server.limits import BodyLimit
 from adaptformer_server.metrics import Metrics
 from adaptformer_server.observability import (
     REQUEST_ID_HEADER,
@@ -86,8 +86,10 @@ class ServingMiddleware:
         try:
             cors = self.cors
             origin = headers.get("origin") if cors is not None else None
+            refusal = self.hosts.refusal(scope, headers)  # before a preflight too: a foreign Host learns nothing
             if (
-                cors is not None
+                refusal is None
+                and cors is not None
                 and origin is not None
                 and scope["method"] == "OPTIONS"
                 and "access-control-request-method" in headers
@@ -97,14 +99,21 @@ class ServingMiddleware:
                     preflight.headers[REQUEST_ID_HEADER] = request_id
                 await preflight(scope, receive, send)
                 return
-            await self._handle(scope, receive, send, headers, request_id, origin)
+            await self._handle(scope, receive, send, request_id, origin, refusal)
         finally:
             leave_request(token)
 
     async def _handle(
-        self, scope: Scope, receive: Receive, send: Send, headers: Headers, request_id: str, origin: str | None
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        origin: str | None,
+        refusal: JSONResponse | None,
     ) -> None:
-        """Everything below the CORS preflight: the answer's headers, metrics, catch-all, checks, the app."""
+        """Everything below the CORS preflight: the answer's headers, metrics, catch-all, the Host and Origin
+        checks' ``refusal`` (None: the request passed them), the body limits, the app."""
         cors, replica_id, echo = self.cors, self.replica_id, self.echo
         start = perf_counter()
         status = 500
@@ -124,7 +133,6 @@ class ServingMiddleware:
             await send(message)
 
         try:
-            refusal = self.hosts.refusal(scope, headers)
             body_receive = receive
             if refusal is None:
                 refusal, body_receive = self.body_limit.guard(scope, receive)

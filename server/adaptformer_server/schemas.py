@@ -1,10 +1,11 @@
-"""Response bodies of the HTTP API (docs/API_CONTRACT.md), as pydantic models for validation and /docs."""
+"""Response bodies of the HTTP API (docs/API_CONTRACT.md), as pydantic models for validation and /docs; the JSON
+request bodies, and the Open Inference Protocol's inference request."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 __all__ = [
     "AdapterInfo",
@@ -13,12 +14,15 @@ __all__ = [
     "ErrorDetail",
     "ErrorResponse",
     "Health",
+    "InferenceRequest",
     "InputInfo",
     "MultiPredictResponse",
     "PredictResponse",
     "Prediction",
     "Ready",
     "RegisterRequest",
+    "RequestInput",
+    "RequestOutput",
     "RollbackRequest",
     "RollbackResponse",
     "UploadResponse",
@@ -43,6 +47,55 @@ class PredictResponse(BaseModel):
 class MultiPredictResponse(BaseModel):
     results: list[PredictResponse] = Field(description="one single-task answer per task, in the order asked")
     latency_ms: float = Field(description="the whole request, from request to answer")
+
+
+# -- the Open Inference Protocol (KServe v2) inference request: the fields this server reads ---------------------
+_MAX_DIM = 2**31 - 1  # the largest tensor dimension a request may declare
+
+
+def _object_or_null(value: Any) -> Any:
+    return {} if value is None else value
+
+
+class RequestParameters(BaseModel):
+    binary_data_output: bool = Field(False, description="answer every output as binary data (Triton's extension)")
+
+
+class InputParameters(BaseModel):
+    content_type: str | None = Field(None, description="BYTES data in JSON: `base64` or `str` (default: either)")
+    binary_data_size: Annotated[int, Field(strict=True, ge=0)] | None = Field(
+        None, description="the input's data is this many bytes of the binary part, after the JSON header"
+    )
+
+
+class OutputParameters(BaseModel):
+    binary_data: bool | None = Field(None, description="answer this output as binary data")
+
+
+class RequestInput(BaseModel):
+    """One input tensor: ``shape`` and either ``data`` (JSON, row-major, nested or flat) or binary data."""
+
+    name: str = "input"
+    shape: list[Annotated[int, Field(strict=True, ge=0, le=_MAX_DIM)]] = Field(min_length=1)
+    parameters: Annotated[InputParameters, BeforeValidator(_object_or_null)] = Field(default_factory=InputParameters)
+    datatype: Literal["BYTES", "FP32"]
+    data: Any = None
+
+
+class RequestOutput(BaseModel):
+    name: Literal["probabilities", "labels"]
+    parameters: Annotated[OutputParameters, BeforeValidator(_object_or_null)] = Field(default_factory=OutputParameters)
+
+
+class InferenceRequest(BaseModel):
+    """``POST /v2/models/{task}/infer``'s JSON document (or the header of Triton's binary tensor extension)."""
+
+    id: str | None = None
+    parameters: Annotated[RequestParameters, BeforeValidator(_object_or_null)] = Field(
+        default_factory=RequestParameters
+    )
+    inputs: list[RequestInput] = Field(min_length=1, max_length=1)
+    outputs: list[RequestOutput] | None = Field(None, min_length=1)
 
 
 class InputInfo(BaseModel):

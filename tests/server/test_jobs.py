@@ -67,6 +67,8 @@ async def test_a_job_trains_registers_and_the_task_answers(make_settings, vit, t
         info = (await client.get("/adapters/colours")).json()
         assert info["version"] == job["version"] and info["labels"] == ["blue", "green", "red"]
         assert body["job"] in info["description"]
+        # what predict keys can read names the job, never the server's folders
+        assert str(tmp_path) not in json.dumps(info) and body["job"] in info["metrics"]["data"]
         hits = 0
         for label in ("red", "green", "blue"):
             for i in range(100, 104):  # images the job never saw

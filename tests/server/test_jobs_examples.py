@@ -148,6 +148,9 @@ async def test_clips_as_gifs_and_frame_folders(client):
     files = {"examples": ("x.zip", zip_of(frames), "application/zip")}
     r = await client.post("/tasks/c/train", files=files, headers=AUTH)
     assert r.status_code == 400 and "frames=N" in r.json()["error"]["message"]
+    # 3 frames are not a whole number of 2-frame tubelets: the adapter could not be written, so no job
     r = await client.post("/tasks/c/train", files=files, headers=AUTH, params={"frames": 3})
+    assert r.status_code == 400 and "multiple of 2" in r.json()["error"]["message"], r.text
+    r = await client.post("/tasks/c/train", files=files, headers=AUTH, params={"frames": 4})
     assert r.status_code == 202 and r.json()["examples"]["frames"] == [3, 4]
     await client.delete(f"/jobs/{r.json()['job']}", headers=AUTH)

@@ -10,7 +10,15 @@ from starlette.requests import ClientDisconnect
 
 from adaptformer.errors import AdapterFormatError, DataError, IncompatibleAdapterError, InputTooLargeError
 from adaptformer_server import create_app
-from adaptformer_server.errors import CLIENT_CLOSED, InvalidInput, NotFound, as_api_error, status_of
+from adaptformer_server.errors import (
+    CLIENT_CLOSED,
+    InvalidInput,
+    InvalidTaskName,
+    NotFound,
+    UnknownVersion,
+    as_api_error,
+    status_of,
+)
 from adaptformer_server.inputs import PredictBody
 from adaptformer_server.services import Replacement
 from tests.support import adapter_bytes, image_files, png, serving
@@ -24,11 +32,8 @@ async def test_the_inference_service_answers_as_predict_does(vit, tasks_store, m
     app = create_app(make_settings(), backbone=vit)
     async with serving(app) as client:
         body = PredictBody(images=[png(1), png(2)])
-
-        async def read() -> PredictBody:
-            return body
-
-        done = await app.state.inference.infer(["alpha"], read)
+        async with app.state.inference.admit(["alpha"]) as admitted:
+            done = await app.state.inference.infer(admitted, body)
         ((entry, logits),) = done.results
         assert done.payload is body and entry == app.state.adapters.entry("alpha")
         assert [tuple(x.shape) for x in logits] == [(4,), (4,)]
@@ -52,15 +57,16 @@ async def test_names_and_versions_are_checked_before_the_body_is_read(vit, tasks
     async with serving(app):
         inference = app.state.inference
 
-        async def never() -> PredictBody:
-            raise AssertionError("the body was read after a failed check")
+        async def never(names: list[str], version: str | None = None) -> None:
+            async with inference.admit(names, version=version):
+                raise AssertionError("the body was read after a failed check")
 
-        with pytest.raises(InvalidInput):
-            await inference.infer(["../alpha"], never)
+        with pytest.raises(InvalidTaskName):
+            await never(["../alpha"])
         with pytest.raises(NotFound, match="unknown task 'nope'"):
-            await inference.infer(["nope"], never)
-        with pytest.raises(NotFound, match="has no version '000000000000'"):
-            await inference.infer(["alpha"], never, version="000000000000")
+            await never(["nope"])
+        with pytest.raises(UnknownVersion, match="has no version '000000000000'"):
+            await never(["alpha"], version="000000000000")
         assert predictions(app, "_unknown", "400") == 1 and predictions(app, "_unknown", "404") == 2
 
 

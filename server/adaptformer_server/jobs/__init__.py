@@ -1,14 +1,19 @@
 """Training jobs: new tasks trained by the server from labelled examples (``POST /tasks/{task}/train``)."""
 
 from adaptformer_server.jobs.examples import ExamplesSummary, check_examples, unpack_fields, unpack_zip
-from adaptformer_server.jobs.manager import TERMINAL, JobManager, QueueFull, TrainParams, register_adapter
+from adaptformer_server.jobs.knobs import TrainKnobs
+from adaptformer_server.jobs.manager import JobConflict, JobManager, QueueFull, register_adapter
+from adaptformer_server.jobs.record import TERMINAL, TRANSITIONS, JobRecord
 
 __all__ = [
     "TERMINAL",
+    "TRANSITIONS",
     "ExamplesSummary",
+    "JobConflict",
     "JobManager",
+    "JobRecord",
     "QueueFull",
-    "TrainParams",
+    "TrainKnobs",
     "check_examples",
     "register_adapter",
     "unpack_fields",

@@ -6,6 +6,10 @@ output) and, on success, ``adapter.safetensors``. The adapter is registered thro
 ``POST /adapters``, an atomic store write, hot in the bank, seen by replicas through the store); a job that fails
 or is cancelled registers nothing. At start, a job the previous process left ``running`` is marked failed; one left
 ``registering`` is settled by whether its adapter version reached the store; ``queued`` ones run again.
+
+A job's status changes only through :meth:`JobManager.move`, by the table of :mod:`adaptformer_server.jobs.record`;
+the runner checks after every wait that its job is still ``running`` (a cancel or a stop moved it on meanwhile)
+before it goes further, so a cancelled job never starts training, never registers, and never changes status again.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import shutil
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +34,25 @@ from adaptformer.adapter_file import atomic_write
 from adaptformer.embedded import EMBEDDED_NAME
 from adaptformer_server.errors import ApiError, NotFound
 from adaptformer_server.jobs.examples import ExamplesSummary
+from adaptformer_server.jobs.knobs import TrainKnobs
+from adaptformer_server.jobs.record import TERMINAL, TRANSITIONS, JobRecord, JobStatus
 from adaptformer_server.jobs.worker import PREFIX
 from adaptformer_server.repository.names import version_of
 from adaptformer_server.runtime import Runtime
 from adaptformer_server.services.adapters import Replacement
 from adaptformer_server.settings import Settings
 
-__all__ = ["TERMINAL", "JobManager", "QueueFull", "TrainParams", "register_adapter"]
+__all__ = ["JobConflict", "JobManager", "QueueFull", "register_adapter"]
 
 log = logging.getLogger("adaptformer_server.jobs")
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 _ID_CHARS = frozenset("0123456789abcdef-j")
+# Why a cancel is refused, by the status it found
+_NOT_CANCELLABLE = {
+    "registering": "has trained and is registering its adapter",
+    "succeeded": "has succeeded and registered its adapter (DELETE /adapters/{task} removes it)",
+    "failed": "has failed; nothing was registered",
+}
 
 
 async def register_adapter(runtime: Runtime, data: bytes, task: str) -> Replacement:
@@ -62,26 +72,6 @@ class JobConflict(ApiError):
     status, code = 409, "conflict"
 
 
-@dataclass(frozen=True)
-class TrainParams:
-    """The knobs of a job (the ``adaptformer train`` flags of the same names)."""
-
-    method: str = "adaptformer"
-    bottleneck: int = 16
-    scale: float = 0.5
-    layers: str = "all"
-    epochs: int = 20
-    lr: float = 5e-3
-    batch_size: int = 16
-    frames: int | None = None
-    val_fraction: float = 0.2
-    seed: int = 0
-    description: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
 def default_train_threads() -> int:
     cores = os.cpu_count() or 1
     return 1 if cores <= 4 else cores // 4
@@ -96,31 +86,32 @@ def valid_job_id(job_id: str) -> bool:
 
 
 class Job:
-    """One job's record and its change notifications (``version`` grows on every change)."""
+    """One job: its record (replaced on every change, ``version`` counts them), its folder, change notifications
+    and, while it trains, its worker process."""
 
-    def __init__(self, record: dict[str, Any], folder: Path) -> None:
+    def __init__(self, record: JobRecord, folder: Path) -> None:
         self.record = record
         self.folder = folder
         self.version = 0
         self.changed = asyncio.Event()
-        self.cancel_requested = False
         self.process: asyncio.subprocess.Process | None = None
 
     @property
     def id(self) -> str:
-        return str(self.record["job"])
+        return self.record.job
 
     @property
-    def status(self) -> str:
-        return str(self.record["status"])
+    def status(self) -> JobStatus:
+        return self.record.status
 
     def view(self) -> dict[str, Any]:
-        out = dict(self.record)
-        if out["status"] == "running" and out.get("epoch_seconds") and out.get("epoch"):
-            left = max(int(out["epochs"]) - int(out["epoch"]), 0)
-            out["eta_s"] = round(left * float(out["epoch_seconds"]), 1)
+        """The record as ``GET /jobs/{id}`` shows it, with ``eta_s``."""
+        out = self.record.to_dict()
+        r = self.record
+        if r.status == "running" and r.epoch_seconds and r.epoch:
+            out["eta_s"] = round(max(r.epochs - r.epoch, 0) * r.epoch_seconds, 1)
         else:
-            out["eta_s"] = 0.0 if out["status"] in TERMINAL else None
+            out["eta_s"] = 0.0 if r.status in TERMINAL else None
         return out
 
 
@@ -162,20 +153,20 @@ class JobManager:
             if not (folder.is_dir() and valid_job_id(folder.name) and path.is_file()):
                 continue
             try:
-                record = json.loads(path.read_text())
+                record = JobRecord.from_dict(json.loads(path.read_text()))
             except (OSError, ValueError) as e:
                 log.warning("job record %s unreadable: %s", path, e)
                 continue
             job = Job(record, folder)
             self.jobs[job.id] = job
             if job.status == "running":
-                self._finish(
+                self.move(
                     job,
                     "failed",
                     error="the server stopped while this job was training; nothing was registered "
                     "(start it again with POST /tasks/{task}/train)",
                 )
-        for job in sorted(self.jobs.values(), key=lambda j: str(j.record["created"])):
+        for job in sorted(self.jobs.values(), key=lambda j: j.record.created):
             if job.status == "queued":
                 self._queue.put_nowait(job.id)
         if self._runner is None:
@@ -200,10 +191,10 @@ class JobManager:
 
     async def stop(self) -> None:
         job = self._current
-        if job is not None and job.process is not None:
-            job.cancel_requested = True
-            job.record["stop_reason"] = "the server stopped while this job was training; nothing was registered"
-            await self._terminate(job.process)
+        if job is not None and job.status == "running":
+            self.move(job, "failed", error="the server stopped while this job was training; nothing was registered")
+            if job.process is not None:
+                await self._terminate(job.process)
         # Cancelled until it is done: a cancel that lands while an inner wait_for completes can be swallowed (the
         # runner then finishes its job and waits on the queue again), so one cancel() is not enough.
         while self._runner is not None and not self._runner.done():
@@ -212,33 +203,45 @@ class JobManager:
         if self._runner is not None and self._runner.done() and not self._runner.cancelled():
             with contextlib.suppress(Exception):
                 self._runner.result()  # (retrieved, so no "exception never retrieved" warning)
-        if job is not None and job.status not in TERMINAL:
-            self._finish(job, "failed", error=job.record.get("stop_reason") or "the server stopped")
+        if job is not None and job.status == "registering":
+            self.move(job, "failed", error="the server stopped while this job registered its adapter")
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor drops the lock
             self._lock_fd = None
 
     # -- records --------------------------------------------------------------------------------------------
-    def _save(self, job: Job) -> None:
-        atomic_write(job.folder / "job.json", (json.dumps(job.record, indent=1) + "\n").encode())
+    def _save(self, job: Job, record: JobRecord) -> None:
+        """The one place a record changes: written to ``job.json`` (atomically), then watchers are told."""
+        atomic_write(job.folder / "job.json", record.to_json())
+        job.record = record
         job.version += 1
         job.changed.set()
         job.changed = asyncio.Event()
 
-    def _update(self, job: Job, **fields: Any) -> None:
-        job.record.update(fields)
-        self._save(job)
+    def move(self, job: Job, status: JobStatus, **fields: Any) -> None:
+        """Moves a job to ``status`` with ``fields``, if ``TRANSITIONS`` allows it; a job that ends gets its
+        ``finished`` time and loses its examples.
 
-    def _finish(self, job: Job, status: str, **fields: Any) -> None:
-        job.record.update(fields, status=status, finished=_now())
-        self._save(job)
-        shutil.rmtree(job.folder / "examples", ignore_errors=True)
-        log.info("job %s (%s): %s%s", job.id, job.record["task"], status,
-                 f": {fields['error']}" if fields.get("error") else "")  # fmt: skip
-        self._prune()
+        Raises:
+            IllegalTransition: a move the table does not allow (a bug of the caller).
+        """
+        ends = status in TERMINAL
+        if ends:
+            fields["finished"] = _now()
+        self._save(job, job.record.moved(status, **fields))
+        if ends:
+            shutil.rmtree(job.folder / "examples", ignore_errors=True)
+            error = job.record.error
+            log.info("job %s (%s): %s%s", job.id, job.record.task, status, f": {error}" if error else "")
+            self._prune()
+
+    def _progress(self, job: Job, **fields: Any) -> None:
+        """Records a running job's progress (none once it has moved on: a worker's last lines after a cancel)."""
+        if job.status == "running":
+            self._save(job, job.record.updated(**fields))
 
     def _prune(self) -> None:
-        done = sorted((j for j in self.jobs.values() if j.status in TERMINAL), key=lambda j: str(j.record["created"]))
+        done = sorted((j for j in self.jobs.values() if j.status in TERMINAL), key=lambda j: j.record.created)
         for job in done[: max(len(done) - self.settings.keep_jobs, 0)]:
             self.jobs.pop(job.id, None)
             shutil.rmtree(job.folder, ignore_errors=True)
@@ -250,7 +253,7 @@ class JobManager:
         return job
 
     def list(self) -> list[dict[str, Any]]:
-        return [j.view() for j in sorted(self.jobs.values(), key=lambda j: str(j.record["created"]), reverse=True)]
+        return [j.view() for j in sorted(self.jobs.values(), key=lambda j: j.record.created, reverse=True)]
 
     def queued(self) -> int:
         return sum(1 for j in self.jobs.values() if j.status == "queued")
@@ -275,57 +278,47 @@ class JobManager:
                 retry_after=retry,
             )
 
-    def submit(self, job_id: str, folder: Path, task: str, params: TrainParams, examples: ExamplesSummary) -> Job:
-        """Queues a job whose examples are unpacked and checked in ``folder/examples``."""
+    def submit(
+        self, job_id: str, folder: Path, task: str, knobs: TrainKnobs, examples: ExamplesSummary, description: str
+    ) -> Job:
+        """Queues a job whose examples are unpacked and checked in ``folder/examples``, and whose adapter (with
+        ``description``) passed the upload checks (:mod:`adaptformer_server.jobs.plan`)."""
         self.check_room()
-        record: dict[str, Any] = {
-            "job": job_id,
-            "task": task,
-            "status": "queued",
-            "created": _now(),
-            "started": None,
-            "finished": None,
-            "params": params.to_dict(),
-            "examples": examples.to_dict(),
-            "epoch": 0,
-            "epochs": params.epochs,
-            "loss": None,
-            "train_top1": None,
-            "val_top1": None,
-            "val_loss": None,
-            "history": [],
-            "error": None,
-            "version": None,
-            "log": "log.txt",
-        }
+        record = JobRecord(
+            job=job_id,
+            task=task,
+            status="queued",
+            created=_now(),
+            params=knobs,
+            epochs=knobs.epochs,
+            examples=examples.to_dict(),
+            description=description,
+        )
         job = Job(record, folder)
         self.jobs[job_id] = job
-        self._save(job)
+        self._save(job, record)
         self._queue.put_nowait(job_id)
         log.info("job %s (%s) queued: %d examples in %d classes", job_id, task, examples.total, len(examples.classes))
         return job
 
     # -- cancelling -----------------------------------------------------------------------------------------
     async def cancel(self, job_id: str) -> Job:
-        job = self.get(job_id)
-        if job.status in TERMINAL:
-            return job
-        if job.status == "registering":
-            raise JobConflict(f"job {job_id} has trained and is registering its adapter; it can no longer be cancelled")
-        job.cancel_requested = True
-        if job.status == "queued":
-            self._finish(job, "cancelled", error=None)
-        elif job.process is not None:
-            await self._terminate(job.process)
-            await self._settled(job)
-        return job
+        """Cancels a job: a queued one at once, a running one's worker is stopped before this returns; nothing is
+        registered. Cancelling a cancelled job again changes nothing.
 
-    async def _settled(self, job: Job, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while job.status not in TERMINAL and time.monotonic() < deadline:
-            changed = job.changed
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(changed.wait(), 1.0)
+        Raises:
+            NotFound: no such job.
+            JobConflict: the job can no longer be cancelled (registering, or it has ended otherwise).
+        """
+        job = self.get(job_id)
+        if job.status == "cancelled":
+            return job
+        if "cancelled" not in TRANSITIONS[job.status]:
+            raise JobConflict(f"job {job_id} {_NOT_CANCELLABLE[job.status]}; it can no longer be cancelled")
+        self.move(job, "cancelled")
+        if job.process is not None:
+            await self._terminate(job.process)
+        return job
 
     @staticmethod
     async def _terminate(process: asyncio.subprocess.Process) -> None:
@@ -373,8 +366,8 @@ class JobManager:
                 raise
             except Exception as e:  # a bug here must not stop the queue
                 log.exception("job %s failed unexpectedly", job.id)
-                if job.status not in TERMINAL:
-                    self._finish(job, "failed", error=f"internal error: {type(e).__name__}: {e}")
+                if job.status in ("running", "registering"):
+                    self.move(job, "failed", error=f"internal error: {type(e).__name__}: {e}")
             finally:
                 self._current = None
 
@@ -395,17 +388,23 @@ class JobManager:
         return {"name": EMBEDDED_NAME if name == "embedded" else name, "weights": weights}
 
     async def _run(self, job: Job) -> None:
+        """Trains a queued job in a worker process and registers its adapter; after every wait it goes on only
+        while the job is still ``running``."""
+        self.move(job, "running", started=_now())
+        backbone = await asyncio.to_thread(self._backbone_source)
+        if job.status != "running":
+            return
         params = {
-            **job.record["params"],
+            "knobs": job.record.params.model_dump(),
+            "description": job.record.description,
             "job": job.id,
-            "task": job.record["task"],
+            "task": job.record.task,
             "threads": self.threads,
             "nice": self.settings.train_nice,
             "device": self.settings.device,
-            "backbone": await asyncio.to_thread(self._backbone_source),
+            "backbone": backbone,
         }
         atomic_write(job.folder / "params.json", json.dumps(params, indent=1).encode())
-        self._update(job, status="running", started=_now())
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         with open(job.folder / "log.txt", "ab") as logfile:
@@ -422,54 +421,50 @@ class JobManager:
                 limit=1 << 20,
             )
         job.process = process
-        self._update(job, worker_pid=process.pid)
         outcome: dict[str, Any] = {"done": None, "error": None}
         timed_out = False
         try:
-            await asyncio.wait_for(self._follow(job, process, outcome), self.settings.train_timeout)
+            if job.status == "running":  # not cancelled while the worker started
+                self._progress(job, worker_pid=process.pid)
+                await asyncio.wait_for(self._follow(job, process, outcome), self.settings.train_timeout)
         except asyncio.TimeoutError:
             timed_out = True
-            await self._terminate(process)
         finally:
-            if process.returncode is None:
-                await self._terminate(process)
+            await self._terminate(process)
             job.process = None
-        if job.cancel_requested:
-            reason = job.record.pop("stop_reason", None)
-            if reason:
-                self._finish(job, "failed", error=reason)
-            else:
-                self._finish(job, "cancelled", error=None)
+        if job.status != "running":
             return
         if timed_out:
-            self._finish(job, "failed", error=f"stopped after {self.settings.train_timeout:g} s (train_timeout)")
+            self.move(job, "failed", error=f"stopped after {self.settings.train_timeout:g} s (train_timeout)")
             return
         adapter = job.folder / "adapter.safetensors"
         done, error = outcome["done"], outcome["error"]
         if process.returncode != 0 or done is None or not adapter.is_file():
             why = error or f"the training worker exited with status {process.returncode}"
-            self._finish(job, "failed", error=f"{why} (log: GET /jobs/{job.id}/log)")
+            self.move(job, "failed", error=f"{why} (log: GET /jobs/{job.id}/log)")
             return
         data = await asyncio.to_thread(adapter.read_bytes)
+        if job.status != "running":
+            return
         metrics = done.get("metrics") or {}
-        self._update(
+        self.move(
             job,
-            status="registering",
+            "registering",
             version=version_of(data),
-            val_top1=metrics.get("val_top1", job.record.get("val_top1")),
-            val_loss=metrics.get("val_loss", job.record.get("val_loss")),
+            val_top1=metrics.get("val_top1", job.record.val_top1),
+            val_loss=metrics.get("val_loss", job.record.val_loss),
             metrics=metrics,
         )
         try:
-            result = await register_adapter(self.runtime, data, job.record["task"])
+            result = await register_adapter(self.runtime, data, job.record.task)
         except ApiError as e:
-            self._finish(job, "failed", error=f"the trained adapter was refused: {e.message}")
+            self.move(job, "failed", error=f"the trained adapter was refused: {e.message}")
             return
         except Exception as e:
             log.exception("job %s: registering failed", job.id)
-            self._finish(job, "failed", error=f"registering the adapter failed: {type(e).__name__}: {e}")
+            self.move(job, "failed", error=f"registering the adapter failed: {type(e).__name__}: {e}")
             return
-        self._finish(
+        self.move(
             job,
             "succeeded",
             version=result.entry.version,
@@ -492,18 +487,19 @@ class JobManager:
             kind = event.pop("type", None)
             if kind == "epoch":
                 epoch = int(event["epoch"])
-                self._update(
+                record = job.record
+                self._progress(
                     job,
                     epoch=epoch,
                     loss=event.get("train_loss"),
                     train_top1=event.get("train_top1"),
-                    val_top1=event.get("val_top1", job.record.get("val_top1")),
-                    val_loss=event.get("val_loss", job.record.get("val_loss")),
+                    val_top1=event.get("val_top1", record.val_top1),
+                    val_loss=event.get("val_loss", record.val_loss),
                     epoch_seconds=round(float(event["seconds"]) / max(epoch, 1), 3),
-                    history=[*job.record["history"], event],
+                    history=[*record.history, event],
                 )
             elif kind == "loaded":
-                self._update(job, data={k: event[k] for k in ("train", "val", "labels", "frames", "modality")})
+                self._progress(job, data={k: event[k] for k in ("train", "val", "labels", "frames", "modality")})
             elif kind == "done":
                 outcome["done"] = event
             elif kind == "error":
@@ -517,12 +513,12 @@ class JobManager:
         for job in list(self.jobs.values()):
             if job.status != "registering":
                 continue
-            task, version = job.record["task"], job.record.get("version")
+            task, version = job.record.task, job.record.version
             stored = False
             if store is not None and version:
                 current = adapters.registry.current_version(task)
                 stored = current == version or await asyncio.to_thread(store.has_version, task, version)
             if stored:
-                self._finish(job, "succeeded", note="registered before the server stopped")
+                self.move(job, "succeeded", note="registered before the server stopped")
             else:
-                self._finish(job, "failed", error="the server stopped before the adapter was registered; nothing was")
+                self.move(job, "failed", error="the server stopped before the adapter was registered; nothing was")

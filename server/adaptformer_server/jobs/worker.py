@@ -1,8 +1,10 @@
 """The training worker: ``python -m adaptformer_server.jobs.worker JOB_DIR``, one process per job.
 
 It reads ``JOB_DIR/params.json``, lowers its own priority, caps torch's threads before torch is imported, loads the
-backbone the server runs (the same name and weights file, or the server's pickled prebuilt module), trains with
-``adaptformer.train`` on ``JOB_DIR/examples`` and writes ``JOB_DIR/adapter.safetensors``. Progress goes to stdout
+backbone the server runs (the same name and weights file, or the server's pickled prebuilt module), reads
+``JOB_DIR/examples`` with the library's folder reader (the one that checked them), trains with ``adaptformer.train``
+the recipe of the job's knobs (:meth:`TrainKnobs.train_config`) and writes ``JOB_DIR/adapter.safetensors`` with the
+description the server checked at submission. Progress goes to stdout
 as ``@job {json}`` lines (anything else a library prints there is logged); logs go to stderr. When the server
 that started it is gone (its pipe breaks, or the parent process changes) it stops.
 """
@@ -43,10 +45,13 @@ def main(job_dir: Path) -> int:
     torch.set_num_interop_threads(1)
 
     from adaptformer.backbone import Backbone, load_backbone
-    from adaptformer.config import AdapterConfig
     from adaptformer.data.folders import load_folder_splits
     from adaptformer.preprocess import spec_from_model
-    from adaptformer.train import TrainConfig, build_model, fit, save_result
+    from adaptformer.train import build_model, fit, save_result
+    from adaptformer_server.jobs.knobs import TrainKnobs
+
+    knobs = TrainKnobs.model_validate(params["knobs"])
+    cfg = knobs.train_config(params["device"])
 
     started = time.monotonic()
     source = params["backbone"]
@@ -58,12 +63,14 @@ def main(job_dir: Path) -> int:
     splits = load_folder_splits(
         job_dir / "examples",
         backbone.spec,
-        frames=params.get("frames"),
-        val_fraction=float(params["val_fraction"]),
-        seed=int(params["seed"]),
+        frames=knobs.frames,
+        val_fraction=knobs.val_fraction,
+        seed=knobs.seed,
         limit=None,
         progress=False,
     )
+    # The adapter's metrics name its data; the server's folder is not the callers' business (predict keys read them).
+    splits.source = f"the examples of training job {job_dir.name}"
     _emit(
         "loaded",
         train=len(splits.train.y),
@@ -72,18 +79,6 @@ def main(job_dir: Path) -> int:
         modality=splits.modality,
         frames=splits.frames,
         seconds=round(time.monotonic() - started, 3),
-    )
-    layers = params["layers"]
-    if isinstance(layers, str) and ("," in layers or layers.lstrip("-").isdigit()):
-        layers = tuple(int(v) for v in layers.split(",") if v.strip())
-    cfg = TrainConfig(
-        method=params["method"],
-        adapter=AdapterConfig(bottleneck=int(params["bottleneck"]), scale=float(params["scale"]), layers=layers),
-        epochs=int(params["epochs"]),
-        batch_size=int(params["batch_size"]),
-        lr=float(params["lr"]),
-        seed=int(params["seed"]),
-        device=params["device"],
     )
     model = build_model(backbone, cfg, len(splits.labels), frames=splits.frames)
     fit_started = time.monotonic()
@@ -102,9 +97,7 @@ def main(job_dir: Path) -> int:
         splits,
         backbone,
         extra={"job": params["job"]},
-        description=params.get("description")
-        or f"{', '.join(splits.labels[:8])}{', ...' if len(splits.labels) > 8 else ''} "
-        f"(trained by the server, job {params['job']}, from {len(splits.train.y) + len(splits.val.y)} examples)",
+        description=params["description"],
         input_note="",
     )
     _emit("done", metrics=summary["metrics"], seconds=round(time.monotonic() - started, 3))

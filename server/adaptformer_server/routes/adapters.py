@@ -11,7 +11,8 @@ from starlette.datastructures import UploadFile
 
 from adaptformer_server.deps import Adapters, AdminAuth, PredictAuth
 from adaptformer_server.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, ValidationFailed, counted
-from adaptformer_server.inputs import media_type, read_form
+from adaptformer_server.inputs import media_type
+from adaptformer_server.limits import Limits
 from adaptformer_server.repository.registry import MAX_PAGE, decode_cursor, encode_cursor
 from adaptformer_server.schemas import (
     AdapterInfo,
@@ -92,7 +93,7 @@ async def upload_adapter(request: Request, _: AdminAuth, adapters: Adapters) -> 
                 "(curl -F file=@cars.safetensors http://HOST/adapters), or send JSON "
                 '{"task": ..., "source": "https://..."} to have the server fetch it'
             )
-        form = await read_form(request, settings.max_parts)
+        form = await Limits.of(settings).form(request)
         try:
             file = form.get("file")
             if not isinstance(file, UploadFile):

@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import shutil
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.datastructures import UploadFile
 
+from adaptformer.preprocess import spec_from_model
 from adaptformer_server.deps import AdminAuth, ReadyRuntime
 from adaptformer_server.errors import InvalidInput, NotReady, PayloadTooLarge, UnsupportedMediaType
-from adaptformer_server.inputs import media_type, read_form
+from adaptformer_server.inputs import media_type
 from adaptformer_server.jobs.examples import ExamplesSummary, check_examples, unpack_fields, unpack_zip
-from adaptformer_server.jobs.manager import JobManager, TrainParams
+from adaptformer_server.jobs.knobs import TrainKnobs
+from adaptformer_server.jobs.manager import JobManager
+from adaptformer_server.jobs.plan import adapter_description, adapter_input, check_adapter, check_knobs
+from adaptformer_server.limits import Limits
 from adaptformer_server.repository.names import TASK_PATTERN, valid_task_name
 from adaptformer_server.schemas import error_responses, form_body
 
 router = APIRouter(tags=["training"])
 
-_LAYERS = re.compile(r"all|(first|last):\d{1,3}|-?\d{1,3}(,-?\d{1,3})*")
 _LOG_TAIL = 64 * 1024
 _FORM = form_body(
     {
@@ -47,9 +50,10 @@ def _manager(request: Request) -> JobManager:
     return manager
 
 
-async def _read_examples(request: Request, manager: JobManager, folder_examples: Any) -> ExamplesSummary:
+async def _read_examples(request: Request, manager: JobManager, folder_examples: Path) -> ExamplesSummary:
     settings = manager.settings
-    form = await read_form(request, 2 * settings.max_examples + 16)
+    limits = Limits.of(settings)
+    form = await limits.form(request, limits.example_parts)
     try:
         examples = form.get("examples")
         images = [v for k, v in form.multi_items() if k == "image"]
@@ -91,62 +95,42 @@ async def _read_examples(request: Request, manager: JobManager, folder_examples:
 async def train_task(
     task: str,
     request: Request,
+    response: Response,
     _: AdminAuth,
     runtime: ReadyRuntime,
-    method: Annotated[Literal["adaptformer", "linear"], Query(description="AdaptFormer branches or a linear probe")] = (
-        "adaptformer"
-    ),
-    bottleneck: Annotated[int, Query(ge=1, le=512, description="hidden width d^ of each branch")] = 16,
-    scale: Annotated[float, Query(gt=0, le=10, description="scale s of the branch output")] = 0.5,
-    layers: Annotated[str, Query(max_length=200, description="all, first:k, last:k or indices 0,1,2")] = "all",
-    epochs: Annotated[int, Query(ge=1, description="passes over the training split")] = 20,
-    lr: Annotated[float, Query(gt=0, le=1, description="peak learning rate")] = 5e-3,
-    batch_size: Annotated[int, Query(ge=1, le=1024, description="samples per step")] = 16,
-    frames: Annotated[
-        int | None, Query(ge=1, description="frames per clip (clips of another length resampled)")
-    ] = None,
-    val_fraction: Annotated[float, Query(gt=0, lt=1, description="held-out share per class (no val/ folder)")] = 0.2,
-    seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
-    description: Annotated[str, Query(max_length=300, description="what the task answers (adapter metadata)")] = "",
+    knobs: Annotated[TrainKnobs, Query()],
 ) -> Any:
     manager = _manager(request)
     settings = runtime.settings
+    backbone, engine = runtime.backbone, runtime.engine
+    assert backbone is not None and engine is not None  # a ready runtime has both
     if not valid_task_name(task):
         raise InvalidInput(f"invalid task name {task[:80]!r}: names match {TASK_PATTERN} and never contain '..'")
-    if epochs > settings.train_max_epochs:
-        raise InvalidInput(f"epochs={epochs} is more than this server allows ({settings.train_max_epochs})")
-    if not _LAYERS.fullmatch(layers):
-        raise InvalidInput(f"layers={layers[:40]!r}: use all, first:k, last:k or block indices like 0,1,2")
-    if frames is not None and frames > settings.max_frames:
-        raise InvalidInput(f"frames={frames} is more than the server's clip limit ({settings.max_frames})")
+    config = check_knobs(knobs, settings, backbone.depth)
     if media_type(request) != "multipart/form-data":
         raise UnsupportedMediaType("send the examples as multipart/form-data (curl -F examples=@defects.zip ...)")
-    params = TrainParams(method=method, bottleneck=bottleneck, scale=scale, layers=layers, epochs=epochs, lr=lr,
-                         batch_size=batch_size, frames=frames, val_fraction=val_fraction, seed=seed,
-                         description=description)  # fmt: skip
     job_id, folder = manager.reserve()  # 429 before the body is read when the queue is full
     try:
         summary = await _read_examples(request, manager, folder / "examples")
-        if summary.modality == "clip" and len(summary.frames) > 1 and frames is None:
+        if summary.modality == "clip" and len(summary.frames) > 1 and knobs.frames is None:
             raise InvalidInput(
                 f"the clips have different frame counts ({', '.join(map(str, summary.frames[:6]))}); pass frames=N "
                 "to resample every clip to N evenly spaced frames"
             )
-        if summary.modality == "clip" and not getattr(runtime.backbone, "supports_clips", True):
+        if summary.modality == "clip" and not backbone.supports_clips:
             raise InvalidInput("the examples are clips; this server's backbone cannot read clips")
-        if summary.modality == "image" and frames not in (None, 1):
-            raise InvalidInput(f"frames={frames} applies to clips; these examples are still images")
-        job = manager.submit(job_id, folder, task, params, summary)
+        if summary.modality == "image" and knobs.frames not in (None, 1):
+            raise InvalidInput(f"frames={knobs.frames} applies to clips; these examples are still images")
+        frames = knobs.frames or (summary.frames[0] if summary.frames else 1)
+        spec = adapter_input(spec_from_model(engine.vit), summary.modality, frames, config.tubelet)
+        description = knobs.description or adapter_description(summary.labels, job_id, summary.total + summary.held_out)
+        check_adapter(task, config, summary.labels, description, spec, backbone, backbone.name)
+        job = manager.submit(job_id, folder, task, knobs, summary, description)
     except BaseException:
         await asyncio.to_thread(shutil.rmtree, folder, True)
         raise
-    return _accepted(job.view())
-
-
-def _accepted(view: dict) -> Any:
-    from adaptformer_server.app import FastJSONResponse
-
-    return FastJSONResponse(view, status_code=202, headers={"Location": f"/jobs/{view['job']}"})
+    response.headers["Location"] = f"/jobs/{job_id}"
+    return job.view()
 
 
 @router.get("/jobs", summary="Training jobs, newest first", responses=error_responses(401, 403))

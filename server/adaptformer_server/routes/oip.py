@@ -5,17 +5,25 @@ A model is a task; its version is the adapter version. ``infer`` takes one input
 ``[N, 3, H, W]`` (``[N, T, 3, H, W]`` for a clip task), and answers ``probabilities`` (FP32 ``[N, classes]``)
 and ``labels`` (BYTES ``[N]``, the top-1 label). Auth, limits, decoding and batching are those of ``/predict``;
 errors are the protocol's ``{"error": "<message>"}`` with the same statuses.
+
+The request document is :class:`~adaptformer_server.schemas.InferenceRequest`. What it may cost is refused before
+it is spent: a JSON text of more values than a request for the task can need before it is parsed (a large one is
+parsed on a worker thread), then a shape beyond the limits, or binary sizes beyond the body, before its data is
+read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import math
+import re
 import struct
 import uuid
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,25 +32,24 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic import ValidationError
 
 from adaptformer.preprocess import InputSpec
 from adaptformer_server import __version__
 from adaptformer_server.deps import Inference, PredictAuth, PredictRoute, RuntimeDep, inference_of
-from adaptformer_server.errors import (
-    InvalidInput,
-    PayloadTooLarge,
-    ValidationFailed,
-    as_api_error,
-)
+from adaptformer_server.errors import InvalidInput, ValidationFailed, as_api_error
 from adaptformer_server.inputs import Decoder, PredictBody, decode_inputs
+from adaptformer_server.limits import Limits
 from adaptformer_server.repository.record import AdapterEntry
-from adaptformer_server.settings import Settings
+from adaptformer_server.schemas import InferenceRequest, RequestInput
 
 __all__ = ["router"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 OUTPUTS = ("probabilities", "labels")
 _EXTENSIONS = ["binary_tensor_data"]
+_THREAD_BYTES = 1 << 20  # a JSON text longer than this is parsed on a worker thread
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string (its commas are no separators)
 
 
 class OIPRoute(APIRoute):
@@ -183,84 +190,63 @@ def _serialize_bytes(values: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(v)) + v for v in values)
 
 
-class _Infer:
-    """One parsed inference request."""
+@dataclass(frozen=True)
+class _Request:
+    """One inference request: its document and its one input's binary data (``None``: the data is in JSON)."""
 
-    def __init__(self, doc: Any, binary: bytes) -> None:
-        if not isinstance(doc, dict):
-            raise InvalidInput("the inference request must be a JSON object with an `inputs` array")
-        self.id = doc.get("id")
-        if self.id is not None and not isinstance(self.id, str):
-            raise InvalidInput("`id` must be a string")
-        params = doc.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise InvalidInput("`parameters` must be an object")
-        self.binary_output = bool(params.get("binary_data_output", False))
-        inputs = doc.get("inputs")
-        if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-            raise InvalidInput(
-                "`inputs` must hold exactly one tensor: `image` (BYTES, encoded images) or `input` (FP32, preprocessed)"
-            )
-        tensor = inputs[0]
-        self.name = str(tensor.get("name", "input"))
-        self.datatype = tensor.get("datatype")
-        shape = tensor.get("shape")
-        if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise InvalidInput(f"input {self.name!r}: `shape` must be a non-empty list of non-negative integers")
-        self.shape: list[int] = shape
-        tparams = tensor.get("parameters") or {}
-        if not isinstance(tparams, dict):
-            raise InvalidInput(f"input {self.name!r}: `parameters` must be an object")
-        self.content_type = tparams.get("content_type")
-        size = tparams.get("binary_data_size")
-        if size is not None:
-            if not isinstance(size, int) or size < 0 or size > len(binary):
-                raise InvalidInput(f"input {self.name!r}: binary_data_size {size!r} does not fit the binary data sent")
-            self.blob: bytes | None = binary[:size]
-            self.data: Any = None
-        else:
-            if "data" not in tensor:
-                raise InvalidInput(f"input {self.name!r} has no `data` (nor binary_data_size)")
-            self.blob, self.data = None, tensor["data"]
-        self.outputs = self._requested(doc.get("outputs"))
-
-    def _requested(self, outputs: Any) -> list[tuple[str, bool]]:
-        if outputs is None:
-            return [(name, self.binary_output) for name in OUTPUTS]
-        if not isinstance(outputs, list) or not outputs:
-            raise InvalidInput('`outputs` must be a non-empty array of {"name": ...} objects')
-        out = []
-        for o in outputs:
-            name = o.get("name") if isinstance(o, dict) else None
-            if name not in OUTPUTS:
-                raise InvalidInput(f"unknown output {name!r}; this model has outputs {list(OUTPUTS)}")
-            p = o.get("parameters") or {}
-            out.append((name, bool(p.get("binary_data", self.binary_output)) if isinstance(p, dict) else False))
-        return out
+    doc: InferenceRequest
+    blob: bytes | None
 
     @property
-    def count(self) -> int:
-        return math.prod(self.shape)
+    def input(self) -> RequestInput:
+        return self.doc.inputs[0]
+
+    @property
+    def outputs(self) -> list[tuple[str, bool]]:
+        """The outputs asked for, in order, and whether each is answered as binary data."""
+        default = self.doc.parameters.binary_data_output
+        if self.doc.outputs is None:
+            return [(name, default) for name in OUTPUTS]
+        return [
+            (o.name, default if o.parameters.binary_data is None else o.parameters.binary_data)
+            for o in self.doc.outputs
+        ]
 
     def pixels(self, decoder: Decoder) -> int:
         """Always decoded off the event loop (the elements are not probed before decoding)."""
         return decoder.settings.inline_decode_pixels + 1
 
     def decode(self, entries: list[AdapterEntry], decoder: Decoder) -> list[list[torch.Tensor]]:
-        """The model inputs of the request's one task (blocking)."""
+        """The model inputs of the request's one task (blocking); its shape is checked before its data is read."""
         (entry,) = entries
-        if self.datatype == "BYTES":
+        if self.input.datatype == "BYTES":
             return [_bytes_inputs(self, entry, decoder)]
-        if self.datatype == "FP32":
-            return [_tensor_inputs(self, entry, decoder.settings)]
+        return [_tensor_inputs(self, entry, decoder.limits)]
+
+
+def _json_values(text: bytes, most: int) -> int:
+    """At most how many values a JSON text holds: one more than its commas, not counting those in strings where
+    that matters (more than ``most``)."""
+    count = text.count(b",") + 1
+    if count > most:
+        count = _STRING.sub(b'""', text).count(b",") + 1
+    return count
+
+
+def _loads(text: bytes) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"the inference request is not valid JSON: {e}") from None
+    except RecursionError:
         raise InvalidInput(
-            f"input {self.name!r}: datatype {self.datatype!r} is not accepted; send BYTES (encoded images) or FP32 "
-            "(a preprocessed tensor)"
-        )
+            "the inference request's JSON is nested too deeply (arrays or objects in arrays...)"
+        ) from None
 
 
-async def _parse(request: Request) -> _Infer:
-    raw = await request.body()  # bounded by the body limit middleware, like /predict
+async def _read(request: Request, limits: Limits, entry: AdapterEntry) -> _Request:
+    """Reads and checks an inference request for ``entry``'s task (the body is bounded by the body limit)."""
+    raw = await request.body()
     length = request.headers.get(HEADER_LENGTH)
     if length is not None:
         try:
@@ -272,49 +258,94 @@ async def _parse(request: Request) -> _Infer:
         header, binary = raw[:n], raw[n:]
     else:
         header, binary = raw, b""
+    limits.check_json_values(_json_values(header, limits.json_values(entry.spec)), entry.spec, entry.task)
+    doc = await asyncio.to_thread(_loads, header) if len(header) > _THREAD_BYTES else _loads(header)
     try:
-        doc = json.loads(header)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidInput(f"the inference request is not valid JSON: {e}") from None
-    except RecursionError:
-        raise InvalidInput(
-            "the inference request's JSON is nested too deeply (arrays or objects in arrays...)"
-        ) from None
-    return _Infer(doc, binary)
+        req = InferenceRequest.model_validate(doc)
+    except ValidationError as e:
+        raise _invalid(e, doc) from None
+    tensor = req.inputs[0]
+    size = tensor.parameters.binary_data_size
+    if size is not None:
+        if size > len(binary):
+            raise InvalidInput(f"input {tensor.name!r}: binary_data_size {size!r} does not fit the binary data sent")
+        return _Request(req, binary[:size])
+    if "data" not in tensor.model_fields_set:
+        raise InvalidInput(f"input {tensor.name!r} has no `data` (nor binary_data_size)")
+    return _Request(req, None)
 
 
-def _tensor_inputs(req: _Infer, entry: AdapterEntry, settings: Settings) -> list[torch.Tensor]:
+def _invalid(e: ValidationError, doc: Any) -> InvalidInput:
+    """The protocol's 400 for the first error of a request document, said for the field it is in."""
+    err = e.errors()[0]
+    loc = tuple(str(part) for part in err["loc"])
+    value = None if err["type"] == "missing" else err["input"]
+    if not loc:
+        return InvalidInput("the inference request must be a JSON object with an `inputs` array")
+    if loc in (("id",), ("parameters",)):
+        return InvalidInput(f"`{loc[0]}` must be {'a string' if loc[0] == 'id' else 'an object'}")
+    if loc[0] == "inputs" and len(loc) <= 2:
+        return InvalidInput(
+            "`inputs` must hold exactly one tensor: `image` (BYTES, encoded images) or `input` (FP32, preprocessed)"
+        )
+    name, field = _input_name(doc), loc[2:]
+    if loc[0] == "inputs" and field == ("name",):
+        return InvalidInput("an input's `name` must be a string")
+    if loc[0] == "inputs" and field[0] == "shape":
+        return InvalidInput(f"input {name!r}: `shape` must be a non-empty list of non-negative integers")
+    if loc[0] == "inputs" and field == ("datatype",):
+        return InvalidInput(
+            f"input {name!r}: datatype {value!r} is not accepted; send BYTES (encoded images) or FP32 "
+            "(a preprocessed tensor)"
+        )
+    if loc[0] == "inputs" and field == ("parameters",):
+        return InvalidInput(f"input {name!r}: `parameters` must be an object")
+    if loc[0] == "inputs" and field == ("parameters", "binary_data_size"):
+        return InvalidInput(f"input {name!r}: binary_data_size {value!r} does not fit the binary data sent")
+    if loc[0] == "outputs" and field == ("name",):
+        return InvalidInput(f"unknown output {value!r}; this model has outputs {list(OUTPUTS)}")
+    if loc[0] == "outputs":
+        return InvalidInput('`outputs` must be a non-empty array of {"name": ...} objects')
+    return InvalidInput(f"`{'.'.join(loc)}`: {err['msg']}")
+
+
+def _input_name(doc: Any) -> Any:
+    """The name of a request's first input, as sent (``input`` by default)."""
+    inputs = doc.get("inputs") if isinstance(doc, dict) else None
+    first = inputs[0] if isinstance(inputs, list) and inputs and isinstance(inputs[0], dict) else {}
+    return first.get("name", "input")
+
+
+def _tensor_inputs(req: _Request, entry: AdapterEntry, limits: Limits) -> list[torch.Tensor]:
     """A preprocessed FP32 tensor: [N, 3, S, S] (image task) or [N, T, 3, S, S] (clip task)."""
     spec = entry.spec
     s = spec.size
+    name, shape = req.input.name, req.input.shape
     want = [3, s, s] if spec.modality == "image" else [spec.frames, 3, s, s]
-    if req.shape[1:] != want or req.shape[0] < 1:
+    if shape[1:] != want or shape[0] < 1:
         raise InvalidInput(
-            f"input {req.name!r}: task {entry.task!r} takes FP32 shape [N, {', '.join(map(str, want))}], "
-            f"got {req.shape}"
+            f"input {name!r}: task {entry.task!r} takes FP32 shape [N, {', '.join(map(str, want))}], got {shape}"
         )
-    if req.shape[0] > settings.max_images_per_request:
-        raise PayloadTooLarge(f"{req.shape[0]} inputs in one request; the limit is {settings.max_images_per_request}")
+    limits.check_images(shape[0], "inputs")
+    count = math.prod(shape)
     if req.blob is not None:
-        if len(req.blob) != 4 * req.count:
-            raise InvalidInput(f"input {req.name!r}: {len(req.blob)} bytes of FP32 data for shape {req.shape}")
+        if len(req.blob) != 4 * count:
+            raise InvalidInput(f"input {name!r}: {len(req.blob)} bytes of FP32 data for shape {shape}")
         x = torch.from_numpy(np.frombuffer(req.blob, dtype="<f4").copy())
     else:
-        values = _flatten(req.data)
-        if len(values) != req.count:
-            raise InvalidInput(f"input {req.name!r}: {len(values)} values for shape {req.shape} ({req.count})")
+        values = _flatten(req.input.data)
+        if len(values) != count:
+            raise InvalidInput(f"input {name!r}: {len(values)} values for shape {shape} ({count})")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            raise InvalidInput(f"input {req.name!r}: FP32 data must be numbers")
+            raise InvalidInput(f"input {name!r}: FP32 data must be numbers")
         try:
             x = torch.tensor(values, dtype=torch.float32)
         except (OverflowError, RuntimeError):  # an integer beyond any float (JSON allows 1000... digits)
-            raise InvalidInput(f"input {req.name!r}: FP32 data holds a number beyond the FP32 range") from None
+            raise InvalidInput(f"input {name!r}: FP32 data holds a number beyond the FP32 range") from None
     if not torch.isfinite(x).all():
-        raise InvalidInput(
-            f"input {req.name!r}: FP32 data holds NaN or infinite values (or numbers beyond the FP32 range)"
-        )
-    _check_range(req.name, x, spec)
-    return list(x.reshape(req.shape).unbind(0))
+        raise InvalidInput(f"input {name!r}: FP32 data holds NaN or infinite values (or numbers beyond the FP32 range)")
+    _check_range(name, x, spec)
+    return list(x.reshape(shape).unbind(0))
 
 
 def _check_range(name: str, x: torch.Tensor, spec: InputSpec) -> None:
@@ -333,43 +364,44 @@ def _check_range(name: str, x: torch.Tensor, spec: InputSpec) -> None:
         )
 
 
-def _bytes_inputs(req: _Infer, entry: AdapterEntry, decoder: Decoder) -> list[torch.Tensor]:
+def _bytes_inputs(req: _Request, entry: AdapterEntry, decoder: Decoder) -> list[torch.Tensor]:
     """Encoded images: one per element for an image task; for a clip task one animated image per element, or
     rows of frame images (shape [N, T]). One decoder, so one pixel budget, for the whole request."""
-    settings = decoder.settings
+    settings, limits, spec = decoder.settings, decoder.limits, entry.spec
+    name, shape = req.input.name, req.input.shape
+    rows = spec.modality == "clip" and len(shape) > 1 and shape[1:] != [1]
+    if not rows:
+        limits.check_images(math.prod(shape), "images" if spec.modality == "image" else "clips")
+    elif len(shape) != 2:
+        raise InvalidInput(f"input {name!r}: BYTES shape must be [N] or, for a clip task, [N, frames]")
+    else:
+        limits.check_frames(shape[1])
+        limits.check_images(shape[0], "clips")
     if req.blob is not None:
         elements = _deserialize_bytes(req.blob)
     else:
-        elements = [_bytes_element(v, req.content_type) for v in _flatten(req.data)]
-    if len(elements) != req.count or not elements:
-        raise InvalidInput(f"input {req.name!r}: {len(elements)} elements for shape {req.shape}")
-    spec = entry.spec
-    if spec.modality == "image" or len(req.shape) == 1 or req.shape[1:] == [1]:
-        if len(elements) > settings.max_images_per_request:
-            raise PayloadTooLarge(
-                f"more than {settings.max_images_per_request} images in one request; split it into several"
-            )
-        if spec.modality == "image":
-            return decode_inputs(PredictBody(images=elements), spec, entry.task, settings, decoder=decoder)
+        elements = [_bytes_element(v, req.input.parameters.content_type) for v in _flatten(req.input.data)]
+    if len(elements) != math.prod(shape) or not elements:
+        raise InvalidInput(f"input {name!r}: {len(elements)} elements for shape {shape}")
+    if spec.modality == "image":
+        return decode_inputs(PredictBody(images=elements), spec, entry.task, settings, decoder=decoder)
+    if not rows:
         return [
             x
             for e in elements
             for x in decode_inputs(PredictBody(images=[e]), spec, entry.task, settings, decoder=decoder)
         ]
-    if len(req.shape) != 2:
-        raise InvalidInput(f"input {req.name!r}: BYTES shape must be [N] or, for a clip task, [N, frames]")
-    n, t = req.shape
-    if t > settings.max_frames:
-        raise PayloadTooLarge(f"more than {settings.max_frames} frames in one clip")
-    if n > settings.max_images_per_request:
-        raise PayloadTooLarge(f"more than {settings.max_images_per_request} clips in one request")
-    rows = [elements[i * t : (i + 1) * t] for i in range(n)]
+    t = shape[1]
     return [
-        x for row in rows for x in decode_inputs(PredictBody(frames=row), spec, entry.task, settings, decoder=decoder)
+        x
+        for i in range(shape[0])
+        for x in decode_inputs(
+            PredictBody(frames=elements[i * t : (i + 1) * t]), spec, entry.task, settings, decoder=decoder
+        )
     ]
 
 
-def _respond(req: _Infer, entry: AdapterEntry, logits: list[torch.Tensor], latency_ms: float) -> Response:
+def _respond(req: _Request, entry: AdapterEntry, logits: list[torch.Tensor], latency_ms: float) -> Response:
     probs = torch.stack([torch.softmax(o.float(), dim=-1) for o in logits])
     labels = entry.labels
     top = [labels[i] for i in probs.argmax(dim=-1).tolist()]
@@ -392,7 +424,7 @@ def _respond(req: _Infer, entry: AdapterEntry, logits: list[torch.Tensor], laten
     body = {
         "model_name": entry.task,
         "model_version": entry.version,
-        "id": req.id if req.id is not None else uuid.uuid4().hex,
+        "id": req.doc.id if req.doc.id is not None else uuid.uuid4().hex,
         "parameters": {"latency_ms": latency_ms},
         "outputs": outputs,
     }
@@ -426,9 +458,9 @@ def _predict_post(
 @_predict_post("/models/{task}/infer", "Inference", {400: {}, 404: {}, 413: {}, 503: {}})
 @_predict_post("/models/{task}/versions/{version}/infer", "Inference (one version)", {404: {}})
 async def infer(request: Request, task: str, version: str | None = None) -> Response:
-    async def read() -> _Infer:
-        return await _parse(request)
-
-    done = await inference_of(request).infer([task], read, version=version)
-    ((entry, logits),) = done.results
-    return _respond(done.payload, entry, logits, done.latency_ms)
+    inference = inference_of(request)
+    async with inference.admit([task], version=version) as admitted:  # 400/404 before the body is read
+        req = await _read(request, inference.limits, admitted.entries[0])
+        done = await inference.infer(admitted, req)
+        ((entry, logits),) = done.results
+        return _respond(req, entry, logits, done.latency_ms)

@@ -8,7 +8,7 @@ import torch
 from fastapi import APIRouter, Query, Request
 
 from adaptformer_server.deps import PredictRoute, inference_of
-from adaptformer_server.inputs import IMAGE_TYPES, PredictBody, read_predict_body
+from adaptformer_server.inputs import IMAGE_TYPES, read_predict_body
 from adaptformer_server.repository.names import TASK_PATTERN
 from adaptformer_server.repository.record import AdapterEntry
 from adaptformer_server.schemas import MultiPredictResponse, Prediction, PredictResponse, error_responses, form_body
@@ -62,11 +62,9 @@ async def predict(
     top_k: Annotated[int, Query(ge=1, description="labels per input (clamped to the class count)")] = 5,
 ) -> PredictResponse | MultiPredictResponse:
     inference = inference_of(request)
-
-    async def read() -> PredictBody:
-        return await read_predict_body(request, inference.settings)
-
-    done = await inference.infer(task, read)
-    results = [answer(entry, out, top_k, done.latency_ms) for entry, out in done.results]
-    multi = len(task) > 1 or task[0] == ALL_IMAGE_TASKS
-    return MultiPredictResponse(results=results, latency_ms=done.latency_ms) if multi else results[0]
+    async with inference.admit(task) as admitted:  # 400/404 before the body is read
+        body = await read_predict_body(request, inference.limits)
+        done = await inference.infer(admitted, body)
+        results = [answer(entry, out, top_k, done.latency_ms) for entry, out in done.results]
+        multi = len(task) > 1 or task[0] == ALL_IMAGE_TASKS
+        return MultiPredictResponse(results=results, latency_ms=done.latency_ms) if multi else results[0]

@@ -4,6 +4,7 @@ the inference service admits, decodes and runs requests. The runtime builds both
 from adaptformer_server.services.adapters import AdapterManager, Replacement, split_pin
 from adaptformer_server.services.inference import (
     ALL_IMAGE_TASKS,
+    Admission,
     InferenceResult,
     InferenceService,
     Payload,
@@ -13,6 +14,7 @@ from adaptformer_server.services.inference import (
 __all__ = [
     "ALL_IMAGE_TASKS",
     "AdapterManager",
+    "Admission",
     "InferenceResult",
     "InferenceService",
     "Payload",

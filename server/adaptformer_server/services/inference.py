@@ -1,9 +1,13 @@
 """The inference service: admission, decoding and the batched forward pass behind ``/predict`` and ``/v2`` infer.
 
-A request names its tasks and hands over a way to read its body; :meth:`InferenceService.infer` checks the names
-(400/404 before the body is read), reads the body, admits each task (its version and adapter object, kept until
-the answer), decodes the body once per input spec and runs every task's samples through the batcher at once.
-The routes only parse their protocol and shape the answer.
+A route asks the service to admit the names of a request (:meth:`InferenceService.admit`: 400/404 before the body
+is read), parses its body within the service's :class:`~adaptformer_server.limits.Limits`, hands the parsed body to
+:meth:`InferenceService.infer` and shapes the answer. ``infer`` admits each task (its version and adapter object,
+kept until the answer), decodes the body once per input spec and runs every task's samples through the batcher at
+once. Every prediction metric is counted here, once a request, by :meth:`InferenceService.admit`.
+
+Errors are the serving layer's own (``errors.ServingError``) or the adapter manager's; ``errors.as_api_error``
+answers them.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -25,24 +30,31 @@ from adaptformer_server.batcher import Batcher
 from adaptformer_server.errors import (
     IncompatibleAdapter,
     InvalidAdapter,
-    InvalidInput,
+    InvalidTaskName,
+    NonFiniteScores,
+    NoTaskNamed,
+    NoTaskToServe,
     NotFound,
-    PayloadTooLarge,
+    TooManySamples,
+    UnknownVersion,
+    VersionReplaced,
     counted,
 )
 from adaptformer_server.inputs import Decoder, decode_device
+from adaptformer_server.limits import Limits
 from adaptformer_server.metrics import Metrics
-from adaptformer_server.repository.names import TASK_PATTERN, valid_task_name, valid_version
+from adaptformer_server.repository.names import valid_task_name, valid_version
 from adaptformer_server.repository.record import AdapterEntry
 from adaptformer_server.services.adapters import AdapterManager, split_pin
 from adaptformer_server.settings import Settings
 
-__all__ = ["ALL_IMAGE_TASKS", "InferenceResult", "InferenceService", "Payload", "check_task_name"]
+__all__ = ["ALL_IMAGE_TASKS", "Admission", "InferenceResult", "InferenceService", "Payload", "check_task_name"]
 
 log = logging.getLogger("adaptformer_server")
 
 ALL_IMAGE_TASKS = "*"
 TaskInputs = tuple[AdapterEntry, TaskAdapter, list[torch.Tensor]]  # a task's version, its adapter, its inputs
+_TOLERATED = (InvalidAdapter, IncompatibleAdapter, NotFound, NonFiniteScores)  # what leaves a `*` task out
 
 
 class Payload(Protocol):
@@ -61,9 +73,28 @@ P = TypeVar("P", bound=Payload)
 
 
 @dataclass(frozen=True)
+class Admission:
+    """The names of a request once they passed their checks, and the tasks they stand for.
+
+    Attributes:
+        tasks: The tasks named, in order, without repeats (``*``: every image task; ``task@version`` pins one).
+        entries: Each task's entry when the names were checked (its input spec says what a body may hold).
+        optional: The tasks only ``*`` stands for: left out, not failed, when they cannot run.
+        version: The version the request requires (``/v2``'s versioned paths), if any.
+        start: When the request was admitted (``time.perf_counter()``): its latency counts from here.
+    """
+
+    tasks: list[str]
+    entries: list[AdapterEntry]
+    optional: frozenset[str]
+    version: str | None
+    start: float
+
+
+@dataclass(frozen=True)
 class InferenceResult(Generic[P]):
-    """What a request's tasks answered: the body as read, each task's entry (the version that ran) and its
-    logits per input, and the time since the request came in."""
+    """What a request's tasks answered: the body as parsed, each task's entry (the version that ran) and its
+    logits per input, and the time since the request was admitted."""
 
     payload: P
     results: list[tuple[AdapterEntry, list[torch.Tensor]]]
@@ -71,17 +102,18 @@ class InferenceResult(Generic[P]):
 
 
 def check_task_name(task: str) -> None:
-    """400 for a name that can never be a task (before any lookup); ``task@version`` pins a kept version."""
+    """Refuses a name that can never be a task (before any lookup); ``task@version`` pins a kept version.
+
+    Raises:
+        InvalidTaskName: the name, or the version after ``@``, is malformed.
+    """
     name, version = split_pin(task)
     if not valid_task_name(name) or (version is not None and not valid_version(version)):
-        raise InvalidInput(
-            f"task {task!r} is not a valid task name ({TASK_PATTERN}, no '..'), optionally followed by "
-            "@<version> (12 hex digits, as GET /adapters/{task}/versions lists them)"
-        )
+        raise InvalidTaskName(task)
 
 
 class InferenceService:
-    """Admits, decodes and runs prediction requests; owns the batcher and the forward pass.
+    """Admits, decodes and runs prediction requests; owns the batcher, the forward pass and the prediction metrics.
 
     Args:
         settings: Server settings (limits, batching, decoding).
@@ -91,6 +123,7 @@ class InferenceService:
 
     def __init__(self, settings: Settings, metrics: Metrics, adapters: AdapterManager) -> None:
         self.settings = settings
+        self.limits = Limits.of(settings)
         self.metrics = metrics
         self.adapters = adapters
         self.engine: MultiTaskViT | None = None
@@ -131,76 +164,88 @@ class InferenceService:
 
     # -- a request --------------------------------------------------------------------------------------------
     def lookup(self, task: str, version: str | None = None) -> AdapterEntry:
-        """The entry a request names: 400 for an impossible name, 404 for an unknown task or a ``version`` that
-        is not the one served (``/v2`` names versions in its paths)."""
+        """The entry a request names.
+
+        Raises:
+            InvalidTaskName: an impossible name.
+            NotFound: an unknown task (the adapter manager's).
+            UnknownVersion: ``version`` is not the one served (``/v2`` names versions in its paths).
+        """
         check_task_name(task)
         entry = self.adapters.entry(task)
         if version is not None and version != entry.version:
-            raise NotFound(
-                f"model {task!r} has no version {version!r}: this server serves version {entry.version} "
-                f"(GET /v2/models/{task} lists it)"
-            )
+            raise UnknownVersion(task, version, entry.version)
         return entry
 
-    def expand(self, names: Sequence[str], version: str | None = None) -> list[str]:
-        """The tasks a request names, in order, without repeats; ``*`` stands for every image task. 400/404 early."""
-        tasks: list[str] = []
-        for name in names:
-            if name == ALL_IMAGE_TASKS:
-                every = [e.task for e in self.adapters if e.spec.modality == "image"]
-                if not every:
-                    raise NotFound(
-                        "task=* asks for every image task, but this server has none; GET /adapters lists them"
-                    )
-                tasks.extend(every)
-            else:
-                self.lookup(name, version)  # 404 before reading the body
-                tasks.append(name)
-        return list(dict.fromkeys(tasks))
+    @asynccontextmanager
+    async def admit(self, names: Sequence[str], *, version: str | None = None) -> AsyncIterator[Admission]:
+        """Checks the names of a request, then counts the request from here to its answer.
 
-    async def infer(
-        self, names: Sequence[str], read: Callable[[], Awaitable[P]], *, version: str | None = None
-    ) -> InferenceResult[P]:
-        """Admits, decodes and runs one request; counts it under each task it names (status and latency).
+        Used as ``async with service.admit(names) as admitted:``, in which the route reads and parses its body,
+        calls :meth:`infer` and shapes the answer: the request is counted once under each task it names, with the
+        status it ends with whichever step fails (:meth:`Metrics.observe_prediction`), and timed.
 
         Args:
             names: The tasks named (``task@version`` pins a kept version; ``*`` every image task).
-            read: Reads and parses the body (after the names passed their checks).
-            version: The version the request requires (``/v2``'s versioned paths): 404 for any other.
+            version: The version the request requires (``/v2``'s versioned paths).
+
+        Raises:
+            NoTaskNamed, InvalidTaskName, NotFound, UnknownVersion, NoTaskToServe: before the body is read.
         """
         start = time.perf_counter()
         labels: list[str] = ["_unknown"]  # unknown names never become label values
 
         def record(status: str) -> None:
-            for label in labels:
-                self.metrics.predictions.labels(label, status).inc()
-            self.metrics.predict_latency.observe(time.perf_counter() - start)
+            self.metrics.observe_prediction(labels, names, status, time.perf_counter() - start)
 
         with counted(record, 200):
             if not names:
-                raise InvalidInput(
-                    "the query needs a `task` (repeat it for several tasks, or task=* for every image task)"
-                )
+                raise NoTaskNamed()
             await self.adapters.refresh(names)  # a front's view of the engine's registry; nothing in one process
-            tasks = self.expand(names, version)
+            tasks, entries = self._expand(names, version)
             labels = list(dict.fromkeys(split_pin(t)[0] for t in tasks))  # pinned versions count as their task
-            payload = await read()
-            optional = set(tasks) - set(names)  # the tasks only `*` stands for
-            resolved = await self._admit(tasks, optional, version)
-            settings = self.settings
-            decoder = Decoder(settings, device=decode_device(settings, self.backbone.device if self.backbone else None))
-            entries = [entry for entry, _ in resolved]
-            inputs = await decoder.run(payload.decode, entries, decoder, pixels=payload.pixels(decoder))
-            jobs = [(entry, adapter, x) for (entry, adapter), x in zip(resolved, inputs, strict=True)]
-            jobs, logits = await self._run(jobs, optional)
-            latency_ms = round((time.perf_counter() - start) * 1000, 3)
-            results = [(entry, out) for (entry, _, _), out in zip(jobs, logits, strict=True)]
-            return InferenceResult(payload, results, latency_ms)
+            optional = frozenset(tasks) - frozenset(names)  # the tasks only `*` stands for
+            yield Admission(tasks, entries, optional, version, start)
 
-    async def _admit(
-        self, tasks: list[str], optional: set[str], version: str | None
+    def _expand(self, names: Sequence[str], version: str | None) -> tuple[list[str], list[AdapterEntry]]:
+        """The tasks the names stand for, in order, without repeats, and their entries; ``*`` stands for every
+        image task."""
+        found: dict[str, AdapterEntry] = {}
+        for name in names:
+            if name == ALL_IMAGE_TASKS:
+                every = [e for e in self.adapters if e.spec.modality == "image"]
+                if not every:
+                    raise NoTaskToServe()
+                for entry in every:
+                    found.setdefault(entry.task, entry)
+            elif name not in found:
+                found[name] = self.lookup(name, version)
+        return list(found), list(found.values())
+
+    async def infer(self, admitted: Admission, payload: P) -> InferenceResult[P]:
+        """Runs an admitted request: admits each task (the version and adapter object it keeps until the answer),
+        decodes ``payload`` once per input spec with one pixel budget, and runs every task's samples through the
+        batcher at once.
+
+        Raises:
+            NotFound, VersionReplaced, InvalidAdapter, IncompatibleAdapter: a task named outright cannot run.
+            TooManySamples, Overloaded: the queue cannot take the request's samples.
+        """
+        resolved = await self._resolve(admitted.tasks, admitted.optional, admitted.version)
+        settings = self.settings
+        decoder = Decoder(settings, device=decode_device(settings, self.backbone.device if self.backbone else None))
+        entries = [entry for entry, _ in resolved]
+        inputs = await decoder.run(payload.decode, entries, decoder, pixels=payload.pixels(decoder))
+        jobs = [(entry, adapter, x) for (entry, adapter), x in zip(resolved, inputs, strict=True)]
+        jobs, logits = await self._run(jobs, admitted.optional)
+        latency_ms = round((time.perf_counter() - admitted.start) * 1000, 3)
+        results = [(entry, out) for (entry, _, _), out in zip(jobs, logits, strict=True)]
+        return InferenceResult(payload, results, latency_ms)
+
+    async def _resolve(
+        self, tasks: list[str], optional: frozenset[str], version: str | None
     ) -> list[tuple[AdapterEntry, TaskAdapter]]:
-        """Admission: the version and adapter of each task, which the request keeps until it is answered.
+        """The version and adapter of each task, which the request keeps until it is answered.
 
         A task in ``optional`` (one that ``*`` stood for) that is deleted meanwhile, or whose stored file cannot be
         served, is left out rather than failing the request for the other tasks; a task named outright is not.
@@ -215,22 +260,19 @@ class InferenceService:
                 log.info("task=* leaves out %s: %s", name, e.message)
                 continue
             if version is not None and entry.version != version:
-                raise NotFound(f"model {name!r} version {version!r} was replaced while this request was admitted")
+                raise VersionReplaced(name, version)
             resolved.append((entry, adapter))
         if not resolved:
-            raise NotFound("task=* asks for every image task, but none can be served now; GET /adapters lists them")
+            raise NoTaskToServe(servable=True)
         return resolved
 
     def _check_queue_size(self, jobs: list[TaskInputs]) -> None:
         total = sum(len(inputs) for _, _, inputs in jobs)
         if len(jobs) > 1 and total > self.settings.queue_size:  # one task keeps the contract's 503
-            raise PayloadTooLarge(
-                f"this request needs {total} samples ({len(jobs)} tasks); the queue holds at most "
-                f"{self.settings.queue_size}: ask for fewer tasks or send fewer images"
-            )
+            raise TooManySamples(total, len(jobs), self.settings.queue_size)
 
     async def _run(
-        self, jobs: list[TaskInputs], optional: set[str]
+        self, jobs: list[TaskInputs], optional: frozenset[str]
     ) -> tuple[list[TaskInputs], list[list[torch.Tensor]]]:
         """Runs the inputs of every job through the batcher at once (shared forward passes); returns the jobs kept
         and their logits.
@@ -251,7 +293,7 @@ class InferenceService:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
                 for run, job in zip(runs, jobs, strict=True):
                     error = run.exception() if run in done else None
-                    tolerated = isinstance(error, (InvalidAdapter, IncompatibleAdapter, NotFound))  # admitted remotely
+                    tolerated = isinstance(error, _TOLERATED)  # admitted remotely, or its scores overflow
                     if error is not None and not (tolerated and job[0].task in optional):
                         raise error
         finally:

@@ -20,7 +20,7 @@ import torch
 import zmq
 import zmq.asyncio
 
-from adaptformer_server.errors import ApiError
+from adaptformer_server.errors import ApiError, ServingError
 from adaptformer_server.observability import bind_request_id
 from adaptformer_server.runtime import Runtime
 from adaptformer_server.settings import Settings
@@ -100,7 +100,7 @@ class EngineServer:
         out: list[Any] = []
         try:
             reply["shapes"], out = await self._infer(request, tensors)
-        except ApiError as e:
+        except (ApiError, ServingError) as e:
             reply["error"] = wire.encode_error(e)
         except Exception as e:
             log.exception("engine: request %s failed", request.get("rid"))

@@ -27,7 +27,7 @@ import zmq
 import zmq.asyncio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from adaptformer_server.errors import InvalidInput, NotFound, NotReady, error_body
+from adaptformer_server.errors import InvalidTaskName, NotFound, NotReady, error_body
 from adaptformer_server.metrics import Metrics
 from adaptformer_server.observability import bind_request_id, current_request_id, request_id_from
 from adaptformer_server.repository.record import AdapterEntry
@@ -228,7 +228,7 @@ class RemoteBatcher:
 def _possible(name: str) -> bool:
     try:
         check_task_name(name)
-    except InvalidInput:
+    except InvalidTaskName:
         return False
     return True
 

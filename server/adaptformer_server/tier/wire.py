@@ -64,8 +64,9 @@ def dtype_name(t: torch.Tensor) -> str:
 
 
 def encode_error(e: BaseException) -> dict[str, Any]:
-    if isinstance(e, errors.ApiError):
-        return {"type": type(e).__name__, "message": e.message, "check": e.check, "headers": e.headers}
+    api = errors.as_api_error(e)  # the answer to a domain error (the batcher's, the library's) crosses as itself
+    if api is not None:
+        return {"type": type(api).__name__, "message": api.message, "check": api.check, "headers": api.headers}
     return {"type": "ApiError", "message": f"the engine process failed on this request: {e}", "check": None}
 
 
