@@ -201,7 +201,9 @@ class Settings(BaseSettings):
         2048 * MiB, ge=1, description="most bytes an examples zip may unpack to, all members together"
     )
     max_zip_ratio: float = Field(
-        100.0, gt=1, description="highest compression ratio of an examples zip member over 1 MiB (zip bombs)"
+        100.0,
+        gt=1,
+        description="highest compression ratio of an examples zip, in all and of any member over 1 MiB (zip bombs)",
     )
     max_examples_pixels: int = Field(
         2_000_000_000, ge=1, description="pixels of all images and frames of one training job"

@@ -331,3 +331,35 @@ async def test_a_cancel_of_a_failed_job_is_409(server, tmp_path):
     assert job["status"] == "failed", job
     again = await server.delete(f"/jobs/{job_id}", headers=AUTH)
     assert again.status_code == 409 and "failed" in again.json()["error"]["message"], again.text
+
+
+# -- 12. amplification: the zip as a whole, and the uploads being unpacked at once -------------------------------
+@pytest.mark.parametrize("members", [300, 40])
+async def test_many_small_members_of_zeros_are_refused_before_anything_is_written(server, tmp_path, members):
+    """Each member of exactly 1 MiB escaped the per-member ratio check; the zip's ratio in all does not."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(members):
+            z.writestr(f"{'ab'[i % 2]}/{i}.png", bytes(1024 * 1024))
+    r = await _train(server, buf.getvalue())
+    assert r.status_code == 413 and "zip bomb" in r.json()["error"]["message"], r.text
+    assert [p.name for p in (tmp_path / "jobs").iterdir() if p.name.startswith("j-")] == []
+
+
+async def test_examples_being_received_count_against_the_queue(vit, tmp_path):
+    """With --train-queue 2, two submissions still unpacking leave no room for a third (429, nothing written)."""
+    (tmp_path / "store").mkdir()
+    settings = Settings(
+        store=tmp_path / "store", jobs_dir=tmp_path / "jobs", admin_key=ADMIN, seed_demo=False, train_queue=2
+    )
+    app = create_app(settings, backbone=vit)
+    async with serving(app) as client:
+        manager = app.state.jobs
+        held = [manager.reserve()[0] for _ in range(2)]  # what two uploads being unpacked hold
+        r = await _train(client, zip_of(_classes("a", "b")))
+        assert r.status_code == 429 and "being received" in r.json()["error"]["message"], r.text
+        assert int(r.headers["retry-after"]) >= 1
+        for job_id in held:
+            manager.release(job_id)
+        r = await _train(client, zip_of(_classes("a", "b")), epochs=1)
+        assert r.status_code == 202, r.text

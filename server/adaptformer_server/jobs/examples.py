@@ -180,6 +180,13 @@ def unpack_zip(source: IO[bytes], dest: Path, settings: Settings) -> None:
                 f"examples zip unpacks to {declared:,} bytes; the limit is {settings.max_examples_unzipped:,} "
                 "(ADAPTFORMER_MAX_EXAMPLES_UNZIPPED)"
             )
+        packed = sum(m.compress_size for m in members)
+        if declared > _MiB and declared > settings.max_zip_ratio * max(packed, 1):  # many small members add up
+            raise PayloadTooLarge(
+                f"examples zip expands {declared / max(packed, 1):,.0f} times in all ({packed:,} -> {declared:,} "
+                f"bytes), more than the limit of {settings.max_zip_ratio:g} (ADAPTFORMER_MAX_ZIP_RATIO): refused as a "
+                "zip bomb"
+            )
         chosen: list[tuple[zipfile.ZipInfo, tuple[str, ...]]] = []
         for m in members:
             parts = _safe_parts(m.filename)

@@ -134,6 +134,8 @@ class JobManager:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._runner: asyncio.Task[None] | None = None
         self._current: Job | None = None
+        # Jobs whose examples are being received and unpacked: they count against the queue (so does their disk)
+        self._receiving: set[str] = set()
         self._lock_fd: int | None = None
         self.unavailable: str | None = None  # why this process runs no jobs (another one owns jobs_dir)
 
@@ -260,21 +262,30 @@ class JobManager:
 
     # -- accepting ------------------------------------------------------------------------------------------
     def reserve(self) -> tuple[str, Path]:
-        """A new job id and its folder, or 429 when the queue is full (checked before the examples are read)."""
+        """A new job id and its folder, or 429 when the queue is full (checked before the examples are read).
+
+        Until :meth:`submit` or :meth:`release`, the job counts as waiting: examples being received and unpacked
+        are bounded by the queue size as queued jobs are (their bytes on disk too).
+        """
         self.check_room()
         job_id = f"j-{secrets.token_hex(6)}"
         folder = self.root / job_id
         folder.mkdir(parents=True)
+        self._receiving.add(job_id)
         return job_id, folder
 
-    def check_room(self) -> None:
-        waiting = self.queued()
+    def release(self, job_id: str) -> None:
+        """A reserved job that will not be submitted (its examples were refused)."""
+        self._receiving.discard(job_id)
+
+    def check_room(self, job_id: str | None = None) -> None:
+        waiting = self.queued() + len(self._receiving - {job_id})
         if waiting >= self.settings.train_queue:
             eta = self._current.view().get("eta_s") if self._current is not None else None
             retry = int(min(max(eta or 30, 5), 3600))
             raise QueueFull(
-                f"{waiting} training jobs are waiting, the most this server queues (ADAPTFORMER_TRAIN_QUEUE); "
-                "retry later",
+                f"{waiting} training jobs are waiting (queued, or their examples being received), the most this "
+                "server queues (ADAPTFORMER_TRAIN_QUEUE); retry later",
                 retry_after=retry,
             )
 
@@ -283,7 +294,7 @@ class JobManager:
     ) -> Job:
         """Queues a job whose examples are unpacked and checked in ``folder/examples``, and whose adapter (with
         ``description``) passed the upload checks (:mod:`adaptformer_server.jobs.plan`)."""
-        self.check_room()
+        self.check_room(job_id)
         record = JobRecord(
             job=job_id,
             task=task,
@@ -298,6 +309,7 @@ class JobManager:
         self.jobs[job_id] = job
         self._save(job, record)
         self._queue.put_nowait(job_id)
+        self._receiving.discard(job_id)
         log.info("job %s (%s) queued: %d examples in %d classes", job_id, task, examples.total, len(examples.classes))
         return job
 

@@ -22,7 +22,7 @@ from adaptformer_server.jobs.knobs import TrainKnobs
 from adaptformer_server.jobs.manager import JobManager
 from adaptformer_server.jobs.plan import adapter_description, adapter_input, check_adapter, check_knobs
 from adaptformer_server.limits import Limits
-from adaptformer_server.repository.names import TASK_PATTERN, valid_task_name
+from adaptformer_server.repository.names import task_name_problem
 from adaptformer_server.schemas import error_responses, form_body
 
 router = APIRouter(tags=["training"])
@@ -104,8 +104,8 @@ async def train_task(
     settings = runtime.settings
     backbone, engine = runtime.backbone, runtime.engine
     assert backbone is not None and engine is not None  # a ready runtime has both
-    if not valid_task_name(task):
-        raise InvalidInput(f"invalid task name {task[:80]!r}: names match {TASK_PATTERN} and never contain '..'")
+    if (problem := task_name_problem(task)) is not None:
+        raise InvalidInput(problem)
     config = check_knobs(knobs, settings, backbone.depth)
     if media_type(request) != "multipart/form-data":
         raise UnsupportedMediaType("send the examples as multipart/form-data (curl -F examples=@defects.zip ...)")
@@ -129,6 +129,8 @@ async def train_task(
     except BaseException:
         await asyncio.to_thread(shutil.rmtree, folder, True)
         raise
+    finally:
+        manager.release(job_id)
     response.headers["Location"] = f"/jobs/{job_id}"
     return job.view()
 
