@@ -80,7 +80,8 @@ def _zeros_body(values: int) -> bytes:
 
 def test_a_json_body_of_too_many_values_is_refused_before_it_is_parsed(server: Server):
     """Three 29 MiB bodies of 15 M values each for a 2,352-value shape (under the body limit) at once: each a 413
-    named for its values, /healthz answered within 0.2 s all along, and the server no larger by the parse."""
+    named for its values, /healthz answered within 0.6 s all along (0.9 to 1.1 s before, on a quiet machine; about 0.1 s
+    now, 0.3 s on a loaded CI host), and the server no larger by the parse."""
     body = _zeros_body(15_000_000)
     assert 28 * 2**20 < len(body) < 32 * 2**20
     before = server.rss_mb()
@@ -108,7 +109,7 @@ def test_a_json_body_of_too_many_values_is_refused_before_it_is_parsed(server: S
     for r in answers:
         assert r.status_code == 413, r.text
         assert "JSON values" in r.json()["error"] and "t00" in r.json()["error"]
-    assert worst[0] < 0.2, f"/healthz took {worst[0]:.2f} s while the bodies were read"
+    assert worst[0] < 0.6, f"/healthz took {worst[0]:.2f} s while the bodies were read"
     assert server.rss_mb() - before < 300  # parsed, each added some 300 MiB
     _healthy(server)
 
@@ -138,7 +139,7 @@ def test_a_binary_bytes_shape_over_the_limit_is_refused_before_its_data_is_read(
     took = time.monotonic() - start
     assert r.status_code == 413, r.text
     assert "more than 64 images" in r.json()["error"]
-    assert took < 0.5, f"refused after {took:.2f} s"
+    assert took < 1.5, f"refused after {took:.2f} s"  # 2.9 s before (quiet machine), sending included
     _healthy(server)
 
 
@@ -150,7 +151,7 @@ def test_json_bytes_elements_beyond_the_limits_are_refused_before_parsing(server
     r = _infer(server, content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 413, r.text
     assert "JSON values" in r.json()["error"]
-    assert time.monotonic() - start < 0.5
+    assert time.monotonic() - start < 1.5  # sending the 14 MB included (1.3 s on a loaded CI host)
 
 
 def test_a_binary_data_size_beyond_the_body_is_a_400(server: Server):
