@@ -19,7 +19,8 @@ except PackageNotFoundError:  # run from a source tree that was never installed
 # Names are imported on first use: ``import adaptformer.adapter_header`` (the store, ``adaptformer inspect``)
 # must not pay for, or need, torch and timm.
 _EXPORTS = {
-    "adaptformer.adapter_file": ("check_compatible", "load_adapter", "read_metadata", "save_adapter"),
+    "adaptformer.adapter_file": ("check_compatible", "load_adapter", "save_adapter"),
+    "adaptformer.adapter_header": ("read_metadata",),
     "adaptformer.config": ("AdapterConfig",),
     "adaptformer.engine": ("MultiTaskViT",),
     "adaptformer.errors": (
@@ -66,7 +67,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from adaptformer.adapter_file import check_compatible, load_adapter, read_metadata, save_adapter
+    from adaptformer.adapter_file import check_compatible, load_adapter, save_adapter
+    from adaptformer.adapter_header import read_metadata
     from adaptformer.config import AdapterConfig
     from adaptformer.engine import MultiTaskViT
     from adaptformer.errors import (

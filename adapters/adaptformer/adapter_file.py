@@ -5,105 +5,66 @@ Tensors are the TaskAdapter's state dict: ``adapters.<block>.down.weight`` ``[d^
 ``[dim]``, optional ``adapters.<block>.norm.{weight,bias}`` ``[dim]`` and ``adapters.<block>.scale`` ``[]``,
 ``head.weight`` ``[classes, features]`` and ``head.bias`` ``[classes]``. See docs/ADAPTER_FORMAT.md.
 
-The header (one bounded reader, every check that needs no tensor data) and the fit rules (:class:`BackboneSpec`)
-are :mod:`adaptformer.adapter_header`'s, which imports no torch; they are re-exported here.
+The header (every check that needs no tensor data) is :mod:`adaptformer.adapter_header`'s and the fit rules
+(:class:`~adaptformer.fit.BackboneSpec`) are :mod:`adaptformer.fit`'s; neither imports torch.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from adaptformer.adapter_header import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    MAX_CLASSES,
-    MAX_HEADER_BYTES,
-    TEXT_KEYS,
-    BackboneSpec,
-    Header,
-    IncompleteFile,
-    NewerFormatError,
-    adapter_config,
-    atomic_write,
-    input_spec,
-    parse_header,
-    read_head,
-    read_header,
-    read_metadata,
-    read_safetensors_header,
-    safetensors_header,
-)
+from adaptformer.adapter_header import Header, parse_header
+from adaptformer.atomic import atomic_write
 from adaptformer.errors import AdapterFormatError, IncompatibleAdapterError
+from adaptformer.fit import BackboneSpec, check_labels
 from adaptformer.layer import AdaptMLP
+from adaptformer.metadata import AdapterMetadata, Method
 from adaptformer.preprocess import InputSpec
 from adaptformer.task import TaskAdapter, TaskInfo, extract_task
 from adaptformer.temporal import TemporalPart, temporal_from_tensors
 
-__all__ = [
-    "FORMAT_NAME",
-    "FORMAT_VERSION",
-    "MAX_CLASSES",
-    "MAX_HEADER_BYTES",
-    "BackboneSpec",
-    "Header",
-    "IncompleteFile",
-    "NewerFormatError",
-    "atomic_write",
-    "check_compatible",
-    "input_spec",
-    "load_adapter",
-    "parse_header",
-    "read_head",
-    "read_header",
-    "read_metadata",
-    "read_safetensors_header",
-    "safetensors_header",
-    "save_adapter",
-    "task_from_bytes",
-    "task_to_bytes",
-]
+__all__ = ["check_compatible", "load_adapter", "save_adapter", "task_from_bytes", "task_to_bytes"]
 
 
-def _metadata(task: TaskAdapter) -> dict[str, str]:
+# A TaskInfo field and the metadata field that holds it as it is (the other fields change type or come from the task).
+_SAME = {
+    "task": "task",
+    "input": "input",
+    "backbone": "backbone",
+    "fingerprint": "backbone_fingerprint",
+    "backbone_params": "backbone_params",
+    "description": "description",
+    "input_note": "input_note",
+}
+
+
+def _metadata(task: TaskAdapter) -> AdapterMetadata:
     info = task.info
-    meta = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "task": info.task,
-        "method": info.method,
-        "labels": json.dumps(info.labels),
-        "input": info.input.to_json(),
-        "backbone": info.backbone,
-        "backbone_fingerprint": info.fingerprint,
-        "metrics": json.dumps(info.metrics),
-        "layers": json.dumps(task.layers),
-        "num_classes": str(task.num_classes),
-        "backbone_params": str(info.backbone_params),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    for key in TEXT_KEYS:
-        if getattr(info, key):
-            meta[key] = getattr(info, key)
-    if task.config is not None:
-        meta["config"] = task.config.to_json()
-    if task.temporal is not None:
-        meta["temporal"] = task.temporal.config.to_json()
-    return meta
+    return AdapterMetadata(
+        **{field: getattr(info, name) for name, field in _SAME.items()},
+        method=cast(Method, info.method),  # parse_header refuses any other method before the file is written
+        labels=tuple(info.labels),
+        config=task.config,
+        layers=tuple(task.layers),
+        metrics=info.metrics,
+        temporal=asdict(task.temporal.config) if task.temporal is not None else None,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
 def task_to_bytes(task: TaskAdapter) -> bytes:
     """Serialises a TaskAdapter to the bytes of an adapter file."""
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in task.state_dict().items()}
-    data = st_save(tensors, metadata=_metadata(task))
+    data = st_save(tensors, metadata=_metadata(task).to_strings())
     parse_header(data, f"adapter {task.name!r}", size=len(data))  # never write a file the reader refuses
     return data
 
@@ -138,6 +99,7 @@ def save_adapter(
         if task:
             ta.info.task = task
         if labels is not None:
+            check_labels(len(labels), ta.num_classes, f"adapter {ta.name!r}")
             ta.info.labels = list(labels)
         if metrics:
             ta.info.metrics.update(metrics)
@@ -165,9 +127,21 @@ def _expect(tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...],
     return t
 
 
-def task_from_bytes(data: bytes, source: str = "adapter") -> TaskAdapter:
-    """Builds a TaskAdapter from adapter-file bytes, checking metadata, tensor names, shapes and values."""
-    meta = parse_header(data, source, size=len(data)).meta
+def task_from_bytes(data: bytes, source: str = "adapter", header: Header | None = None) -> TaskAdapter:
+    """Builds a TaskAdapter from adapter-file bytes, checking metadata, tensor names, shapes and values.
+
+    Args:
+        data: The file's bytes.
+        source: Names the file in error messages.
+        header: The header of these bytes, when the caller has parsed it already (``parse_header(data, source,
+            size=len(data))``: the server checks headers before it reads tensors); parsed here otherwise.
+
+    Raises:
+        IncompleteFile, NewerFormatError, AdapterFormatError: as :func:`~adaptformer.adapter_header.parse_header`,
+            or tensor data that is unreadable, not floating point, not finite in float32, missing or unexpected.
+        IncompatibleAdapterError: a tensor of a shape its metadata does not describe.
+    """
+    metadata = (header or parse_header(data, source, size=len(data))).metadata
     try:
         tensors = st_load(data)
     except Exception as e:  # the safetensors parser's own message says what is inconsistent
@@ -183,20 +157,16 @@ def task_from_bytes(data: bytes, source: str = "adapter") -> TaskAdapter:
     if "head.weight" not in tensors:
         raise AdapterFormatError(f"{source}: tensor 'head.weight' is missing")
     num_classes, features = tensors["head.weight"].shape if tensors["head.weight"].ndim == 2 else (0, 0)
-    if num_classes != len(meta["labels"]):
-        raise AdapterFormatError(
-            f"{source}: head has {num_classes} outputs but metadata lists {len(meta['labels'])} labels"
-        )
+    check_labels(len(metadata.labels), num_classes, source)
     head = nn.Linear(features, num_classes)
     head.weight.data.copy_(_expect(tensors, "head.weight", (num_classes, features), source))
     head.bias.data.copy_(_expect(tensors, "head.bias", (num_classes,), source))
     expected = {"head.weight", "head.bias"}
 
-    config = None
+    config = metadata.config
     adapters: dict[int, AdaptMLP] = {}
-    if meta["method"] == "adaptformer":
-        config = adapter_config(meta["config"], source)
-        for i in meta["layers"]:
+    if config is not None:
+        for i in metadata.layers:
             down = tensors.get(f"adapters.{i}.down.weight")
             if down is None or down.ndim != 2:
                 raise AdapterFormatError(f"{source}: tensor 'adapters.{i}.down.weight' is missing or not 2-D")
@@ -207,38 +177,30 @@ def task_from_bytes(data: bytes, source: str = "adapter") -> TaskAdapter:
                 param.copy_(_expect(tensors, key, tuple(param.shape), source))
                 expected.add(key)
             adapters[i] = adapter
-    temporal = _temporal_part(meta, tensors, source)
+    temporal = _temporal_part(metadata, tensors, source)
     if temporal is not None:
         expected |= {f"temporal.{name}" for name, _ in temporal.named_parameters()}
     extra = sorted(set(tensors) - expected)
     if extra:
-        raise AdapterFormatError(f"{source}: unexpected tensors {extra[:5]} for a {meta['method']!r} adapter")
-    spec = input_spec(meta["input"], source)
+        raise AdapterFormatError(f"{source}: unexpected tensors {extra[:5]} for a {metadata.method!r} adapter")
     info = TaskInfo(
-        task=str(meta["task"]),
-        labels=list(meta["labels"]),
-        method=meta["method"],
-        input=spec,
-        backbone=str(meta["backbone"]),
-        fingerprint=str(meta["backbone_fingerprint"]),
-        metrics=meta["metrics"] if isinstance(meta.get("metrics"), dict) else {},
-        backbone_params=int(meta.get("backbone_params", 0)),
-        description=meta.get("description", ""),
-        input_note=meta.get("input_note", ""),
+        **{name: getattr(metadata, field) for name, field in _SAME.items()},
+        labels=list(metadata.labels),
+        method=metadata.method,
+        metrics=dict(metadata.metrics),
     )
     return TaskAdapter(info, head, config, adapters, temporal).eval()
 
 
-def _temporal_part(meta: dict[str, Any], tensors: dict[str, torch.Tensor], source: str) -> TemporalPart | None:
+def _temporal_part(metadata: AdapterMetadata, tensors: dict[str, torch.Tensor], source: str) -> TemporalPart | None:
     """A clip task's temporal part (format 2); ``None`` when the metadata names none."""
-    if "temporal" not in meta:
+    if metadata.temporal is None:
         return None
-    spec = meta["input"]
-    frames, tubelet = spec.get("frames"), spec.get("tubelet")
-    if spec.get("modality") != "clip" or not all(isinstance(v, int) and v >= 1 for v in (frames, tubelet)):
+    spec = metadata.input
+    if spec.modality != "clip":
         raise AdapterFormatError(f"{source}: a temporal part needs a clip input spec with frames and tubelet")
     try:
-        return temporal_from_tensors(meta["temporal"], tensors, frames, tubelet, source)[0]
+        return temporal_from_tensors(metadata.temporal, tensors, spec.frames, spec.tubelet, source)[0]
     except ValueError as e:
         raise AdapterFormatError(str(e)) from None
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from adaptformer.adapter_file import BackboneSpec, load_adapter
+from adaptformer.adapter_file import load_adapter
 from adaptformer.fingerprint import backbone_fingerprint
+from adaptformer.fit import BackboneSpec
 from adaptformer.gathered import (
     BankWeights,
     BranchBank,

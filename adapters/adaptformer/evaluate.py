@@ -9,13 +9,15 @@ from pathlib import Path
 
 import torch
 
-from adaptformer.adapter_file import load_adapter, read_header, read_safetensors_header
+from adaptformer.adapter_file import load_adapter
+from adaptformer.adapter_header import read_header
 from adaptformer.backbone import Backbone
 from adaptformer.config import AdapterConfig
 from adaptformer.data import Splits
 from adaptformer.engine import MultiTaskViT
 from adaptformer.errors import AdapterFormatError
 from adaptformer.preprocess import InputSpec
+from adaptformer.safetensors_header import read_safetensors_header
 from adaptformer.train import TrainConfig, build_model, evaluate
 
 __all__ = ["describe_file", "evaluate_file"]
@@ -80,7 +82,7 @@ def describe_file(path: Path) -> dict:
         meta = dict(header["__metadata__"])
         meta["servable"] = "no: a training checkpoint for evaluation (the server serves adaptformer and linear)"
     else:
-        meta = {**read_header(path).meta, "servable": "yes"}
+        meta = {**read_header(path).metadata.to_json(), "servable": "yes"}
     info = {"file": str(path), "size_bytes": path.stat().st_size, "tensors": len(tensors), "parameters": params}
     backbone_params = int(meta.get("backbone_params") or 0)
     if backbone_params:

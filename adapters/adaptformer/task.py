@@ -8,6 +8,7 @@ from typing import cast
 from torch import nn
 
 from adaptformer.config import AdapterConfig
+from adaptformer.fit import check_labels
 from adaptformer.layer import AdaptedBlock, AdaptMLP
 from adaptformer.model import base_vit, is_task_parameter
 from adaptformer.preprocess import InputSpec, spec_from_model
@@ -111,7 +112,12 @@ def extract_task(
     description: str = "",
     input_note: str = "",
 ) -> TaskAdapter:
-    """Takes the adapters, head and temporal part out of an adapted model (sharing their tensors) as a TaskAdapter."""
+    """Takes the adapters, head and temporal part out of an adapted model (sharing their tensors) as a TaskAdapter.
+
+    Raises:
+        ValueError: the model has no classification head.
+        AdapterFormatError: not one label per head output (a ValueError too).
+    """
     from adaptformer.fingerprint import backbone_fingerprint  # local: fingerprint imports model too
 
     vit = base_vit(model)
@@ -120,8 +126,7 @@ def extract_task(
     adapters = {i: blk.adapter for i, blk in enumerate(vit.blocks) if isinstance(blk, AdaptedBlock)}
     config = getattr(model, "adapter_config", None) if adapters else None
     labels = list(labels) if labels is not None else [str(i) for i in range(vit.head.out_features)]
-    if len(labels) != vit.head.out_features:
-        raise ValueError(f"{len(labels)} labels given for a head with {vit.head.out_features} outputs")
+    check_labels(len(labels), vit.head.out_features, f"task {task!r}")
     if input_spec is None:
         input_spec = spec_from_model(vit)
         frames = getattr(model, "frames", None)  # a VideoViT (or a model wrapping one)

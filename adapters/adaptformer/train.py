@@ -16,7 +16,8 @@ from safetensors.torch import save as st_save
 from torch import nn
 from tqdm import tqdm
 
-from adaptformer.adapter_file import atomic_write, save_adapter
+from adaptformer.adapter_file import save_adapter
+from adaptformer.atomic import atomic_write
 from adaptformer.backbone import Backbone, resolve_device
 from adaptformer.config import AdapterConfig
 from adaptformer.data import LabeledData, Splits

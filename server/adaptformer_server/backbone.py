@@ -10,12 +10,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from adaptformer.adapter_header import BackboneSpec
 from adaptformer.backbone import load_backbone as _load
 from adaptformer.backbone import resolve_device as _resolve_device
 from adaptformer.engine import MultiTaskViT
 from adaptformer.errors import AdaptformerError, UnsupportedModelError
 from adaptformer.fingerprint import backbone_fingerprint
+from adaptformer.fit import BackboneSpec
 from adaptformer_server.settings import Settings
 
 __all__ = ["BackboneError", "BackboneInfo", "build_engine", "load_backbone", "resolve_device"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import httpx
@@ -26,6 +25,7 @@ from adaptformer_client import (
     parse_error,
 )
 from adaptformer_server import schemas
+from tests.support import run_python
 
 CASES = [
     (400, "invalid_input", InvalidInputError),
@@ -188,7 +188,6 @@ def test_bytes_and_paths_need_neither_pillow_nor_numpy(tmp_path) -> None:
     path = tmp_path / "x.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n...")
     code = (
-        "import sys; sys.modules['PIL'] = None; sys.modules['numpy'] = None\n"
         "import httpx, adaptformer_client as ac\n"
         "seen = []\n"
         "def handler(request):\n"
@@ -201,5 +200,4 @@ def test_bytes_and_paths_need_neither_pillow_nor_numpy(tmp_path) -> None:
         "assert c.predict_clip('t', [b'a', b'b']).top.label == 'a'\n"
         "assert len(seen) == 3\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+    run_python(code, blocked=("PIL", "numpy"))

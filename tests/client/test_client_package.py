@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support import run_python
 
 CLIENT = Path(__file__).resolve().parents[2] / "client"
 
 
 def test_imports_without_torch() -> None:
     code = "import sys; import adaptformer_client, adaptformer_client.cli; assert 'torch' not in sys.modules"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+    run_python(code)
 
 
 def test_pillow_and_numpy_are_not_imported_eagerly() -> None:
@@ -23,8 +22,7 @@ def test_pillow_and_numpy_are_not_imported_eagerly() -> None:
         "loaded = {'torch', 'PIL', 'numpy'} & set(sys.modules)\n"
         "assert not loaded, loaded"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+    run_python(code)
 
 
 def test_dependencies_are_httpx_and_pydantic_only() -> None:

@@ -29,7 +29,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from starlette.testclient import TestClient
 
-from adaptformer.adapter_file import parse_header, task_from_bytes
+from adaptformer.adapter_file import task_from_bytes
+from adaptformer.adapter_header import parse_header
 from adaptformer.errors import AdapterFormatError, IncompatibleAdapterError
 from adaptformer_server import create_app
 from adaptformer_server.settings import Settings

@@ -9,6 +9,7 @@
 - :mod:`.process`: server processes on loopback (a free port, spawn, wait for /readyz, clean stop).
 - :mod:`.media`: image bytes for requests.
 - :mod:`.adapters`: backbones and adapter files with random weights, for the server and the benchmarks.
+- :mod:`.remote`: a loopback HTTP(S) server that answers what a test tells it (adapter sources).
 - :mod:`.models`: tiny timm ViTs, random adapters on them, and reference formulas for the library's unit tests.
 """
 
@@ -25,6 +26,9 @@ _HOME = {
     "media": ["encode", "gif", "image_files", "png", "tensor_of"],
     "models": [
         "IMG",
+        "PETS_CONFIG",
+        "PETS_LABELS",
+        "PETS_METRICS",
         "adapted",
         "clips",
         "images",
@@ -44,9 +48,11 @@ _HOME = {
         "cpu_seconds",
         "free_port",
         "live_server",
+        "run_python",
         "stop",
         "wait_ready",
     ],
+    "remote": ["Answer", "Remote"],
     "wait": ["DEFAULT_TIMEOUT", "async_wait_until", "wait_until"],
 }
 _MODULE = {name: module for module, names in _HOME.items() for name in names}
@@ -54,8 +60,13 @@ __all__ = [
     "CLIP_FRAMES",
     "DEFAULT_TIMEOUT",
     "IMG",
+    "PETS_CONFIG",
+    "PETS_LABELS",
+    "PETS_METRICS",
     "SERVE",
     "WORKERS_ENV",
+    "Answer",
+    "Remote",
     "ServerProcess",
     "adapted",
     "adapter_bytes",
@@ -80,6 +91,7 @@ __all__ = [
     "read_file",
     "reference_block",
     "rewrite",
+    "run_python",
     "serving",
     "stop",
     "tensor_of",
@@ -96,6 +108,9 @@ if TYPE_CHECKING:
     from .media import encode, gif, image_files, png, tensor_of
     from .models import (
         IMG,
+        PETS_CONFIG,
+        PETS_LABELS,
+        PETS_METRICS,
         adapted,
         clips,
         images,
@@ -115,9 +130,11 @@ if TYPE_CHECKING:
         cpu_seconds,
         free_port,
         live_server,
+        run_python,
         stop,
         wait_ready,
     )
+    from .remote import Answer, Remote
     from .wait import DEFAULT_TIMEOUT, async_wait_until, wait_until
 
 

@@ -19,6 +19,12 @@ import adaptformer as af
 
 IMG = 32  # image side of the tiny models: 4x4 patches of 8 pixels
 
+# The unit tests' "pets" adapter (tests/unit/conftest.py: pets_model, pets_file): non-zero adapters on the first and
+# the last block, a learnable scale, an own LayerNorm, a 3-class head.
+PETS_LABELS = ["cat", "dog", "emu"]
+PETS_METRICS = {"top1": 0.875, "epochs": 3}
+PETS_CONFIG = af.AdapterConfig(bottleneck=8, scale=0.5, learnable_scale=True, layers=[0, -1], adapter_input="own_ln")
+
 # Named backbones the tests run on: timm model name and overrides (small image size keeps them fast).
 BACKBONES: dict[str, tuple[str, dict]] = {
     "tiny-custom": ("vit_tiny_patch16_224", {"patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 4}),

@@ -31,6 +31,7 @@ __all__ = [
     "cpu_seconds",
     "free_port",
     "live_server",
+    "run_python",
     "stop",
     "wait_ready",
 ]
@@ -52,6 +53,19 @@ def children(pid: int) -> dict[int, str]:
                 cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                 out[int(stat.parent.name)] = cmdline.strip()
     return out
+
+
+def run_python(code: str, *, blocked: Sequence[str] = (), timeout: float = 60) -> str:
+    """Runs ``code`` in a fresh interpreter in which the ``blocked`` modules cannot be imported; returns its output.
+
+    A failure (an exception, an import of a blocked module) fails the calling test with the interpreter's stderr.
+    """
+    block = "".join(f"sys.modules[{name!r}] = None\n" for name in blocked)
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys\n" + block + code], capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def free_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import timm
@@ -32,3 +33,22 @@ def backbone() -> nn.Module:
     from tests.support import make_vit
 
     return make_vit()
+
+
+@pytest.fixture(scope="module")
+def pets_model(backbone: nn.Module) -> nn.Module:
+    """The backbone adapted with random non-zero adapters (tests.support.PETS_CONFIG) and a 3-class head."""
+    from tests.support import PETS_CONFIG, PETS_LABELS, adapted
+
+    return adapted(backbone, PETS_CONFIG, num_classes=len(PETS_LABELS))
+
+
+@pytest.fixture
+def pets_file(pets_model: nn.Module, tmp_path: Path) -> Path:
+    """``pets_model`` saved as the adapter file of task ``pets`` (labels PETS_LABELS, metrics PETS_METRICS)."""
+    import adaptformer as af
+    from tests.support import PETS_LABELS, PETS_METRICS
+
+    return af.save_adapter(
+        pets_model, tmp_path / "pets.safetensors", task="pets", labels=PETS_LABELS, metrics=PETS_METRICS
+    )

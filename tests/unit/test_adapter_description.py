@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 
 import pytest
@@ -10,7 +9,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 import adaptformer as af
-from adaptformer.adapter_file import read_metadata, task_from_bytes, task_to_bytes
+from adaptformer.adapter_file import task_from_bytes, task_to_bytes
+from adaptformer.adapter_header import read_metadata
 from adaptformer.errors import AdapterFormatError
 from adaptformer.task import extract_task
 from tests.support import make_vit
@@ -24,8 +24,7 @@ def _task(**info: str):
 
 
 def _with_meta(data: bytes, **changes: str) -> bytes:
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in read_metadata(data).items()}
-    return st_save(st_load(data), metadata={**meta, **changes})
+    return st_save(st_load(data), metadata={**read_metadata(data).to_strings(), **changes})
 
 
 def test_description_and_input_note_round_trip():
@@ -36,7 +35,8 @@ def test_description_and_input_note_round_trip():
 
 def test_files_without_them_load_with_empty_texts():
     data = task_to_bytes(_task())
-    assert "description" not in read_metadata(data) and "input_note" not in read_metadata(data)
+    written = read_metadata(data).to_strings()
+    assert "description" not in written and "input_note" not in written
     info = task_from_bytes(data).info
     assert (info.description, info.input_note) == ("", "")
 

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import adaptformer as af
-from adaptformer.adapter_file import FORMAT_VERSION
 from adaptformer.engine import PATHS
+from adaptformer.metadata import FORMAT_VERSION
 from adaptformer.model import image_tokens
 from adaptformer.temporal import TemporalConfig, TemporalPart
 from tests.support import IMG, adapted, clips, images, make_vit, max_diff, read_file, rewrite

@@ -30,7 +30,7 @@ from typing import Any
 
 from torch import nn
 
-from adaptformer.adapter_file import atomic_write
+from adaptformer.atomic import atomic_write
 from adaptformer.embedded import EMBEDDED_NAME
 from adaptformer_server.errors import ApiError, NotFound
 from adaptformer_server.jobs.examples import ExamplesSummary

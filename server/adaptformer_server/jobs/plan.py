@@ -3,7 +3,7 @@
 A job must never train for minutes and then fail at registration, so the adapter it would write (metadata and
 tensor shapes, no tensor data) goes through the checks of ``POST /adapters`` at submission: the library's header
 checks (:func:`~adaptformer.adapter_header.parse_header`: labels, description, config, layers, input) and the
-backbone's fit rules (:meth:`~adaptformer.adapter_header.BackboneSpec.check_header`). The description a job makes
+backbone's fit rules (:meth:`~adaptformer.fit.BackboneSpec.check_header`). The description a job makes
 itself when none is given is made within the same limits.
 """
 
@@ -14,16 +14,11 @@ import math
 import struct
 from typing import Any
 
-from adaptformer.adapter_header import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    MAX_TEXT_CHARS,
-    BackboneSpec,
-    branch_shapes,
-    parse_header,
-)
+from adaptformer.adapter_header import parse_header
 from adaptformer.errors import AdapterFormatError, IncompatibleAdapterError
+from adaptformer.fit import BackboneSpec, branch_shapes
 from adaptformer.input_spec import InputSpec
+from adaptformer.metadata import FORMAT_NAME, FORMAT_VERSION, MAX_TEXT_CHARS
 from adaptformer.train import TrainConfig
 from adaptformer_server.errors import InvalidInput
 from adaptformer_server.jobs.knobs import TrainKnobs

@@ -9,7 +9,7 @@ import re
 import socket
 from pathlib import Path
 
-from adaptformer.adapter_header import atomic_write as _library_atomic_write
+from adaptformer.atomic import atomic_write as _library_atomic_write
 
 __all__ = ["HOST", "atomic_write", "fsync_dir", "orphan"]
 

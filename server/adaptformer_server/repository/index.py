@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from adaptformer import adapter_header, input_spec
+from adaptformer import adapter_header, fit, input_spec, metadata, safetensors_header
 from adaptformer import config as adapter_config
 from adaptformer_server.repository.files import atomic_write
 from adaptformer_server.repository.record import Stamp
@@ -34,9 +34,10 @@ def index_format() -> str:
     """Names the header checks: the record format, the adapter format version and a digest of the modules that
     check headers."""
     digest = hashlib.sha256()
-    for module in (adapter_header, adapter_config, input_spec):  # the header checks live in these
+    # the header checks live in these
+    for module in (adapter_header, safetensors_header, metadata, fit, adapter_config, input_spec):
         digest.update(Path(module.__file__ or "").read_bytes())
-    return f"2/{adapter_header.FORMAT_VERSION}/{digest.hexdigest()[:12]}"
+    return f"2/{metadata.FORMAT_VERSION}/{digest.hexdigest()[:12]}"
 
 
 class StoreIndex:

@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from adaptformer.adapter_header import IncompleteFile, NewerFormatError
 from adaptformer.errors import AdapterFormatError
+from adaptformer.metadata import NewerFormatError
+from adaptformer.safetensors_header import IncompleteFile
 from adaptformer_server.repository.files import fsync_dir
 from adaptformer_server.repository.names import SUFFIX
 from adaptformer_server.repository.record import Stamp

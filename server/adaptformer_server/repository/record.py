@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any, NamedTuple
 
-from adaptformer.adapter_file import Header
+from adaptformer.adapter_header import Header
+from adaptformer.metadata import AdapterMetadata
 from adaptformer.preprocess import InputSpec
 from adaptformer_server.repository.names import valid_version
 
@@ -58,49 +58,47 @@ class AdapterEntry:
         return f"{self.task}@{self.version}"
 
     @property
-    def meta(self) -> dict[str, Any]:
-        return self.header.meta
+    def metadata(self) -> AdapterMetadata:
+        return self.header.metadata
 
-    @cached_property
+    @property
     def spec(self) -> InputSpec:
-        # Parsed once per entry (an entry is one immutable version), not on every request that reads it.
-        return InputSpec.from_dict(self.meta["input"])
+        return self.header.metadata.input
 
     @property
     def labels(self) -> list[str]:
-        return list(self.meta["labels"])
+        return list(self.header.metadata.labels)
 
     def info(self, resident: bool, backbone_params: int) -> dict[str, Any]:
         """The contract's AdapterInfo."""
-        meta = self.meta
+        meta = self.metadata
         spec = self.spec
         params = self.header.params
-        metrics = meta.get("metrics")
         return {
             "task": self.task,
-            "description": str(meta.get("description", "")),
+            "description": meta.description,
             "input": {
                 "size": spec.size,
                 "mean": list(spec.mean),
                 "std": list(spec.std),
                 "interpolation": spec.interpolation,
                 "frames": spec.frames,
-                "note": str(meta.get("input_note", "")),
+                "note": meta.input_note,
             },
             "version": self.version,
-            "method": meta["method"],
+            "method": meta.method,
             "modality": spec.modality,
             "frames": spec.frames,
-            "num_classes": len(meta["labels"]),
+            "num_classes": meta.num_classes,
             "labels": self.labels,
             "params": params,
             "percent_of_backbone": round(100.0 * params / max(backbone_params, 1), 4),
             "size_bytes": self.size_bytes,
-            "backbone": str(meta["backbone"]),
-            "fingerprint": str(meta["backbone_fingerprint"]),
-            "config": meta.get("config") if isinstance(meta.get("config"), dict) else None,
-            "metrics": metrics if isinstance(metrics, dict) else {},
-            "created": str(meta.get("created", "")),
+            "backbone": meta.backbone,
+            "fingerprint": meta.backbone_fingerprint,
+            "config": meta.config.to_dict() if meta.config is not None else None,
+            "metrics": meta.metrics,
+            "created": meta.created,
             "resident": resident,
         }
 
@@ -109,8 +107,7 @@ class AdapterEntry:
         """The index record of a file that passed the checks (its stamp, version and checked header)."""
         assert self.stamp is not None
         h, st = self.header, self.stamp
-        header = {"meta": h.meta, "shapes": {k: list(v) for k, v in h.shapes.items()}, "data_end": h.data_end}
-        return {"size": st.size, "mtime_ns": st.mtime_ns, "ino": st.ino, "version": self.version, "header": header}
+        return {"size": st.size, "mtime_ns": st.mtime_ns, "ino": st.ino, "version": self.version, "header": h.to_json()}
 
     @classmethod
     def from_record(cls, task: str, stamp: Stamp, record: Any) -> AdapterEntry | None:
@@ -119,11 +116,7 @@ class AdapterEntry:
             return None
         try:
             h, version = record["header"], record["version"]
-            header = Header(
-                meta=dict(h["meta"]),
-                shapes={k: tuple(v) for k, v in h["shapes"].items()},
-                data_end=int(h["data_end"]),
-            )
+            header = Header.from_json(h)
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
         if not isinstance(version, str) or not valid_version(version) or header.data_end != stamp.size:

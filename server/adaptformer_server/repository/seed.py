@@ -52,11 +52,11 @@ def seed(store: AdapterStore, fingerprint: str, sources: list[Path]) -> list[str
     for src in sources:
         task = src.name[: -len(SUFFIX)]
         try:
-            meta = read_header(src, src.name).meta
+            meta = read_header(src, src.name).metadata
         except (OSError, AdapterFormatError) as e:
             log.warning("demo adapter %s is unreadable: %s", src.name, e)
             continue
-        if meta["backbone_fingerprint"] != fingerprint or not valid_task_name(task):
+        if meta.backbone_fingerprint != fingerprint or not valid_task_name(task):
             continue
         matched = True
         dst = store.root / src.name

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from adaptformer.adapter_header import IncompleteFile
+from adaptformer.safetensors_header import IncompleteFile
 from adaptformer_server.repository.layout import AdapterStore
 from adaptformer_server.repository.names import SUFFIX, valid_task_name
 from adaptformer_server.repository.record import AdapterEntry, Stamp

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from adaptformer.adapter_file import parse_header, read_header, task_from_bytes
+from adaptformer.adapter_file import task_from_bytes
+from adaptformer.adapter_header import parse_header, read_header
 from adaptformer.embedded import EMBEDDED_NAME
 from adaptformer.engine import MultiTaskViT
 from adaptformer.errors import AdapterFormatError, IncompatibleAdapterError
@@ -357,13 +358,13 @@ class AdapterManager:
         watcher, then the tensors, their values in the serving dtype and the engine. Returns the entry (the bytes
         hashed once: ``version`` when the caller knows it) and the adapter, prepared."""
         header = parse_header(data, "uploaded file", size=len(data))
-        name = name or str(header.meta["task"])
+        name = name or header.metadata.task
         if (problem := task_name_problem(name)) is not None:
             raise InvalidAdapter(f"{problem}; pass a valid name in the `task` form field")
         entry = AdapterEntry(task=name, version=version or version_of(data), size_bytes=len(data), header=header)
         try:
             self._check_stored(entry)
-            prepared = self._prepare(task_from_bytes(data, source="uploaded file"))
+            prepared = self._prepare(task_from_bytes(data, source="uploaded file", header=header))
         except IncompatibleAdapterError as e:
             hint = ""
             if e.check in ("fingerprint", "shapes"):
@@ -455,17 +456,16 @@ class AdapterManager:
         assert self.store is not None
         out = []
         for v in self.store.versions(task):
-            meta = v.meta
-            metrics = meta.get("metrics")
+            meta = v.metadata
             out.append(
                 {
                     "version": v.version,
                     "current": v.version == current,
                     "size_bytes": v.size_bytes,
                     "stored": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(v.stored_ns / 1e9)),
-                    "created": str(meta.get("created", "")),
-                    "description": str(meta.get("description", "")),
-                    "metrics": metrics if isinstance(metrics, dict) else {},
+                    "created": meta.created,
+                    "description": meta.description,
+                    "metrics": meta.metrics,
                 }
             )
         return out
