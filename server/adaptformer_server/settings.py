@@ -131,6 +131,11 @@ class Settings(BaseSettings):
         description="comma-separated schemes POST /adapters may fetch an adapter from by reference (https, http, "
         "file, hf, s3); default: none",
     )
+    allow_private_sources: bool = Field(
+        False,
+        description="let http(s) sources and their redirects reach loopback, link-local, private and other "
+        "non-public addresses (default: refused)",
+    )
     adapter_source_dirs: Annotated[list[Path], NoDecode] = Field(
         [],
         description="comma-separated directories file:// sources must lie in (with 'file' in --adapter-sources)",

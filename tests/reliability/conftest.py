@@ -1,4 +1,5 @@
-"""Fixtures of the reliability tests: a backbone and 16 adapters, and real server processes on 127.0.0.1.
+"""Fixtures of the reliability tests: a tiny ViT for in-process apps, a backbone and 16 adapters, and real server
+processes on 127.0.0.1.
 
 Servers are session-scoped (a start imports torch and loads the backbone) and stopped at the end; each keeps
 its log in the session's temporary directory.
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from timm.models.vision_transformer import VisionTransformer
 
 from benchmarks.reliability import (
     ADMIN_KEY,
@@ -21,6 +23,7 @@ from benchmarks.reliability import (
     make_images,
     references,
 )
+from tests.support import tiny_vit
 
 MiB = 1024 * 1024
 
@@ -32,6 +35,12 @@ SHARED_SETTINGS = {
     "max_request_pixels": 4_000_000,
     "slots": 16,
 }
+
+
+@pytest.fixture(scope="module")
+def vit() -> VisionTransformer:
+    """A tiny random ViT for the in-process apps, one per test module."""
+    return tiny_vit()
 
 
 @pytest.fixture(scope="session")

@@ -14,12 +14,7 @@ from adaptformer_server import create_app
 from adaptformer_server.repository.layout import AdapterStore
 from adaptformer_server.repository.names import version_of
 from adaptformer_server.settings import Settings
-from tests.support import adapter_bytes, async_wait_until, serving, tiny_vit, upload_files
-
-
-@pytest.fixture(scope="module")
-def vit():
-    return tiny_vit()
+from tests.support import adapter_bytes, async_wait_until, serving, upload_files
 
 
 def settings(store: Path, replica: str, **overrides: object) -> Settings:

@@ -22,22 +22,16 @@ from typing import Any
 
 import httpx
 import pytest
-from timm.models.vision_transformer import VisionTransformer
 
 from adaptformer_server.app import create_app
 from adaptformer_server.jobs import manager as manager_module
 from adaptformer_server.settings import Settings
 from tests.server.jobs_support import zip_of
-from tests.support import async_wait_until, gif, png, serving, tiny_vit
+from tests.support import async_wait_until, gif, png, serving
 
 ADMIN = "jobs-admin-key-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 ENDED = ("succeeded", "failed", "cancelled")
-
-
-@pytest.fixture(scope="module")
-def vit() -> VisionTransformer:
-    return tiny_vit()
 
 
 @pytest.fixture

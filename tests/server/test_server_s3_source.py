@@ -64,6 +64,8 @@ async def test_s3_source_is_registered_and_served(vit, store, make_settings, s3)
         (f"s3://{BUCKET}/big.safetensors", {"max_upload_bytes": 50000}, 413, "limit is 50,000"),
         (f"s3://{BUCKET}/flowers.safetensors", {"checksum": "0" * 64}, 422, "SHA-256"),
         (f"s3://{BUCKET}", {}, 422, "s3://BUCKET/KEY"),
+        (f"s3://[{BUCKET}/flowers.safetensors", {}, 422, "s3://BUCKET/KEY"),  # urlsplit raises: was a 500
+        (f"s3://agent:secret@{BUCKET}/flowers.safetensors", {}, 422, "s3://BUCKET/KEY"),
         (f"s3://{BUCKET}/flowers.safetensors", {"adapter_sources": "http"}, 403, "ADAPTFORMER_ADAPTER_SOURCES=s3"),
     ],
 )
@@ -80,4 +82,5 @@ async def test_s3_failures_leave_the_store_unchanged(vit, store, make_settings, 
         r = await client.post("/adapters", json=body)
         assert r.status_code == status, r.text
         assert words in r.json()["error"]["message"], r.text
+        assert "secret" not in r.text  # user info is never shown
         assert snapshot(store) == before

@@ -1,81 +1,21 @@
 """Adapters by reference: POST /adapters with JSON {task, source, sha256} from a local HTTP server this test starts
 (good, slow, missing, too large, wrong checksum) and from file:// paths inside and outside the allowed directories.
-Every failure leaves the store as it was; what is fetched gets the checks of an upload."""
+Every failure leaves the store as it was; what is fetched gets the checks of an upload. The HTTP server is on
+loopback, which sources may reach only with ``allow_private_sources`` (tests/reliability/test_adapter_sources.py
+has the hostile cases)."""
 
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from adaptformer_server import create_app
 from adaptformer_server.repository.layout import HISTORY
-from tests.support import adapter_bytes, image_files, png, serving, upload_files
-
-
-class Remote:
-    """A loopback HTTP server: ``files`` by path; /slow answers late, /drip sends its body slowly, /chunked/<name>
-    sends a file without a Content-Length."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        remote = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                path = self.path
-                if path == "/slow":
-                    time.sleep(3)
-                if path == "/drip":
-                    self.send_response(200)
-                    self.send_header("Content-Length", "100000")
-                    self.end_headers()
-                    try:
-                        for _ in range(30):
-                            self.wfile.write(b"x" * 10)
-                            self.wfile.flush()
-                            time.sleep(0.1)
-                    except OSError:  # the server under test gave up, as it should
-                        pass
-                    return
-                chunked = path.startswith("/chunked/")
-                data = remote.files.get(path.removeprefix("/chunked"))
-                if data is None:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                if chunked:
-                    self.send_header("Transfer-Encoding", "chunked")
-                    self.end_headers()
-                    for i in range(0, len(data), 4096):
-                        part = data[i : i + 4096]
-                        self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
-                    self.wfile.write(b"0\r\n\r\n")
-                else:
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+from tests.support import Answer, Remote, adapter_bytes, image_files, png, serving, upload_files
 
 
 @pytest.fixture
@@ -104,9 +44,10 @@ def snapshot(store: Path) -> dict[str, bytes]:
 
 async def test_http_source_with_checksum_is_registered_and_served(vit, store, make_settings, remote):
     data = adapter_bytes(vit, "flowers", seed=3)
-    remote.files["/flowers.safetensors"] = data
-    remote.files["/other.safetensors"] = adapter_bytes(vit, "flowers", seed=4)
-    async with serving(create_app(make_settings(adapter_sources="http"), backbone=vit)) as client:
+    remote.serve("/flowers.safetensors", data)
+    remote.answers["/chunked/other.safetensors"] = Answer(body=adapter_bytes(vit, "flowers", seed=4), chunked=True)
+    settings = make_settings(adapter_sources="http", allow_private_sources=True)  # the remote is on loopback
+    async with serving(create_app(settings, backbone=vit)) as client:
         r = await client.post(
             "/adapters", json={"source": f"{remote.url}/flowers.safetensors", "sha256": sha(data).upper()}
         )
@@ -138,11 +79,14 @@ async def test_http_source_with_checksum_is_registered_and_served(vit, store, ma
 async def test_http_source_failures_leave_the_store_unchanged(
     vit, store, make_settings, remote, path, overrides, status, words
 ):
-    remote.files["/flowers.safetensors"] = adapter_bytes(vit, "flowers", seed=3)
-    remote.files["/big.safetensors"] = b"\0" * 200_000
-    remote.files["/junk.safetensors"] = b"not an adapter at all"
+    remote.serve("/flowers.safetensors", adapter_bytes(vit, "flowers", seed=3))
+    remote.serve("/big.safetensors", b"\0" * 200_000)
+    remote.answers["/chunked/big.safetensors"] = Answer(body=b"\0" * 200_000, chunked=True)
+    remote.serve("/junk.safetensors", b"not an adapter at all")
+    remote.answers["/slow"] = Answer(404, delay=3)  # answers after the source timeout
+    remote.answers["/drip"] = Answer(body=b"x" * 100_000, drip=0.1)  # 10 bytes every 0.1 s
     checksum = overrides.pop("checksum", None)
-    settings = make_settings(**{"adapter_sources": "http", **overrides})
+    settings = make_settings(**{"adapter_sources": "http", "allow_private_sources": True, **overrides})
     async with serving(create_app(settings, backbone=vit)) as client:
         await client.post("/adapters", **upload_files(adapter_bytes(vit, "flowers", seed=1)))
         before = snapshot(store)
