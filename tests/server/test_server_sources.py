@@ -1,7 +1,7 @@
 """Adapters by reference: POST /adapters with JSON {task, source, sha256} from a local HTTP server this test starts
 (good, slow, missing, too large, wrong checksum) and from file:// paths inside and outside the allowed directories.
 Every failure leaves the store as it was; what is fetched gets the checks of an upload. The HTTP server is on
-loopback, which sources may reach only with ``allow_private_sources`` (tests/reliability/test_adapter_sources.py
+loopback, which sources may reach only with ``allow_private_sources`` (tests/reliability/sources/
 has the hostile cases)."""
 
 from __future__ import annotations
