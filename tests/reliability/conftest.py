@@ -23,6 +23,7 @@ from benchmarks.reliability import (
     make_images,
     references,
 )
+from tests.reliability import probes
 from tests.support import tiny_vit
 
 MiB = 1024 * 1024
@@ -91,3 +92,19 @@ def keyed_server(kit: Kit) -> Iterator[Server]:
     env = {"ADAPTFORMER_API_KEYS": PREDICT_KEY, "ADAPTFORMER_ADMIN_KEY": ADMIN_KEY}
     with Server(kit.weights, store, kit.workdir / "server-keyed.log", env=env) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def probed_server(kit: Kit) -> Iterator[Server]:
+    """The probed-request tests' server: small pixel limits, 2-second header and body timeouts, default (loopback)
+    host rules, no keys; tasks t00 and clip4."""
+    store = kit.workdir / "store-probed-requests"
+    store.mkdir(parents=True, exist_ok=True)
+    (store / "t00.safetensors").write_bytes(kit.tasks["t00"])
+    (store / "clip4.safetensors").write_bytes(kit.clip_task())
+    # Timeouts as variables: a server without the settings still starts (and the timeout tests fail, not error).
+    env = {"ADAPTFORMER_HEADER_TIMEOUT": str(probes.TIMEOUT_S), "ADAPTFORMER_BODY_TIMEOUT": str(probes.TIMEOUT_S)}
+    log = kit.workdir / "server-probed-requests.log"
+    settings = {"max_image_pixels": probes.MAX_IMAGE_PIXELS, "max_request_pixels": probes.MAX_REQUEST_PIXELS}
+    with Server(kit.weights, store, log, env=env, **settings) as s:
+        yield s
