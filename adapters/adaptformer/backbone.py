@@ -1,4 +1,5 @@
-"""Resolving a backbone by name: the embedded default or any timm ViT (hub weights or a local file)."""
+"""Resolving a backbone by name: the embedded default, any timm ViT (hub weights or a local file), or a VideoMAE
+checkpoint (a local file or Hugging Face model folder)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from adaptformer.embedded import EMBEDDED_NAME, EMBEDDED_SPEC, load_embedded
 from adaptformer.errors import AdaptformerError
 from adaptformer.model import check_supported
 from adaptformer.preprocess import InputSpec, spec_from_model
+from adaptformer.videomae import VIDEOMAE_NAMES, is_videomae, load_videomae
 
 __all__ = ["EMBEDDED", "Backbone", "load_backbone", "resolve_device"]
 
@@ -46,9 +48,11 @@ def load_backbone(name: str = EMBEDDED, weights: str | Path | None = None) -> Ba
     """Builds the backbone without a head, in eval mode.
 
     Args:
-        name: ``embedded`` (the shipped default) or a timm model name such as ``vit_small_patch16_224``.
-        weights: Local weights (safetensors or a PyTorch state dict). Without it, a timm name downloads its
-            pretrained weights through timm (needs a network).
+        name: ``embedded`` (the shipped default), a timm model name such as ``vit_small_patch16_224``, or
+            ``videomae`` / ``videomae-small|base|large|huge`` (a video-pretrained ViT, :mod:`adaptformer.videomae`).
+        weights: Local weights (safetensors or a PyTorch state dict; for VideoMAE also a Hugging Face model
+            folder, and required). Without it, a timm name downloads its pretrained weights through timm (needs a
+            network).
 
     Raises:
         AdaptformerError: unknown name, unreadable weights, or no network to fetch hub weights.
@@ -56,11 +60,21 @@ def load_backbone(name: str = EMBEDDED, weights: str | Path | None = None) -> Ba
     if name in (EMBEDDED, EMBEDDED_NAME):
         model = load_embedded(Path(weights) if weights else None, with_head=False)
         return Backbone(model, EMBEDDED_NAME, EMBEDDED_SPEC)
+    if is_videomae(name):
+        if weights is None:
+            raise AdaptformerError(
+                f"backbone {name!r} loads a local VideoMAE checkpoint: pass --weights FILE (original or Hugging Face "
+                "layout) or a Hugging Face model folder (config.json + weights); nothing is downloaded"
+            )
+        video = load_videomae(weights, name)
+        check_supported(video)
+        return Backbone(video, name, spec_from_model(video))
     import timm
 
     if not timm.is_model(name.split(".")[0]):
         raise AdaptformerError(
-            f"unknown backbone {name!r}: use 'embedded' or a timm ViT name (see timm.list_models('vit_*'))"
+            f"unknown backbone {name!r}: use 'embedded', a timm ViT name (see timm.list_models('vit_*')) or "
+            f"{', '.join(VIDEOMAE_NAMES)} with --weights"
         )
     try:
         model = cast(VisionTransformer, timm.create_model(name, pretrained=weights is None, num_classes=0))

@@ -86,8 +86,17 @@ def _config(cls: type, args: argparse.Namespace, **given: Any) -> Any:
 def _add_backbone_args(p: argparse.ArgumentParser) -> None:
     from adaptformer.train import TrainConfig
 
-    p.add_argument("--backbone", default="embedded", help="'embedded' (default) or a timm ViT name")
-    p.add_argument("--weights", type=Path, help="local backbone weights (safetensors or state dict)")
+    p.add_argument(
+        "--backbone",
+        default="embedded",
+        help="'embedded' (default), a timm ViT name, or videomae-small|base|large|huge (a VideoMAE checkpoint: "
+        "--weights required)",
+    )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        help="local backbone weights (safetensors or state dict; for videomae-* also a Hugging Face model folder)",
+    )
     _add_field(p, TrainConfig, "device")
 
 

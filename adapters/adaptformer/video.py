@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -13,6 +12,7 @@ from torch import nn
 from adaptformer.errors import UnsupportedModelError
 from adaptformer.model import base_vit
 from adaptformer.temporal import TemporalConfig, TemporalPart
+from adaptformer.videomae import TubeletProjection, sinusoid_table
 
 __all__ = ["TemporalRows", "VideoViT", "clip_support", "video_vit"]
 
@@ -22,17 +22,14 @@ TemporalRows = Sequence[tuple[slice | None, TemporalPart | None]]
 
 def _sinusoid(positions: int, dim: int) -> torch.Tensor:
     """Fixed sine-cosine table ``[positions, dim]`` (the transformer's original position code)."""
-    pos = torch.arange(positions, dtype=torch.float64).unsqueeze(1)
-    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
-    table = torch.zeros(positions, dim, dtype=torch.float64)
-    table[:, 0::2] = torch.sin(pos * freq)
-    table[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
-    return table.float()
+    return sinusoid_table(positions, dim)
 
 
 def clip_support(vit: nn.Module) -> str | None:
     """Why ``vit`` cannot read clips (``None`` when it can): the rule of :class:`VideoViT` and of ``BackboneSpec``."""
     proj = getattr(getattr(vit, "patch_embed", None), "proj", None)
+    if isinstance(proj, TubeletProjection):  # a video backbone: its own kernel and position table
+        return "video_vit needs a fixed input size" if getattr(vit, "dynamic_img_size", False) else None
     if not isinstance(proj, nn.Conv2d) or tuple(proj.kernel_size) != tuple(proj.stride):
         return "video_vit needs a ViT whose patch embedding is a Conv2d with stride = kernel"
     if getattr(vit, "pos_embed", None) is None or getattr(vit, "dynamic_img_size", False):
@@ -55,6 +52,12 @@ class VideoViT(nn.Module):
     adapter format 1 (a time code whose slot 0 is not zero), kept so that old adapter files answer as before.
     The backbone stays the frozen image ViT and keeps its fingerprint either way.
 
+    A video-pretrained backbone (VideoMAE, :mod:`adaptformer.videomae`: a :class:`TubeletProjection` in place of
+    the patch projection) is not inflated: its own 3D kernel embeds the tubelets and its sine-cosine table over the
+    flattened ``slots x h x w`` token positions is rebuilt for ``frames``; ``tubelet`` must be the kernel's. A
+    task's temporal part works on it the same way (its difference kernel added to the projection, its learned
+    time embedding added to the table).
+
     Args:
         vit: A timm VisionTransformer with a non-overlapping Conv2d patch embedding and absolute positions.
         frames: Frames per clip.
@@ -72,6 +75,13 @@ class VideoViT(nn.Module):
         proj = vit.patch_embed.proj
         if frames < 1 or tubelet < 1 or frames % tubelet:
             raise ValueError(f"frames ({frames}) must be a positive multiple of tubelet ({tubelet})")
+        self.native = isinstance(proj, TubeletProjection)
+        if self.native and tubelet != proj.tubelet:
+            raise ValueError(
+                f"this video backbone's tubelet kernel spans {proj.tubelet} frames; its clip tasks use tubelet "
+                f"{proj.tubelet}, not {tubelet}"
+            )
+        self._table: dict[tuple, torch.Tensor] = {}
         self.vit = vit
         self.frames = frames
         self.tubelet = tubelet
@@ -103,6 +113,34 @@ class VideoViT(nn.Module):
         assert pos is not None  # refused in __init__
         return pos[:, :n]
 
+    def _positions(self, parts: TemporalRows, t: int, hw: int, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Inflated image ViT, per part: its spatial embedding + a time code, ``[1, t, hw, dim]``."""
+        spatial = self._spatial_pos()
+        if spatial.shape[1] != hw:
+            raise ValueError(f"clip frames give {hw} patches; the backbone was built for {spatial.shape[1]}")
+        d = x.shape[-1]
+        rms = spatial.detach().pow(2).mean().sqrt()
+        fixed = _sinusoid(t, d).to(x)
+        positions: dict[int, torch.Tensor] = {}
+        for _, part in parts:
+            # Format 1 (no part) keeps its code, slot 0 not zero; a temporal part's fixed code is zero at slot 0.
+            code = fixed * rms if part is None else part.time_code((fixed - fixed[:1]) * rms)
+            positions[id(part)] = spatial.unsqueeze(1) + code.view(1, t, 1, d)
+        return positions
+
+    def _native_positions(self, parts: TemporalRows, t: int, hw: int, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Video backbone, per part: its sine-cosine table over ``t * hw`` tokens (+ the part's learned time code)."""
+        grid = self.vit.patch_embed.num_patches
+        if hw != grid:
+            raise ValueError(f"clip frames give {hw} patches; the backbone was built for {grid}")
+        d = x.shape[-1]
+        key = (t, hw, d, x.device, x.dtype)
+        if key not in self._table:
+            self._table[key] = sinusoid_table(t * hw, d).to(x).view(1, t, hw, d)
+        table = self._table[key]
+        zero = torch.zeros(t, d, dtype=x.dtype, device=x.device)
+        return {id(part): table if part is None else table + part.time_code(zero).view(1, t, 1, d) for _, part in parts}
+
     def embed(self, clips: torch.Tensor, parts: TemporalRows | None = None) -> torch.Tensor:
         """Clips ``[batch, frames, 3, H, W]`` to tokens ``[batch, tokens, dim]`` (before the blocks).
 
@@ -116,22 +154,16 @@ class VideoViT(nn.Module):
         parts = [(None, self.temporal)] if parts is None else list(parts)
         vit = self.vit
         proj = vit.patch_embed.proj
-        weight = proj.weight.unsqueeze(2).expand(-1, -1, self.tubelet, -1, -1) / self.tubelet
-        x = F.conv3d(clips.transpose(1, 2), weight, proj.bias, stride=(self.tubelet, *proj.stride))
+        if isinstance(proj, TubeletProjection):
+            x = proj.clips(clips.transpose(1, 2))
+        else:
+            weight = proj.weight.unsqueeze(2).expand(-1, -1, self.tubelet, -1, -1) / self.tubelet
+            x = F.conv3d(clips.transpose(1, 2), weight, proj.bias, stride=(self.tubelet, *proj.stride))
         b, d, t, h, w = x.shape
         x = x.flatten(3).transpose(1, 2).transpose(2, 3)  # [batch, t, h * w, dim]
         x = _per_rows(x, parts, lambda part, rows: _temporal_tokens(part, x[rows], clips[rows]))
         x = vit.patch_embed.norm(x.reshape(b, t * h * w, d))  # time-major: [batch, t * h * w, dim]
-        spatial = self._spatial_pos()
-        if spatial.shape[1] != h * w:
-            raise ValueError(f"clip frames give {h}x{w} patches; the backbone was built for {spatial.shape[1]}")
-        rms = spatial.detach().pow(2).mean().sqrt()
-        fixed = _sinusoid(t, d).to(x)
-        positions: dict[int, torch.Tensor] = {}  # per part: spatial + time code, [1, t, h * w, dim]
-        for _, part in parts:
-            # Format 1 (no part) keeps its code, slot 0 not zero; a temporal part's fixed code is zero at slot 0.
-            code = fixed * rms if part is None else part.time_code((fixed - fixed[:1]) * rms)
-            positions[id(part)] = spatial.unsqueeze(1) + code.view(1, t, 1, d)
+        positions = self._native_positions(parts, t, h * w, x) if self.native else self._positions(parts, t, h * w, x)
         x = x.reshape(b, t, h * w, d)
         x = _per_rows(x, parts, lambda part, rows: x[rows] + positions[id(part)])
         x = x.reshape(b, t * h * w, d)

@@ -42,7 +42,8 @@ class BackboneInfo(BackboneSpec):
 
 def load_backbone(settings: Settings) -> tuple[nn.Module, str]:
     """The backbone the settings name (without a head) and its name, through ``adaptformer.backbone``."""
-    if settings.weights is not None and not settings.weights.is_file():
+    # A file, or (VideoMAE) a Hugging Face model folder: the library says which a name takes.
+    if settings.weights is not None and not settings.weights.exists():
         raise BackboneError(f"weights file not found: {settings.weights} (--weights / ADAPTFORMER_WEIGHTS)")
     try:
         loaded = _load(settings.backbone, settings.weights)
