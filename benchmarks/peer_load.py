@@ -28,8 +28,8 @@ import torch
 
 from adaptformer_server.backbone import load_backbone
 from adaptformer_server.settings import Settings
-from benchmarks.machine import header, provenance, write_report
-from benchmarks.server_load import adapter_file, engine_alone, wrk_load
+from benchmarks.machine import header, write_report
+from benchmarks.server_load import adapter_file, engine_alone, report_head, wrk_load
 from tests.support import ServerProcess, embedded_backbone, png, wait_ready
 
 TASKS = 16
@@ -173,15 +173,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def render(r: dict) -> str:
-    lines = [
-        "# The server, the engine alone and LitServe",
-        "",
-        provenance(r)
-        + f" Backbone `{r['backbone']}` on the CPU, torch 1 thread, {TASKS} tasks (d^={r['bottleneck']}) mixed, one PNG "
+    setup = (
+        f" Backbone `{r['backbone']}` on the CPU, torch 1 thread, {TASKS} tasks (d^={r['bottleneck']}) mixed, one PNG "
         f"per request as a multipart form, {r['clients']} wrk connections, {r['seconds']:.0f} s per measurement, "
         f"{r['rounds']} interleaved rounds (medians); client and servers share the machine. "
-        + (f"Note: {r['note']}" if r["note"] else ""),
-        "",
+    )
+    lines = [
+        *report_head("The server, the engine alone and LitServe", r, setup),
         "| setup | img/s | p50 ms | p99 ms | per round (img/s) |",
         "|---|---:|---:|---:|---|",
     ]

@@ -69,6 +69,8 @@ TASKS = 16
 TOL = 1e-4  # softmax scores of an answer under load vs the same image alone
 ADMIN_KEY = "rel-admin-key"
 PREDICT_KEY = "rel-predict-key"
+Part = tuple[str, bytes, str]  # one image of a request: (file name, encoded bytes, content type)
+Refs = dict[tuple[str, int], dict[str, float]]  # (task, image index) -> label -> score, each sent alone
 
 
 # -- set-up ----------------------------------------------------------------------------------------------------
@@ -108,7 +110,7 @@ _FORMATS = [("PNG", "image/png", "RGB"), ("JPEG", "image/jpeg", "RGB"), ("WEBP",
             ("PNG", "image/png", "RGBA"), ("BMP", "image/bmp", "L"), ("GIF", "image/gif", "P")]  # fmt: skip
 
 
-def make_images(n: int, seed: int = 0) -> list[tuple[str, bytes, str]]:
+def make_images(n: int, seed: int = 0) -> list[Part]:
     """``n`` images (file name, bytes, content type) of mixed sizes, formats and modes; smooth noise."""
     out = []
     for i in range(n):
@@ -202,15 +204,13 @@ def _matches(got: dict[str, float], ref: dict[str, float]) -> bool:
     return got.keys() == ref.keys() and all(abs(got[k] - ref[k]) <= TOL for k in ref)
 
 
-def _multipart(images: Sequence[tuple[str, bytes, str]]) -> list:
+def _multipart(images: Sequence[Part]) -> list:
     return [("image", img) for img in images]
 
 
-async def references(
-    url: str, tasks: dict[str, str], images: Sequence[tuple[str, bytes, str]], headers: dict | None = None
-) -> dict[tuple[str, int], dict[str, float]]:
+async def references(url: str, tasks: dict[str, str], images: Sequence[Part], headers: dict | None = None) -> Refs:
     """Each (task, image) sent alone, one request at a time: label -> score for every class."""
-    refs: dict[tuple[str, int], dict[str, float]] = {}
+    refs: Refs = {}
     async with httpx.AsyncClient(base_url=url, timeout=60, headers=headers) as client:
         for task, version in tasks.items():
             for i, img in enumerate(images):
@@ -228,8 +228,8 @@ class Load:
         self,
         url: str,
         tasks: dict[str, str],
-        images: Sequence[tuple[str, bytes, str]],
-        refs: dict[tuple[str, int], dict[str, float]],
+        images: Sequence[Part],
+        refs: Refs,
         *,
         seed: int = 0,
         max_images: int = 3,
@@ -319,8 +319,8 @@ class Load:
 async def load_run(
     url: str,
     tasks: dict[str, str],
-    images: Sequence[tuple[str, bytes, str]],
-    refs: dict[tuple[str, int], dict[str, float]],
+    images: Sequence[Part],
+    refs: Refs,
     clients: int,
     seconds: float,
     pid: int | None = None,
@@ -329,7 +329,9 @@ async def load_run(
     return await Load(url, tasks, images, refs).run(clients, seconds, pid)
 
 
-async def _sequential(url: str, tasks: dict[str, str], images, refs, n: int) -> tuple[int, list[float]]:
+async def _sequential(
+    url: str, tasks: dict[str, str], images: Sequence[Part], refs: Refs, n: int
+) -> tuple[int, list[float]]:
     """``n`` requests one at a time: how many were correct 200s, and their latencies."""
     ok, lat = 0, []
     names = sorted(tasks)
@@ -354,8 +356,8 @@ def _queue_depth(url: str) -> float:
 async def overload_run(
     url: str,
     tasks: dict[str, str],
-    images: Sequence[tuple[str, bytes, str]],
-    refs: dict[tuple[str, int], dict[str, float]],
+    images: Sequence[Part],
+    refs: Refs,
     clients: int,
     seconds: float,
     pid: int | None = None,
@@ -414,7 +416,7 @@ class _Span:
 async def hotswap_run(
     url: str,
     kit: Kit,
-    images: Sequence[tuple[str, bytes, str]],
+    images: Sequence[Part],
     clients: int,
     seconds: float,
     *,

@@ -47,7 +47,7 @@ from adaptformer.engine import MultiTaskViT
 from adaptformer_server.backbone import load_backbone, resolve_device
 from adaptformer_server.settings import Settings
 from benchmarks import engine_throughput as bench
-from benchmarks.machine import cpu_model, write_report
+from benchmarks.machine import cpu_model, provenance, write_report
 from tests.support import ServerProcess, adapter_bytes, embedded_backbone, png
 
 TASKS = 16
@@ -481,21 +481,36 @@ def saturation(
     }
 
 
-def render_saturation(r: dict) -> str:
-    s = r["saturation"]
-    header = (
+def report_head(title: str, r: dict, setup: str) -> list[str]:
+    """The title and first paragraph of a report of ``header``'s fields: ``provenance``, then ``setup`` and the
+    run's note (the front tier's and the peer comparison's reports)."""
+    return [f"# {title}", "", provenance(r) + setup + (f"Note: {r['note']}" if r["note"] else ""), ""]
+
+
+def _head(title: str, r: dict, setup: str) -> list[str]:
+    """A report's title and first paragraph (the command, when, where, torch and backbone, then ``setup``), and the
+    run's note."""
+    where = (
         f"`{r['command']}`, {r['date']}, on {r['machine']} (load average at the start "
         f"{', '.join(str(v) for v in r['load_average_at_start'])}), torch {r['torch']}, backbone `{r['backbone']}` "
-        f"on {r['device']}, torch threads {r.get('threads') or 'default'}. {s['clients']} closed-loop clients ({s['tool']}, one connection each, one PNG per "
-        f"request, tasks mixed over {TASKS} adapters) for {s['seconds']:g} s per measurement; client and server "
-        "share the machine. Each round measures the server with batching on (max batch 32, max wait 5 ms), with "
-        "batching off (max batch 1), then the engine alone on batches of 32 mixed tasks."
+        f"on {r['device']}"
     )
-    if r["quick"]:
-        header += " A `--quick` run: a smoke test, not a result."
-    parts = ["# Server saturation", "", header, ""]
+    quick = " A `--quick` run: a smoke test, not a result." if r["quick"] else ""
+    parts = [f"# {title}", "", where + setup + quick, ""]
     if r.get("note"):
         parts += [f"Note: {r['note']}", ""]
+    return parts
+
+
+def render_saturation(r: dict) -> str:
+    s = r["saturation"]
+    setup = (
+        f", torch threads {r.get('threads') or 'default'}. {s['clients']} closed-loop clients ({s['tool']}, one "
+        f"connection each, one PNG per request, tasks mixed over {TASKS} adapters) for {s['seconds']:g} s per "
+        "measurement; client and server share the machine. Each round measures the server with batching on (max "
+        "batch 32, max wait 5 ms), with batching off (max batch 1), then the engine alone on batches of 32 mixed tasks."
+    )
+    parts = _head("Server saturation", r, setup)
     parts += [
         "| round | load avg | server img/s | mean batch | p50 ms | p99 ms | server CPU | generator CPU | batching off "
         "img/s | engine img/s | server / engine | on / off |",
@@ -521,17 +536,8 @@ def render_saturation(r: dict) -> str:
 
 
 def render(r: dict) -> str:
-    header = (
-        f"`{r['command']}`, {r['date']}, on {r['machine']} (load average at the start "
-        f"{', '.join(str(v) for v in r['load_average_at_start'])}), torch {r['torch']}, backbone `{r['backbone']}` "
-        f"on {r['device']}. One image per request, tasks mixed over {TASKS} adapters; client and server share the "
-        "machine."
-    )
-    if r["quick"]:
-        header += " A `--quick` run: a smoke test, not a result."
-    parts = ["# Server load benchmark", "", header, ""]
-    if r.get("note"):
-        parts += [f"Note: {r['note']}", ""]
+    setup = f". One image per request, tasks mixed over {TASKS} adapters; client and server share the machine."
+    parts = _head("Server load benchmark", r, setup)
     for mode, data in r["load"].items():
         parts += [f"## Throughput and latency, {mode} (mean batch {data['mean_batch_size']:.1f})", ""]
         parts += [table(data["rows"], ["concurrency", "rps", "p50_ms", "p99_ms", "requests", "errors"]), ""]

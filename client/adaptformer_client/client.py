@@ -396,12 +396,30 @@ class _BaseClient:
     def _metrics(self) -> _Call[str]:
         return _Call(self._build("GET", "/metrics", headers={"Accept": "text/plain"}), _text)
 
+    def _check_wait(self, deadline: float, timeout: float) -> None:
+        """Raises ``APITimeoutError`` once ``deadline`` (``time.monotonic``) has passed waiting for readiness."""
+        if time.monotonic() >= deadline:
+            raise APITimeoutError(f"{self.base_url} not ready after {timeout:g}s")
+
     # Retries.
 
     def _backoff_delay(self, attempt: int) -> float:
         """Exponential backoff, each wait drawn from [1 - jitter, 1] of it so that clients do not retry in step."""
         delay = min(self.max_backoff, self.backoff * 2**attempt)
         return delay * (1.0 - self.jitter * self._random.random())
+
+    def _settle(
+        self, call: _Call[Any], attempt: int, answer: httpx.Response | httpx.TransportError
+    ) -> httpx.Response | float:
+        """After try ``attempt`` (0-based) of ``call``: the response to read, or the seconds to wait before the next
+        try; raises the connection error when a try that broke is not made again."""
+        if isinstance(answer, httpx.Response):
+            delay = self._retry_delay(call, attempt, response=answer)
+            return answer if delay is None else delay
+        delay = self._retry_delay(call, attempt, error=answer)
+        if delay is None:
+            raise _connection_error(answer, call.request.url) from answer
+        return delay
 
     def _retry_delay(
         self,
@@ -477,16 +495,13 @@ class Client(_BaseClient):
         attempt = 0
         while True:
             try:
-                response = self._http.send(call.request)
+                answer: httpx.Response | httpx.TransportError = self._http.send(call.request)
             except httpx.TransportError as e:
-                delay = self._retry_delay(call, attempt, error=e)
-                if delay is None:
-                    raise _connection_error(e, call.request.url) from e
-            else:
-                delay = self._retry_delay(call, attempt, response=response)
-                if delay is None:
-                    return call.parse(response)
-            self._sleep(delay)
+                answer = e
+            step = self._settle(call, attempt, answer)
+            if isinstance(step, httpx.Response):
+                return call.parse(step)
+            self._sleep(step)
             attempt += 1
 
     def predict(
@@ -691,8 +706,7 @@ class Client(_BaseClient):
                     return state
             except APIConnectionError:
                 pass
-            if time.monotonic() >= deadline:
-                raise APITimeoutError(f"{self.base_url} not ready after {timeout:g}s")
+            self._check_wait(deadline, timeout)
             self._sleep(interval)
 
     def metrics(self) -> str:
@@ -742,16 +756,13 @@ class AsyncClient(_BaseClient):
         attempt = 0
         while True:
             try:
-                response = await self._http.send(call.request)
+                answer: httpx.Response | httpx.TransportError = await self._http.send(call.request)
             except httpx.TransportError as e:
-                delay = self._retry_delay(call, attempt, error=e)
-                if delay is None:
-                    raise _connection_error(e, call.request.url) from e
-            else:
-                delay = self._retry_delay(call, attempt, response=response)
-                if delay is None:
-                    return call.parse(response)
-            await self._sleep(delay)
+                answer = e
+            step = self._settle(call, attempt, answer)
+            if isinstance(step, httpx.Response):
+                return call.parse(step)
+            await self._sleep(step)
             attempt += 1
 
     async def predict(
@@ -889,8 +900,7 @@ class AsyncClient(_BaseClient):
                     return state
             except APIConnectionError:
                 pass
-            if time.monotonic() >= deadline:
-                raise APITimeoutError(f"{self.base_url} not ready after {timeout:g}s")
+            self._check_wait(deadline, timeout)
             await self._sleep(interval)
 
     async def metrics(self) -> str:

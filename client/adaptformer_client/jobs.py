@@ -13,7 +13,7 @@ import time
 import zipfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Generic, TypeVar
 
 from adaptformer_client.errors import AdaptformerClientError, APITimeoutError
 from adaptformer_client.types import JobInfo
@@ -119,7 +119,24 @@ def _outcome(info: JobInfo) -> JobInfo:
     return info
 
 
-class Job:
+R = TypeVar("R")
+
+
+class _Handle(Generic[R]):
+    """What ``Job`` and ``AsyncJob`` hold: the job's id, its last state, and the calls that ask the server."""
+
+    def __init__(self, info: JobInfo, status: Callable[[str], R], cancel: Callable[[str], R], sleep: Any) -> None:
+        self.id = info.job
+        self.info = info
+        self._status = status
+        self._cancel = cancel
+        self._sleep = sleep
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.id!r}, task={self.info.task!r}, status={self.info.status!r})"
+
+
+class Job(_Handle[JobInfo]):
     """A training job on the server (``Client.train``, ``Client.job``).
 
     Attributes:
@@ -129,14 +146,7 @@ class Job:
 
     def __init__(self, info: JobInfo, status: Callable[[str], JobInfo], cancel: Callable[[str], JobInfo],
                  sleep: Callable[[float], Any] = time.sleep) -> None:  # fmt: skip
-        self.id = info.job
-        self.info = info
-        self._status = status
-        self._cancel = cancel
-        self._sleep = sleep
-
-    def __repr__(self) -> str:
-        return f"Job({self.id!r}, task={self.info.task!r}, status={self.info.status!r})"
+        super().__init__(info, status, cancel, sleep)
 
     def status(self) -> JobInfo:
         """The job now: status, epoch, loss, validation accuracy, ETA."""
@@ -167,19 +177,12 @@ class Job:
         return _outcome(self.info)
 
 
-class AsyncJob:
+class AsyncJob(_Handle[Awaitable[JobInfo]]):
     """``Job`` for ``AsyncClient``: the same methods, awaited."""
 
     def __init__(self, info: JobInfo, status: Callable[[str], Awaitable[JobInfo]],
                  cancel: Callable[[str], Awaitable[JobInfo]], sleep: Callable[[float], Awaitable[Any]]) -> None:  # fmt: skip
-        self.id = info.job
-        self.info = info
-        self._status = status
-        self._cancel = cancel
-        self._sleep = sleep
-
-    def __repr__(self) -> str:
-        return f"AsyncJob({self.id!r}, task={self.info.task!r}, status={self.info.status!r})"
+        super().__init__(info, status, cancel, sleep)
 
     async def status(self) -> JobInfo:
         self.info = await self._status(self.id)

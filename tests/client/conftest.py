@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -222,28 +223,35 @@ Call = Callable[..., Awaitable[Any]]
 
 
 @pytest.fixture(params=["sync", "async"])
-async def call(
-    request: pytest.FixtureRequest,
-    fake: FakeServer,
-    make_client: Callable[..., Client],
-    make_async_client: Callable[..., AsyncClient],
-) -> AsyncIterator[Call]:
-    """``await call("predict", "digits", image)``: one client method, through Client or AsyncClient."""
-    if request.param == "sync":
-        client = make_client(fake.handle, api_key="k")
+def through(
+    request: pytest.FixtureRequest, make_client: Callable[..., Client], make_async_client: Callable[..., AsyncClient]
+) -> Callable[..., AbstractAsyncContextManager[Call]]:
+    """``async with through(handler, **client_options) as call``: ``await call("predict", "digits", image)`` runs
+    one client method, through Client or AsyncClient (the fixture's two params); the client is closed after."""
 
-        async def sync_call(method: str, *args: Any, **kwargs: Any) -> Any:
-            return getattr(client, method)(*args, **kwargs)
+    @asynccontextmanager
+    async def opened(handler: Callable[[httpx.Request], httpx.Response], **options: Any) -> AsyncIterator[Call]:
+        if request.param == "sync":
+            with make_client(handler, **options) as client:
 
-        fake.api_key = "k"
-        yield sync_call
-        client.close()
-    else:
-        aclient = make_async_client(fake.handle, api_key="k")
+                async def sync_call(method: str, *args: Any, **kwargs: Any) -> Any:
+                    return getattr(client, method)(*args, **kwargs)
 
-        async def async_call(method: str, *args: Any, **kwargs: Any) -> Any:
-            return await getattr(aclient, method)(*args, **kwargs)
+                yield sync_call
+        else:
+            async with make_async_client(handler, **options) as aclient:
 
-        fake.api_key = "k"
-        yield async_call
-        await aclient.aclose()
+                async def async_call(method: str, *args: Any, **kwargs: Any) -> Any:
+                    return await getattr(aclient, method)(*args, **kwargs)
+
+                yield async_call
+
+    return opened
+
+
+@pytest.fixture
+async def call(fake: FakeServer, through: Callable[..., AbstractAsyncContextManager[Call]]) -> AsyncIterator[Call]:
+    """``await call("predict", "digits", image)``: one client method on ``fake``, through Client or AsyncClient."""
+    fake.api_key = "k"
+    async with through(fake.handle, api_key="k") as each:
+        yield each

@@ -8,72 +8,57 @@ import httpx
 import numpy as np
 import pytest
 
-from adaptformer_client import (
-    AdaptformerClientError,
-    APIConnectionError,
-    APITimeoutError,
-    AuthError,
-    IncompatibleAdapterError,
-    InvalidAdapterError,
-    InvalidInputError,
-    NotFoundError,
-    OverloadedError,
-    PayloadTooLargeError,
-    PermissionDeniedError,
-    ServerError,
-    UnsupportedMediaTypeError,
-    parse_error,
-)
+import adaptformer_client as ac
 from adaptformer_server import schemas
 from tests.support import run_python
 
 CASES = [
-    (400, "invalid_input", InvalidInputError),
-    (401, "unauthorized", AuthError),
-    (403, "forbidden", PermissionDeniedError),
-    (404, "not_found", NotFoundError),
-    (409, "incompatible_adapter", IncompatibleAdapterError),
-    (413, "payload_too_large", PayloadTooLargeError),
-    (415, "unsupported_media_type", UnsupportedMediaTypeError),
-    (422, "invalid_adapter", InvalidAdapterError),
-    (422, "validation_error", InvalidInputError),
-    (503, "overloaded", OverloadedError),
-    (503, "not_ready", OverloadedError),
-    (500, "internal_error", ServerError),
+    (400, "invalid_input", ac.InvalidInputError),
+    (401, "unauthorized", ac.AuthError),
+    (403, "forbidden", ac.PermissionDeniedError),
+    (404, "not_found", ac.NotFoundError),
+    (409, "incompatible_adapter", ac.IncompatibleAdapterError),
+    (413, "payload_too_large", ac.PayloadTooLargeError),
+    (415, "unsupported_media_type", ac.UnsupportedMediaTypeError),
+    (422, "invalid_adapter", ac.InvalidAdapterError),
+    (422, "validation_error", ac.InvalidInputError),
+    (503, "overloaded", ac.OverloadedError),
+    (503, "not_ready", ac.OverloadedError),
+    (500, "internal_error", ac.ServerError),
 ]
 
 
 @pytest.mark.parametrize(("status", "code", "cls"), CASES)
 def test_parse_error_maps_status_and_code(status: int, code: str, cls: type) -> None:
-    exc = parse_error(status, {"error": {"code": code, "message": "what is wrong and what to do"}})
+    exc = ac.parse_error(status, {"error": {"code": code, "message": "what is wrong and what to do"}})
     assert type(exc) is cls
     assert (exc.status, exc.code, exc.message, str(exc)) == (status, code, *["what is wrong and what to do"] * 2)
     assert exc.check is None
 
 
 def test_parse_error_keeps_the_check_and_retry_after() -> None:
-    exc = parse_error(409, {"error": {"code": "incompatible_adapter", "message": "m", "check": "shapes"}})
-    assert isinstance(exc, IncompatibleAdapterError) and exc.check == "shapes"
-    busy = parse_error(503, {"error": {"code": "overloaded", "message": "queue full"}}, retry_after=2.0)
-    assert isinstance(busy, OverloadedError) and busy.retry_after == 2.0
+    exc = ac.parse_error(409, {"error": {"code": "incompatible_adapter", "message": "m", "check": "shapes"}})
+    assert isinstance(exc, ac.IncompatibleAdapterError) and exc.check == "shapes"
+    busy = ac.parse_error(503, {"error": {"code": "overloaded", "message": "queue full"}}, retry_after=2.0)
+    assert isinstance(busy, ac.OverloadedError) and busy.retry_after == 2.0
 
 
 def test_parse_error_falls_back_on_status_for_unknown_bodies() -> None:
-    assert type(parse_error(404, {"detail": "Not Found"})) is NotFoundError
-    assert parse_error(404, {"detail": "Not Found"}).message == "Not Found"
-    assert type(parse_error(429, {})) is OverloadedError
-    bad_gateway = parse_error(502, "<html>502 Bad Gateway</html>")
-    assert type(bad_gateway) is ServerError and bad_gateway.message == "<html>502 Bad Gateway</html>"
-    assert parse_error(418, None).message == "HTTP 418 from the server, with no error message"
-    assert parse_error(503, {"status": "loading"}).message == "server is loading"
+    assert type(ac.parse_error(404, {"detail": "Not Found"})) is ac.NotFoundError
+    assert ac.parse_error(404, {"detail": "Not Found"}).message == "Not Found"
+    assert type(ac.parse_error(429, {})) is ac.OverloadedError
+    bad_gateway = ac.parse_error(502, "<html>502 Bad Gateway</html>")
+    assert type(bad_gateway) is ac.ServerError and bad_gateway.message == "<html>502 Bad Gateway</html>"
+    assert ac.parse_error(418, None).message == "HTTP 418 from the server, with no error message"
+    assert ac.parse_error(503, {"status": "loading"}).message == "server is loading"
 
 
 def test_permission_denied_is_an_auth_error_and_all_share_one_base() -> None:
-    assert issubclass(PermissionDeniedError, AuthError)
+    assert issubclass(ac.PermissionDeniedError, ac.AuthError)
     for _, _, cls in CASES:
-        assert issubclass(cls, AdaptformerClientError)
-    assert issubclass(APITimeoutError, APIConnectionError)
-    assert issubclass(APIConnectionError, AdaptformerClientError)
+        assert issubclass(cls, ac.AdaptformerClientError)
+    assert issubclass(ac.APITimeoutError, ac.APIConnectionError)
+    assert issubclass(ac.APIConnectionError, ac.AdaptformerClientError)
 
 
 @pytest.mark.parametrize(("status", "code", "cls"), CASES)
@@ -100,30 +85,30 @@ async def test_clients_raise_the_typed_error(make_client, make_async_client, sta
 
 
 async def test_fake_server_errors_through_every_route(call, fake) -> None:
-    with pytest.raises(NotFoundError, match="GET /adapters lists the tasks"):
+    with pytest.raises(ac.NotFoundError, match="GET /adapters lists the tasks"):
         await call("predict", "nope", b"\x89PNG\r\n\x1a\n")
-    with pytest.raises(InvalidInputError, match="takes images, not clips"):
+    with pytest.raises(ac.InvalidInputError, match="takes images, not clips"):
         await call("predict_clip", "digits", [b"a", b"b"])
-    with pytest.raises(InvalidInputError, match="3 frames"):
+    with pytest.raises(ac.InvalidInputError, match="3 frames"):
         await call("predict_clip", "motion", [b"a", b"b", b"c"])
-    with pytest.raises(InvalidAdapterError, match="not a safetensors file") as invalid:
+    with pytest.raises(ac.InvalidAdapterError, match="not a safetensors file") as invalid:
         await call("upload_adapter", b"BAD file")
     assert invalid.value.code == "invalid_adapter"
-    with pytest.raises(IncompatibleAdapterError) as incompatible:
+    with pytest.raises(ac.IncompatibleAdapterError) as incompatible:
         await call("upload_adapter", b"ALIEN weights")
     assert incompatible.value.check == "fingerprint"
-    with pytest.raises(NotFoundError):
+    with pytest.raises(ac.NotFoundError):
         await call("delete_adapter", "nope")
     fake.api_key = "other"
-    with pytest.raises(PermissionDeniedError, match="wrong API key"):
+    with pytest.raises(ac.PermissionDeniedError, match="wrong API key"):
         await call("list_adapters")
 
 
 def test_missing_key_is_an_auth_error(make_client, fake) -> None:
     fake.api_key = "k"
-    with make_client(fake.handle) as client, pytest.raises(AuthError) as info:
+    with make_client(fake.handle) as client, pytest.raises(ac.AuthError) as info:
         client.list_adapters()
-    assert type(info.value) is AuthError and info.value.status == 401
+    assert type(info.value) is ac.AuthError and info.value.status == 401
 
 
 async def test_connection_errors(make_client, make_async_client) -> None:
@@ -133,20 +118,20 @@ async def test_connection_errors(make_client, make_async_client) -> None:
     def slow(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("timed out", request=request)
 
-    with make_client(refused, max_retries=0) as client, pytest.raises(APIConnectionError) as refused_info:
+    with make_client(refused, max_retries=0) as client, pytest.raises(ac.APIConnectionError) as refused_info:
         client.health()
     assert "cannot connect to http://adaptformer.test" in refused_info.value.message
     assert refused_info.value.status is None
     async with make_async_client(slow, max_retries=0) as aclient:
-        with pytest.raises(APITimeoutError, match=r"no answer from http://adaptformer\.test"):
+        with pytest.raises(ac.APITimeoutError, match=r"no answer from http://adaptformer\.test"):
             await aclient.health()
 
 
 def test_malformed_success_body_is_a_server_error(make_client) -> None:
     with make_client(lambda r: httpx.Response(200, json={"unexpected": 1})) as client:
-        with pytest.raises(ServerError, match="unexpected answer from the server to GET /adapters/x"):
+        with pytest.raises(ac.ServerError, match="unexpected answer from the server to GET /adapters/x"):
             client.get_adapter("x")
-        with pytest.raises(ServerError):
+        with pytest.raises(ac.ServerError):
             client.list_adapters()
 
 

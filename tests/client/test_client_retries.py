@@ -64,16 +64,13 @@ def scripted(*steps: httpx.Response | type[httpx.TransportError]) -> tuple[Calla
     return handler, seen
 
 
-@pytest.fixture(params=["sync", "async"])
-def run(request, make_client, make_async_client):
+@pytest.fixture
+def run(through):
     """``await run(handler, "method", *args, **client_options)`` through Client or AsyncClient."""
 
     async def go(handler: Callable, method: str, *args, **options):
-        if request.param == "sync":
-            with make_client(handler, **options) as client:
-                return getattr(client, method)(*args)
-        async with make_async_client(handler, **options) as aclient:
-            return await getattr(aclient, method)(*args)
+        async with through(handler, **options) as call:
+            return await call(method, *args)
 
     return go
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
-from adaptformer_client import AsyncClient, Client, NotFoundError, ServerError
+from adaptformer_client import NotFoundError, ServerError
 from adaptformer_client.cli import main
 from adaptformer_server import schemas
 
@@ -135,29 +135,11 @@ def versioned() -> VersionedFake:
     return VersionedFake()
 
 
-@pytest.fixture(params=["sync", "async"])
-async def call(
-    request: pytest.FixtureRequest,
-    versioned: VersionedFake,
-    make_client: Callable[..., Client],
-    make_async_client: Callable[..., AsyncClient],
-) -> AsyncIterator[Callable[..., Any]]:
-    if request.param == "sync":
-        client = make_client(versioned.handle)
-
-        async def sync_call(method: str, *args: Any, **kwargs: Any) -> Any:
-            return getattr(client, method)(*args, **kwargs)
-
-        yield sync_call
-        client.close()
-    else:
-        aclient = make_async_client(versioned.handle)
-
-        async def async_call(method: str, *args: Any, **kwargs: Any) -> Any:
-            return await getattr(aclient, method)(*args, **kwargs)
-
-        yield async_call
-        await aclient.aclose()
+@pytest.fixture
+async def call(versioned: VersionedFake, through: Callable[..., Any]) -> AsyncIterator[Callable[..., Any]]:
+    """``await call("download", "cars", path)``: one client method on ``versioned``, through Client or AsyncClient."""
+    async with through(versioned.handle) as each:
+        yield each
 
 
 async def test_versions_lists_newest_first(call, versioned):

@@ -24,23 +24,9 @@ import torch
 from PIL import Image, ImageSequence
 
 import adaptformer as af
+import adaptformer_client as ac
 from adaptformer.adapter_file import task_from_bytes
 from adaptformer.preprocess import preprocess_clip, preprocess_image
-from adaptformer_client import (
-    AdaptformerClientError,
-    AsyncClient,
-    AuthError,
-    Client,
-    IncompatibleAdapterError,
-    InvalidAdapterError,
-    InvalidInputError,
-    NotFoundError,
-    OverloadedError,
-    PayloadTooLargeError,
-    PermissionDeniedError,
-    UnsupportedMediaTypeError,
-    parse_error,
-)
 from adaptformer_client.cli import main as cli_main
 from tests.support import ServerProcess, adapter_bytes, embedded_backbone, gif, png
 
@@ -60,9 +46,9 @@ class Live:
     vit: torch.nn.Module  # the served backbone without its head: adapters made on it fit
     engine: af.MultiTaskViT  # the served tasks' files on the same backbone, run in this process
 
-    def client(self, api_key: str | None = PREDICT_KEY, **kwargs) -> Client:
+    def client(self, api_key: str | None = PREDICT_KEY, **kwargs) -> ac.Client:
         kwargs.setdefault("timeout", 30)
-        return Client(self.url, api_key=api_key, **kwargs)
+        return ac.Client(self.url, api_key=api_key, **kwargs)
 
     def expected(self, task: str, image: Image.Image | list[Image.Image], top_k: int = 4) -> Scored:
         """The answer for one image (or one clip: a list of frames) run here: labels and softmax scores."""
@@ -239,7 +225,7 @@ async def test_async_client_gives_the_same_answers(live: Live) -> None:
             client.get_adapter("motion"),
             client.ready(),
         ]
-    async with AsyncClient(live.url, api_key=PREDICT_KEY, timeout=30) as aclient:
+    async with ac.AsyncClient(live.url, api_key=PREDICT_KEY, timeout=30) as aclient:
         answers = [
             await aclient.predict("digits", images[0]),
             await aclient.predict_batch("digits", images),
@@ -280,17 +266,17 @@ def test_upload_replace_predict_delete(live: Live, tmp_path: Path) -> None:
         for task, version in (("cars", second.adapter.version), ("trucks", renamed.adapter.version)):
             deleted = admin.delete_adapter(task)
             assert (deleted.task, deleted.deleted, deleted.version) == (task, True, version)
-            with pytest.raises(NotFoundError):
+            with pytest.raises(ac.NotFoundError):
                 client.predict(task, png(1))
 
 
 def test_not_found(live: Live) -> None:
     with live.client(api_key=ADMIN_KEY) as client:
         for call in (lambda: client.get_adapter("nope"), lambda: client.predict("nope", png(1))):
-            with pytest.raises(NotFoundError, match="GET /adapters") as info:
+            with pytest.raises(ac.NotFoundError, match="GET /adapters") as info:
                 call()
             assert (info.value.status, info.value.code) == (404, "not_found")
-        with pytest.raises(NotFoundError):
+        with pytest.raises(ac.NotFoundError):
             client.delete_adapter("nope")
 
 
@@ -304,48 +290,48 @@ def test_invalid_input(live: Live) -> None:
             "top_k": lambda: client.predict("digits", png(1), top_k=0),
         }
         for name, call in cases.items():
-            with pytest.raises(InvalidInputError) as info:
+            with pytest.raises(ac.InvalidInputError) as info:
                 call()
             assert info.value.status in (400, 422) and info.value.message, name
 
 
 def test_auth(live: Live) -> None:
-    with live.client(api_key=None) as anonymous, pytest.raises(AuthError) as missing:
+    with live.client(api_key=None) as anonymous, pytest.raises(ac.AuthError) as missing:
         anonymous.list_adapters()
-    assert type(missing.value) is AuthError and missing.value.status == 401
-    with live.client(api_key="wrong") as wrong, pytest.raises(PermissionDeniedError) as denied:
+    assert type(missing.value) is ac.AuthError and missing.value.status == 401
+    with live.client(api_key="wrong") as wrong, pytest.raises(ac.PermissionDeniedError) as denied:
         wrong.predict("digits", png(1))
     assert denied.value.status == 403
-    with live.client() as predictor, pytest.raises(PermissionDeniedError):
+    with live.client() as predictor, pytest.raises(ac.PermissionDeniedError):
         predictor.upload_adapter(adapter_bytes(live.vit, "cars", winner=1))  # a predict key is not an admin key
-    with live.client() as predictor, pytest.raises(PermissionDeniedError):
+    with live.client() as predictor, pytest.raises(ac.PermissionDeniedError):
         predictor.delete_adapter("digits")
 
 
 def test_invalid_and_incompatible_adapters(live: Live) -> None:
     with live.client(api_key=ADMIN_KEY) as admin:
-        with pytest.raises(InvalidAdapterError) as invalid:
+        with pytest.raises(ac.InvalidAdapterError) as invalid:
             admin.upload_adapter(b"not a safetensors file")
         assert (invalid.value.status, invalid.value.code) == (422, "invalid_adapter")
-        with pytest.raises(InvalidAdapterError):
+        with pytest.raises(ac.InvalidAdapterError):
             admin.upload_adapter(adapter_bytes(live.vit, "cars", winner=1), task="bad/name")
 
         other = embedded_backbone(seed=1)  # other weights: another fingerprint
-        with pytest.raises(IncompatibleAdapterError) as incompatible:
+        with pytest.raises(ac.IncompatibleAdapterError) as incompatible:
             admin.upload_adapter(adapter_bytes(other, "alien", winner=1))
         assert incompatible.value.status == 409 and incompatible.value.check == "fingerprint"
         assert "alien" not in {a.task for a in admin.list_adapters()}
 
 
 def test_payload_too_large(live: Live) -> None:
-    with live.client() as client, pytest.raises(PayloadTooLargeError) as info:
+    with live.client() as client, pytest.raises(ac.PayloadTooLargeError) as info:
         client.predict_batch("digits", [png(i) for i in range(MAX_IMAGES + 1)])
     assert info.value.status == 413 and str(MAX_IMAGES) in info.value.message
 
 
 def test_overloaded_is_retried_as_retry_after_asks_then_raised(live: Live) -> None:
     sleeps: list[float] = []
-    with live.client(max_retries=2, sleep=sleeps.append) as client, pytest.raises(OverloadedError) as info:
+    with live.client(max_retries=2, sleep=sleeps.append) as client, pytest.raises(ac.OverloadedError) as info:
         client.predict_batch("digits", [png(i) for i in range(QUEUE_SIZE + 1)])
     assert info.value.status == 503 and info.value.code == "overloaded"
     assert info.value.retry_after is not None and sleeps == [info.value.retry_after] * 2
@@ -358,9 +344,9 @@ def test_unsupported_media_type_maps_through_parse_error(live: Live) -> None:
         content=b"hello",
         headers={"Content-Type": "text/plain", "Authorization": f"Bearer {PREDICT_KEY}"},
     )
-    error = parse_error(response.status_code, response.json())
-    assert isinstance(error, UnsupportedMediaTypeError) and error.status == 415
-    assert isinstance(error, AdaptformerClientError) and error.message
+    error = ac.parse_error(response.status_code, response.json())
+    assert isinstance(error, ac.UnsupportedMediaTypeError) and error.status == 415
+    assert isinstance(error, ac.AdaptformerClientError) and error.message
 
 
 def test_cli_against_the_server(live: Live, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -404,7 +390,7 @@ def test_predict_many_matches_single_predictions(
                 assert one.tasks == ["digits"]
 
             async def run_async() -> None:
-                async with AsyncClient(live.url, api_key=PREDICT_KEY) as aclient:
+                async with ac.AsyncClient(live.url, api_key=PREDICT_KEY) as aclient:
                     answer = await aclient.predict_many(["letters", "digits"], png(3))
                     assert answer.tasks == ["letters", "digits"]
 

@@ -267,32 +267,40 @@ async def _stays(client: httpx.AsyncClient, job_id: str, status: str, seconds: f
     return job
 
 
+async def _cancel_held(
+    client: httpx.AsyncClient, pause: _Pause, task: str, epochs: int, within: float
+) -> tuple[str, httpx.Response]:
+    """Trains ``task`` and cancels the job while the runner is held at ``pause`` (reached ``within`` seconds), then
+    lets the runner go on: the job's id and the answer to the cancel."""
+    r = await _train(client, zip_of(_classes("a", "b")), task=task, epochs=epochs)
+    job_id = r.json()["job"]
+    await asyncio.wait_for(pause.reached.wait(), within)
+    cancel = await client.delete(f"/jobs/{job_id}", headers=AUTH)
+    pause.release.set()
+    return job_id, cancel
+
+
+async def _cancelled_while_held(
+    client: httpx.AsyncClient, pause: _Pause, task: str, epochs: int, within: float
+) -> dict:
+    """``_cancel_held`` where the cancel must win: the job's record once it has stayed ``cancelled``."""
+    job_id, cancel = await _cancel_held(client, pause, task, epochs, within)
+    assert cancel.status_code == 200 and cancel.json()["status"] == "cancelled", cancel.text
+    job = await _stays(client, job_id, "cancelled")
+    assert (await client.get(f"/adapters/{task}")).status_code == 404
+    return job
+
+
 async def test_a_cancel_right_after_acceptance_stops_the_job(server, monkeypatch):
     """The runner had taken the job (still ``queued``) when the cancel came: it must not start training after."""
-    pause = _pause_thread(monkeypatch, "_backbone_source")
-    r = await _train(server, zip_of(_classes("a", "b")), task="early", epochs=100)
-    job_id = r.json()["job"]
-    await asyncio.wait_for(pause.reached.wait(), 30)
-    cancel = await server.delete(f"/jobs/{job_id}", headers=AUTH)
-    assert cancel.status_code == 200 and cancel.json()["status"] == "cancelled", cancel.text
-    pause.release.set()
-    job = await _stays(server, job_id, "cancelled")
+    job = await _cancelled_while_held(server, _pause_thread(monkeypatch, "_backbone_source"), "early", 100, 30)
     assert job["worker_pid"] is None and job["epoch"] == 0
-    assert (await server.get("/adapters/early")).status_code == 404
 
 
 async def test_a_cancel_after_the_worker_exited_stops_the_job(server, monkeypatch):
     """The worker had written its adapter and exited; the job was not registering yet: the cancel wins."""
-    pause = _pause_thread(monkeypatch, "read_bytes")
-    r = await _train(server, zip_of(_classes("a", "b")), task="late", epochs=1)
-    job_id = r.json()["job"]
-    await asyncio.wait_for(pause.reached.wait(), 120)
-    cancel = await server.delete(f"/jobs/{job_id}", headers=AUTH)
-    assert cancel.status_code == 200 and cancel.json()["status"] == "cancelled", cancel.text
-    pause.release.set()
-    job = await _stays(server, job_id, "cancelled")
+    job = await _cancelled_while_held(server, _pause_thread(monkeypatch, "read_bytes"), "late", 1, 120)
     assert job["version"] is None
-    assert (await server.get("/adapters/late")).status_code == 404
 
 
 async def test_a_cancel_while_registering_is_409_and_the_job_succeeds(server, monkeypatch):
@@ -303,13 +311,9 @@ async def test_a_cancel_while_registering_is_409_and_the_job_succeeds(server, mo
         return await register(*args)
 
     monkeypatch.setattr(manager_module, "register_adapter", held)
-    r = await _train(server, zip_of(_classes("a", "b")), task="kept", epochs=1)
-    job_id = r.json()["job"]
-    await asyncio.wait_for(pause.reached.wait(), 120)
-    cancel = await server.delete(f"/jobs/{job_id}", headers=AUTH)
+    job_id, cancel = await _cancel_held(server, pause, "kept", 1, 120)
     assert cancel.status_code == 409, cancel.text
     assert "registering" in cancel.json()["error"]["message"]
-    pause.release.set()
     assert (await _ended(server, job_id))["status"] == "succeeded"
     # once it has succeeded, a cancel cannot be honoured either
     again = await server.delete(f"/jobs/{job_id}", headers=AUTH)

@@ -20,6 +20,19 @@ def _images(images: np.ndarray, labels: np.ndarray, idx: np.ndarray, spec: Input
     return LabeledData(x, labels_tensor(labels[idx]))
 
 
+Picked = tuple[np.ndarray, np.ndarray, np.ndarray]  # images, labels, the indices of those in a split
+
+
+def _image_splits(
+    name: str, classes: list[str], train: Picked, val: Picked, spec: InputSpec, progress: bool, source: str
+) -> Splits:
+    """The preprocessed train and val splits of a grey image source, once they are known to fit in memory."""
+    check_memory(name, len(train[2]) + len(val[2]), 1, spec.size)
+    train_data = _images(*train, spec, f"{name} train", progress)
+    val_data = _images(*val, spec, f"{name} val", progress)
+    return Splits(train_data, val_data, list(classes), "image", 1, source)
+
+
 def load_fashion_mnist_splits(
     spec: InputSpec, *, frames: int | None, val_fraction: float, seed: int, limit: int | None, progress: bool
 ) -> Splits:
@@ -35,18 +48,12 @@ def load_fashion_mnist_splits(
     rng = np.random.default_rng(seed)
     train_idx = take(train_labels, limit, rng)
     val_idx = take(test_labels, limit, rng)
-    check_memory("fashion-mnist", len(train_idx) + len(val_idx), 1, spec.size)
-    train = _images(train_images, train_labels, train_idx, spec, "fashion-mnist train", progress)
-    val = _images(test_images, test_labels, val_idx, spec, "fashion-mnist val", progress)
-    return Splits(
-        train,
-        val,
-        list(FASHION_MNIST_LABELS),
-        "image",
-        1,
-        f"fashion-mnist ({FASHION_MNIST_DIR}; train file {len(train)} of {len(train_labels)}, "
-        f"test file as val {len(val)} of {len(test_labels)})",
+    source = (
+        f"fashion-mnist ({FASHION_MNIST_DIR}; train file {len(train_idx)} of {len(train_labels)}, "
+        f"test file as val {len(val_idx)} of {len(test_labels)})"
     )
+    train, val = (train_images, train_labels, train_idx), (test_images, test_labels, val_idx)
+    return _image_splits("fashion-mnist", FASHION_MNIST_LABELS, train, val, spec, progress, source)
 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -73,15 +80,9 @@ def load_digits_splits(
     train_pool, val_pool = split_stratified(labels, val_fraction, rng)
     train_idx = train_pool[take(labels[train_pool], limit, rng)]
     val_idx = val_pool[take(labels[val_pool], limit, rng)]
-    check_memory("digits", len(train_idx) + len(val_idx), 1, spec.size)
-    train = _images(images, labels, train_idx, spec, "digits train", progress)
-    val = _images(images, labels, val_idx, spec, "digits val", progress)
-    return Splits(
-        train,
-        val,
-        list(DIGITS_LABELS),
-        "image",
-        1,
-        f"digits (scikit-learn load_digits, 8x8 upscaled; {len(train)} train / {len(val)} val of {len(labels)}, "
-        f"val_fraction={val_fraction}, seed={seed})",
+    source = (
+        f"digits (scikit-learn load_digits, 8x8 upscaled; {len(train_idx)} train / {len(val_idx)} val of "
+        f"{len(labels)}, val_fraction={val_fraction}, seed={seed})"
     )
+    train, val = (images, labels, train_idx), (images, labels, val_idx)
+    return _image_splits("digits", DIGITS_LABELS, train, val, spec, progress, source)

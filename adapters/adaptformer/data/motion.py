@@ -64,15 +64,20 @@ def _photos(split: str) -> tuple[np.ndarray, str]:
     return (images[:half] if split == "train" else images[half:]), "scikit-learn digits"
 
 
-def motion_clip(photos: np.ndarray, label: int, frames: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """One clip: ``frames`` RGB uint8 arrays of WINDOW x WINDOW whose content moves in direction ``label``."""
+def tinted_mosaic(photos: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """TILES x TILES random photos as one RGB uint8 picture in a random pair of colours (the clips' canvas)."""
     tile = photos.shape[1]
     picks = rng.integers(0, len(photos), size=TILES * TILES)
     grey = photos[picks].reshape(TILES, TILES, tile, tile).transpose(0, 2, 1, 3).reshape(TILES * tile, TILES * tile)
     # Random background colour; the foreground is brighter on a dark one and darker on a light one.
     bg = rng.integers(0, 256, size=3)
     fg = np.clip(bg + (1 if bg.mean() < 128 else -1) * rng.integers(96, 192, size=3), 0, 255)
-    canvas = (bg + (fg - bg) * (grey[..., None] / 255.0)).round().clip(0, 255).astype(np.uint8)
+    return (bg + (fg - bg) * (grey[..., None] / 255.0)).round().clip(0, 255).astype(np.uint8)
+
+
+def motion_clip(photos: np.ndarray, label: int, frames: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One clip: ``frames`` RGB uint8 arrays of WINDOW x WINDOW whose content moves in direction ``label``."""
+    canvas = tinted_mosaic(photos, rng)
     side = canvas.shape[0]
     dx, dy = MOTION_DIRECTIONS[MOTION_LABELS[label]]
     speed = int(rng.choice(SPEEDS))

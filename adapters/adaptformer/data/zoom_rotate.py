@@ -15,7 +15,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from adaptformer.data.motion import TILES, synthetic_clip_splits
+from adaptformer.data.motion import synthetic_clip_splits, tinted_mosaic
 from adaptformer.data.types import Splits
 from adaptformer.preprocess import InputSpec
 
@@ -33,13 +33,7 @@ MEAN_LOG_SCALE = 0.3  # the clip's mean log-scale is uniform in +-this
 
 def _canvas(photos: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """A tinted TILES x TILES mosaic, repeated 3 x 3 so that a turned or zoomed-out window stays inside."""
-    tile = photos.shape[1]
-    picks = rng.integers(0, len(photos), size=TILES * TILES)
-    grey = photos[picks].reshape(TILES, TILES, tile, tile).transpose(0, 2, 1, 3).reshape(TILES * tile, TILES * tile)
-    bg = rng.integers(0, 256, size=3)
-    fg = np.clip(bg + (1 if bg.mean() < 128 else -1) * rng.integers(96, 192, size=3), 0, 255)
-    rgb = (bg + (fg - bg) * (grey[..., None] / 255.0)).round().clip(0, 255).astype(np.uint8)
-    return Image.fromarray(np.tile(rgb, (3, 3, 1)))
+    return Image.fromarray(np.tile(tinted_mosaic(photos, rng), (3, 3, 1)))
 
 
 def zoom_rotate_clip(photos: np.ndarray, label: int, frames: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -3,6 +3,8 @@ so the API reference works on the offline machines the server runs on."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
@@ -19,26 +21,22 @@ _ASSETS = "/docs/static"
 router = APIRouter(include_in_schema=False)
 
 
+def _page(render: Callable[..., HTMLResponse], request: Request, **assets: str) -> HTMLResponse:
+    """A reference page on this app's schema; ``assets`` name the files under ``_ASSETS`` it loads."""
+    urls = {option: f"{_ASSETS}/{file}" for option, file in assets.items()}
+    return render(openapi_url=request.app.openapi_url, title=f"{request.app.title} · API", **urls)
+
+
 @router.get("/docs")
 async def swagger_ui(request: Request) -> HTMLResponse:
-    return get_swagger_ui_html(
-        openapi_url=request.app.openapi_url,
-        title=f"{request.app.title} · API",
-        swagger_js_url=f"{_ASSETS}/swagger-ui-bundle.js",
-        swagger_css_url=f"{_ASSETS}/swagger-ui.css",
-        swagger_favicon_url=f"{_ASSETS}/favicon.png",
-    )
+    return _page(get_swagger_ui_html, request, swagger_js_url="swagger-ui-bundle.js",
+                 swagger_css_url="swagger-ui.css", swagger_favicon_url="favicon.png")  # fmt: skip
 
 
 @router.get("/redoc")
 async def redoc(request: Request) -> HTMLResponse:
-    return get_redoc_html(
-        openapi_url=request.app.openapi_url,
-        title=f"{request.app.title} · API",
-        redoc_js_url=f"{_ASSETS}/redoc.standalone.js",
-        redoc_favicon_url=f"{_ASSETS}/favicon.png",
-        with_google_fonts=False,
-    )
+    offline = partial(get_redoc_html, with_google_fonts=False)
+    return _page(offline, request, redoc_js_url="redoc.standalone.js", redoc_favicon_url="favicon.png")
 
 
 def install_docs(app: FastAPI) -> None:
