@@ -157,7 +157,7 @@ def agreement_rows(args: argparse.Namespace, device: torch.device) -> list[dict]
         engine = af.MultiTaskViT(copy.deepcopy(base).to(device, dtype), fingerprint=fingerprint)
         for k, task in enumerate(made):
             engine.add_task(f"t{k}", task)
-        for path in ["slices", "segments", "gathered", "grouped"]:
+        for path in ["slices", "gathered", "grouped"]:
             engine.path = path
             out[dtype_name, path] = torch.stack([o.float() for o in engine(x, names)]).cpu()
         del engine

@@ -71,11 +71,14 @@ ROWS = [
     Row("engine-1x64", "engine, 1 task", "engine", 1, 64),
     Row("engine-16x64", "engine, 16 tasks mixed", "engine", 16, 64),
     Row("engine-64x64", "engine, 64 tasks mixed", "engine", 64, 64),
-    Row("slices-16x64", "engine, slice path forced, 16 tasks mixed", "engine", 16, 64, "slices"),
-    Row("slices-64x64", "engine, slice path forced, 64 tasks mixed", "engine", 64, 64, "slices"),
     Row("gathered-1x64", "engine, gathered path forced, 1 task", "engine", 1, 64, "gathered"),
-    Row("gathered-16x64", "engine, gathered path forced, 16 tasks mixed", "engine", 16, 64, "gathered"),
-    Row("grouped-16x64", "engine, grouped path forced, 16 tasks mixed", "engine", 16, 64, "grouped"),
+    # the forced paths at 2, 16 and 32 tasks (32: one row per task in a batch of 32), for the CPU rule of ``auto``
+    *(
+        Row(f"{path}-{n}x64", f"engine, {path} path forced, {n} tasks mixed", "engine", n, 64, path)
+        for n in (2, 16, 32)
+        for path in ("slices", "gathered", "grouped")
+    ),
+    Row("slices-64x64", "engine, slices path forced, 64 tasks mixed", "engine", 64, 64, "slices"),
     Row("grouped-64x64", "engine, grouped path forced, 64 tasks mixed", "engine", 64, 64, "grouped"),
     Row("peft-16", "PEFT mixed LoRA batch (r=32 on qkv), 16 adapters", "peft", 16, 64),
     Row("adapterhub-16", "AdapterHub BatchSplit (ParBn, d^=64), 16 adapters", "adapterhub", 16, 64),
@@ -489,7 +492,7 @@ def main(argv: list[str] | None = None) -> dict:
             flush=True,
         )
         results.append(r)
-    paths = ["slices", "segments", "gathered", "grouped"]
+    paths = [p for p in af.engine.PATHS if p != "auto"]
     operators = operator_counts(engine, x, paths, [1, 16, 64]) if args.count_ops else []
     for o in operators:
         print(f"operators: {o['path']:>8}, {o['tasks']:2d} tasks: {o['operators']}", flush=True)

@@ -6,7 +6,7 @@ import copy
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,18 +30,56 @@ from adaptformer.model import check_supported, image_tokens
 from adaptformer.task import TaskAdapter
 from adaptformer.video import TemporalRows, VideoViT
 
-__all__ = ["PATHS", "MultiTaskViT"]
+__all__ = ["PATHS", "MultiTaskViT", "TaskTable"]
 
 log = logging.getLogger("adaptformer.engine")
 
 # How a mixed batch runs its branches (docs/ARCHITECTURE.md, "Engine paths"): ``slices``, each task's AdaptMLP
-# on its run of rows; ``segments``, one fused ``addmm`` pair per task on the branch bank's folded weights;
-# ``gathered``, one ``baddbmm`` per projection and kind of branch input with per-row weights from the bank;
-# ``grouped``, the same with ``torch._grouped_mm`` over each task's segment of rows; ``auto``, the engine's choice.
-PATHS = ("auto", "slices", "segments", "gathered", "grouped")
-# On a CPU (no launch cost) the segments path costs least up to this many tasks with branches in a batch, the
-# grouped path beyond, where segments are mostly one row each (measured on ViT-S/16: docs/ARCHITECTURE.md).
-CPU_SEGMENTS_UP_TO = 16
+# on its run of rows; ``gathered``, one ``baddbmm`` per projection and kind of branch input with per-row weights
+# from the bank; ``grouped``, the same with ``torch._grouped_mm`` over each task's segment of rows (the operator
+# count of these two does not grow with the tasks of a batch); ``auto``, the engine's choice per batch and device.
+PATHS = ("auto", "slices", "gathered", "grouped")
+
+
+class TaskTable(Mapping[str, TaskAdapter]):
+    """Task name -> TaskAdapter, immutable: the table one batch runs on from its start to its end.
+
+    The engine has one task-table mechanism: its forward reads the tasks of a batch from a mapping of tasks made
+    ready by :meth:`MultiTaskViT.prepare` (checked against the backbone, on its device and dtype). A server passes
+    its own mapping per batch (``table=``: the exact adapter versions its requests were admitted with); without one
+    the engine reads :attr:`MultiTaskViT.tasks`, a TaskTable that ``add_task`` and ``remove_task`` replace by a new
+    one (copy on write), so a batch already running keeps the table it started with.
+
+    Args:
+        tasks: The table's entries (copied).
+    """
+
+    __slots__ = ("_tasks",)
+
+    def __init__(self, tasks: Mapping[str, TaskAdapter] | None = None) -> None:
+        self._tasks: dict[str, TaskAdapter] = dict(tasks or {})
+
+    def __getitem__(self, name: str) -> TaskAdapter:
+        return self._tasks[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tasks)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __repr__(self) -> str:
+        return f"TaskTable({sorted(self._tasks)})"
+
+    def with_task(self, name: str, task: TaskAdapter) -> TaskTable:
+        """A new table with ``name`` added or replaced."""
+        return TaskTable({**self._tasks, name: task})
+
+    def without(self, name: str) -> TaskTable:
+        """A new table without ``name`` (KeyError when it has no such task)."""
+        if name not in self._tasks:
+            raise KeyError(f"unknown task {name!r}")
+        return TaskTable({k: v for k, v in self._tasks.items() if k != name})
 
 
 class MultiTaskViT(nn.Module):
@@ -51,8 +89,9 @@ class MultiTaskViT(nn.Module):
     sample's AdaptMLP branches and head are those of its own task. Tasks may differ in bottleneck, layers,
     scale, branch input, mode, class count and modality.
 
-    Adding or removing a task swaps an immutable snapshot of the task table under a lock, so one thread may
-    add or remove tasks while another runs a batch: a batch runs entirely on the table it started with.
+    A batch reads its tasks from one :class:`TaskTable` (or any mapping of prepared tasks, ``table=``): by default
+    :attr:`tasks`, which ``add_task`` and ``remove_task`` replace by a new table under a lock, so one thread may add
+    or remove tasks while another runs a batch: a batch runs entirely on the table it started with.
 
     Half precision: ``engine.to(dtype=torch.bfloat16)`` (or float16) runs backbone, branches and heads in that
     dtype; torch's LayerNorm and attention softmax kernels accumulate in float32 for half inputs.
@@ -61,12 +100,13 @@ class MultiTaskViT(nn.Module):
         backbone: A timm VisionTransformer without adapters; it is frozen and put in eval mode.
         fingerprint: Precomputed fingerprint of the backbone (computed when omitted).
         path: How mixed batches run their branches, one of ``PATHS`` (``auto``: the engine chooses per batch).
+
+    Raises:
+        ValueError: ``path`` is not one of ``PATHS``.
     """
 
     def __init__(self, backbone: nn.Module, fingerprint: str | None = None, path: str = "auto") -> None:
         super().__init__()
-        if path not in PATHS:
-            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
         self.path = path
         self._branch_bank: BranchBank | None = None
         vit = check_supported(backbone)
@@ -77,24 +117,33 @@ class MultiTaskViT(nn.Module):
         self.vit = vit.eval()
         self.fingerprint = fingerprint or backbone_fingerprint(vit)
         self.spec = BackboneSpec.of(vit, self.fingerprint)  # what a task must match (prepare checks it)
-        self._tasks: Mapping[str, TaskAdapter] = {}
+        self._table = TaskTable()
         self._lock = threading.Lock()
         self._video: dict[tuple[int, int], VideoViT] = {}
 
+    @property
+    def path(self) -> str:
+        """The branch path of mixed batches (one of ``PATHS``); setting another name is a ValueError."""
+        return self._path
+
+    @path.setter
+    def path(self, path: str) -> None:
+        if path not in PATHS:
+            raise ValueError(f"unknown engine path {path!r}; valid paths: {', '.join(PATHS)}")
+        self._path = path
+
     # -- task table -------------------------------------------------------------------------------------
     @property
-    def tasks(self) -> Mapping[str, TaskAdapter]:
-        """The current task table (an immutable snapshot)."""
-        return self._tasks
+    def tasks(self) -> TaskTable:
+        """The engine's own task table (immutable; ``add_task``/``remove_task`` replace it)."""
+        return self._table
 
     def add_task(self, name: str, adapter: TaskAdapter | str | os.PathLike) -> TaskAdapter:
         """Adds (or replaces) a task from a TaskAdapter or an adapter file; checks it fits the backbone."""
         # A TaskAdapter given by the caller may share tensors with a model still training: serve a copy.
         task = self.prepare(copy.deepcopy(adapter) if isinstance(adapter, TaskAdapter) else load_adapter(adapter))
         with self._lock:
-            table = dict(self._tasks)
-            table[name] = task
-            self._tasks = table
+            self._table = self._table.with_task(name, task)
         return task
 
     def prepare(self, task: TaskAdapter, spec: BackboneSpec | None = None) -> TaskAdapter:
@@ -113,15 +162,12 @@ class MultiTaskViT(nn.Module):
     def remove_task(self, name: str) -> TaskAdapter:
         """Removes a task; batches already running finish with it."""
         with self._lock:
-            if name not in self._tasks:
-                raise KeyError(f"unknown task {name!r}")
-            table = dict(self._tasks)
-            task = table.pop(name)
-            self._tasks = table
-        return task
+            table = self._table
+            self._table = table.without(name)
+        return table[name]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._tasks
+        return name in self._table
 
     # -- forward ------------------------------------------------------------------------------------------
     def video(self, frames: int, tubelet: int) -> VideoViT:
@@ -147,7 +193,7 @@ class MultiTaskViT(nn.Module):
         self, x: torch.Tensor, tasks: Sequence[str], table: Mapping[str, TaskAdapter] | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Pooled features ``[batch, features]`` after the per-sample branches, and the rows of each task."""
-        table = self._tasks if table is None else table
+        table = self._table if table is None else table
         features, plan, _ = self._features(x, tasks, table)
         if plan.order is not None:
             features = torch.empty_like(features).index_copy_(0, to_device(plan.order, features.device), features)
@@ -157,16 +203,11 @@ class MultiTaskViT(nn.Module):
         """The branch path for one batch: ``self.path`` unless ``auto`` (docs/ARCHITECTURE.md, "Engine paths")."""
         path = self.path
         if path == "auto":
-            if device.type == "cuda":
-                if plan.branch_tasks <= 1:
-                    return "slices"
-                path = "grouped" if _native_grouped_mm(device, dtype) else "gathered"
-            elif not plan.branch_tasks:
+            # A CPU pays no launch cost: the three paths measure alike there (2 to 32 tasks on ViT-S/16), and the
+            # slice path needs no bank. On CUDA the kernel count decides once two tasks have branches.
+            if device.type != "cuda" or plan.branch_tasks <= 1:
                 return "slices"
-            elif plan.branch_tasks <= CPU_SEGMENTS_UP_TO:
-                return "segments"
-            else:
-                path = "grouped"
+            path = "grouped" if _native_grouped_mm(device, dtype) else "gathered"
         if path == "grouped" and not grouped_mm_works(device, dtype):
             return "gathered"
         return path
@@ -227,7 +268,7 @@ class MultiTaskViT(nn.Module):
     def _gathered_blocks(
         self, tokens: torch.Tensor, plan: _Plan, table: Mapping[str, TaskAdapter], path: str
     ) -> tuple[BankWeights, torch.Tensor]:
-        layout = {"gathered": "rows", "grouped": "grouped", "segments": "segments"}[path]
+        layout = "grouped" if path == "grouped" else "rows"
         weights = self._bank().gather([table[t] for t in plan.tasks], plan.counts, layout=layout)
         offsets = None
         if path == "grouped":
@@ -239,7 +280,7 @@ class MultiTaskViT(nn.Module):
                 offsets.append(offs[start : start + len(g.offsets)])
                 start += len(g.offsets)
         for i, block in enumerate(self.vit.blocks):
-            tokens = gathered_block(block, tokens, i, weights, plan.groups, offsets, segments=path == "segments")
+            tokens = gathered_block(block, tokens, i, weights, plan.groups, offsets)
         return weights, tokens
 
     @torch.inference_mode()
@@ -260,7 +301,7 @@ class MultiTaskViT(nn.Module):
         """
         if isinstance(tasks, str):
             tasks = [tasks] * x.shape[0]
-        table = self._tasks if table is None else table
+        table = self._table if table is None else table
         features, plan, weights = self._features(x, tasks, table)
         out: list[torch.Tensor | None] = [None] * x.shape[0]
         position = plan.order or range(x.shape[0])

@@ -21,18 +21,17 @@ at most one product pair per kind present (at most five), however many tasks the
 
 from __future__ import annotations
 
-import itertools
 import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import Block
 from torch import nn
 
+from adaptformer.layer import run_block
 from adaptformer.task import TaskAdapter
 
 __all__ = [
@@ -86,7 +85,7 @@ class BankWeights:
 
     Attributes:
         down: ``[blocks, rows, dim, rank]`` per branch row (``baddbmm``) or ``[blocks, tasks, dim, rank]`` per
-            task (segmented products).
+            task (``torch._grouped_mm``).
         down_bias: ``[blocks, rows, 1, rank]`` per branch row.
         up: ``[blocks, rows or tasks, rank, dim]``, scale and up bias folded in.
         head_weight: ``[tasks, classes, features]`` for every task of the batch, probes included.
@@ -247,8 +246,10 @@ class BranchBank:
                 ``rows_per_task``), then the linear probes.
             rows_per_task: Rows of each task with branches, in the same order.
             layout: ``rows``: branch weights per row (for ``baddbmm``); ``grouped``: per task, the down bias per
-                row (for ``torch._grouped_mm``); ``segments``: all per task (one product per task segment).
+                row (for ``torch._grouped_mm``).
         """
+        if layout not in ("rows", "grouped"):
+            raise ValueError(f"layout must be 'rows' or 'grouped', got {layout!r}")
         with self._lock:
             slots = self._admit(tasks)
             n = len(rows_per_task)
@@ -261,7 +262,7 @@ class BranchBank:
                 down, up = _column_major(down), _column_major(up)
             return BankWeights(
                 down=down,
-                down_bias=self.down_bias.index_select(1, task_index[:n] if layout == "segments" else row_index),
+                down_bias=self.down_bias.index_select(1, row_index),
                 up=up,
                 head_weight=self.head_weight.index_select(0, task_index),
                 head_bias=self.head_bias.index_select(0, task_index),
@@ -290,9 +291,11 @@ def gathered_block(
     weights: BankWeights,
     groups: Sequence[KindGroup],
     offsets: Sequence[torch.Tensor] | None = None,
-    segments: bool = False,
 ) -> torch.Tensor:
     """A timm ``Block`` forward with every task's branch of block ``i``: one product pair per kind of input.
+
+    The block itself runs through :func:`adaptformer.layer.run_block`, the slice path's block; only how the
+    branches are added differs.
 
     Args:
         block: A pre-norm timm ``Block``.
@@ -302,40 +305,31 @@ def gathered_block(
         groups: Runs of rows sharing a branch input.
         offsets: Per group, cumulative token counts of its tasks (int32, on the device): the segmented
             ``torch._grouped_mm`` path, weights per task. ``None``: per-row weights and ``baddbmm``.
-        segments: One ``addmm`` pair per task segment on per-task weights (the CPU form: no launch cost, and the
-            up product accumulates straight into the output, scale and bias folded in).
     """
-    block = cast(Block, block)  # its submodules, typed
-    x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x))))
-    normed = block.norm2(x)
-    mlp_out = block.drop_path2(block.ls2(block.mlp(normed)))
-    # Contiguous, so a run of rows is a 2-D view to accumulate into (an add keeps its inputs' strides, and the
-    # tokens of a ViT without prefix tokens are a transposed view of the patch embedding).
-    out = (x + mlp_out).contiguous()
-    if i not in weights.blocks:
+
+    def add(out: torch.Tensor, x: torch.Tensor, normed: torch.Tensor, mlp_out: torch.Tensor) -> torch.Tensor:
+        # Contiguous, so each run of rows the products write into is a plain strided view (an add keeps its
+        # inputs' strides, and the tokens of a ViT without prefix tokens are a transposed view of the patch
+        # embedding).
+        out = out.contiguous()
+        if i not in weights.blocks:
+            return out
+        for g, group in enumerate(groups):
+            rows = slice(*group.rows)
+            h = _source(group.kind, x, normed, mlp_out, rows)
+            if offsets is None:
+                z = torch.baddbmm(weights.down_bias[i, rows], h, weights.down[i, rows]).relu_()
+                out[rows].baddbmm_(z, weights.up[i, rows])
+            else:
+                tasks = slice(*group.tasks)
+                n, t, d = h.shape
+                z = torch._grouped_mm(h.reshape(n * t, d), weights.down[i, tasks], offs=offsets[g])
+                z = z.view(n, t, -1).add_(weights.down_bias[i, rows]).relu_()
+                y = torch._grouped_mm(z.view(n * t, -1), weights.up[i, tasks], offs=offsets[g])
+                out[rows].add_(y.view(n, t, d))
         return out
-    for g, group in enumerate(groups):
-        rows = slice(*group.rows)
-        h = _source(group.kind, x, normed, mlp_out, rows)
-        if segments:
-            n, t, d = h.shape
-            start, first = group.rows[0], group.tasks[0]
-            for k, (a, b) in enumerate(itertools.pairwise((0, *group.offsets))):
-                if a == b:
-                    continue
-                z = torch.addmm(weights.down_bias[i, first + k, 0], h[a:b].reshape(-1, d), weights.down[i, first + k])
-                out[start + a : start + b].view(-1, d).addmm_(z.relu_(), weights.up[i, first + k])
-        elif offsets is None:
-            z = torch.baddbmm(weights.down_bias[i, rows], h, weights.down[i, rows]).relu_()
-            out[rows].baddbmm_(z, weights.up[i, rows])
-        else:
-            tasks = slice(*group.tasks)
-            n, t, d = h.shape
-            z = torch._grouped_mm(h.reshape(n * t, d), weights.down[i, tasks], offs=offsets[g])
-            z = z.view(n, t, -1).add_(weights.down_bias[i, rows]).relu_()
-            y = torch._grouped_mm(z.view(n * t, -1), weights.up[i, tasks], offs=offsets[g])
-            out[rows].add_(y.view(n, t, d))
-    return out
+
+    return run_block(block, x, add)
 
 
 _GROUPED: dict[tuple[str, torch.dtype], str | None] = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
@@ -11,7 +11,7 @@ from torch import nn
 
 from adaptformer.config import AdapterConfig
 
-__all__ = ["AdaptMLP", "AdaptedBlock", "block_forward"]
+__all__ = ["AdaptMLP", "AdaptedBlock", "AddBranches", "add_branches", "block_forward", "run_block"]
 
 
 class AdaptMLP(nn.Module):
@@ -61,37 +61,68 @@ class AdaptMLP(nn.Module):
 
 Rows = torch.Tensor | slice | None
 Branch = tuple[Rows, AdaptMLP]
+AddBranches = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``add(out, x', LN2(x'), MLP output) -> out`` with the branches added: what a block's branches do, given their
+inputs (``out = x' + MLP output``, a fresh tensor the branches may write in place)."""
 
 
-def block_forward(block: nn.Module, x: torch.Tensor, branches: Sequence[Branch], **attn_kwargs: object) -> torch.Tensor:
-    """A timm ``Block`` forward with AdaptMLP branches added.
+def run_block(block: nn.Module, x: torch.Tensor, add: AddBranches, **attn_kwargs: object) -> torch.Tensor:
+    """A pre-norm timm ``Block`` run once, its branches added by ``add`` from the three tensors they can read.
 
-    ``x' = x + Attn(LN1(x))``; ``out = x' + MLP(LN2(x')) + s * branch(input)``. Each branch is
-    ``(rows, adapter)``: ``rows`` selects the samples of the batch it applies to (``None``: all; a ``slice``:
-    a contiguous run of rows, the cheap case; a tensor of indices: any rows), so a batch mixing tasks runs the
-    frozen attention and MLP once and each task's branch on its own rows.
+    ``x' = x + Attn(LN1(x))``; ``out = add(x' + MLP(LN2(x')), x', LN2(x'), MLP(LN2(x')))``. The block's own
+    submodules (``norm1``, ``attn``, ``ls1``, ``drop_path1``, ``norm2``, ``mlp``, ``ls2``, ``drop_path2``) are called
+    in that order; this is the one place the order is written (the slice path and the gathered paths differ only in
+    ``add``).
 
     Args:
         block: A timm ``Block`` (pre-norm, optional layer scale and drop path).
         x: Tokens, ``[batch, tokens, dim]``.
-        branches: The adapters to apply and the rows they apply to.
+        add: Adds the branches (``(out, x, normed, mlp_out) -> out``).
+        attn_kwargs: Passed to the attention (``attn_mask``, ``is_causal``).
     """
     block = cast(Block, block)  # its submodules, typed
     x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x), **attn_kwargs)))
     normed = block.norm2(x)
     mlp_out = block.drop_path2(block.ls2(block.mlp(normed)))
-    out = x + mlp_out
-    # In place: ``out`` is a fresh tensor that no backward pass needs; copying the whole batch once per task
-    # and block would cost more memory traffic than the branches themselves on a CPU.
-    for rows, adapter in branches:
-        h = adapter.source(x, normed, mlp_out)
-        if rows is None:
-            out.add_(adapter(h))
-        elif isinstance(rows, slice):
-            out[rows].add_(adapter(h[rows]))
-        else:
-            out.index_add_(0, rows, adapter(h.index_select(0, rows)))
-    return out
+    return add(x + mlp_out, x, normed, mlp_out)
+
+
+def add_branches(branches: Sequence[Branch]) -> AddBranches:
+    """``add`` for :func:`run_block`: each ``(rows, adapter)`` adds its AdaptMLP output on its rows.
+
+    ``rows`` selects the samples of the batch a branch applies to (``None``: all; a ``slice``: a contiguous run of
+    rows, the cheap case; a tensor of indices: any rows).
+    """
+
+    def add(out: torch.Tensor, x: torch.Tensor, normed: torch.Tensor, mlp_out: torch.Tensor) -> torch.Tensor:
+        # In place: ``out`` is a fresh tensor that no backward pass needs; copying the whole batch once per task
+        # and block would cost more memory traffic than the branches themselves on a CPU.
+        for rows, adapter in branches:
+            h = adapter.source(x, normed, mlp_out)
+            if rows is None:
+                out.add_(adapter(h))
+            elif isinstance(rows, slice):
+                out[rows].add_(adapter(h[rows]))
+            else:
+                out.index_add_(0, rows, adapter(h.index_select(0, rows)))
+        return out
+
+    return add
+
+
+def block_forward(block: nn.Module, x: torch.Tensor, branches: Sequence[Branch], **attn_kwargs: object) -> torch.Tensor:
+    """A timm ``Block`` forward with AdaptMLP branches added, each on its rows (:func:`run_block` with
+    :func:`add_branches`).
+
+    ``x' = x + Attn(LN1(x))``; ``out = x' + MLP(LN2(x')) + s * branch(input)``: a batch mixing tasks runs the
+    frozen attention and MLP once and each task's branch on its own rows.
+
+    Args:
+        block: A timm ``Block`` (pre-norm, optional layer scale and drop path).
+        x: Tokens, ``[batch, tokens, dim]``.
+        branches: The adapters to apply and the rows they apply to (``(rows, adapter)``, see :func:`add_branches`).
+    """
+    return run_block(block, x, add_branches(branches), **attn_kwargs)
 
 
 class AdaptedBlock(nn.Module):

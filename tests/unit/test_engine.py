@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import adaptformer as af
+from adaptformer.engine import TaskTable
 from tests.support import adapted, clips, images, make_vit, max_diff, wait_until
 
 FRAMES = 4
@@ -154,6 +155,34 @@ def test_add_replace_remove_any_time(backbone: nn.Module, tmp_path: Path) -> Non
         engine.remove_task("a")
     engine.add_task("a", removed)
     assert max_diff(torch.stack(engine(x, "a")), second(x)) <= TOL
+
+
+def test_one_task_table_for_library_and_server(image_tasks: Fixture, backbone: nn.Module) -> None:
+    """``add_task`` replaces the engine's TaskTable by a new one (the old one, a running batch's, is unchanged);
+    a table passed as ``table=`` (a server's per-batch mapping of prepared tasks) runs the same way, and the
+    engine's own table is not read then."""
+    engine = af.MultiTaskViT(copy.deepcopy(backbone))
+    empty = engine.tasks
+    assert isinstance(empty, TaskTable) and len(empty) == 0
+    task = engine.add_task("a", image_tasks.engine.tasks["a"])
+    first = engine.tasks
+    assert len(empty) == 0 and list(first) == ["a"] and first["a"] is task
+    engine.add_task("b", image_tasks.engine.tasks["b"])
+    assert list(first) == ["a"] and sorted(engine.tasks) == ["a", "b"]
+    x = images(3)
+    want = [image_tasks.reference(x[i], t) for i, t in enumerate(["a", "b", "a"])]
+    # the server's way: tasks made ready by prepare(), a plain dict per batch, nothing added to the engine
+    server = af.MultiTaskViT(copy.deepcopy(backbone))
+    prepared = {k: server.prepare(copy.deepcopy(image_tasks.engine.tasks[k])) for k in ("a", "b")}
+    for table in (prepared, TaskTable(prepared), engine.tasks):
+        out = server(x, ["a", "b", "a"], table=table)
+        assert all(max_diff(o, w) <= TOL for o, w in zip(out, want, strict=True))
+    assert len(server.tasks) == 0
+    with pytest.raises(KeyError, match="unknown task"):
+        server(x, "a")  # the engine's own (empty) table when no table is given
+    with pytest.raises(KeyError, match="'c'"):
+        engine.tasks.without("c")
+    assert engine.tasks.without("a") is not engine.tasks and sorted(engine.tasks) == ["a", "b"]
 
 
 def test_incompatible_task_refused(image_tasks: Fixture) -> None:

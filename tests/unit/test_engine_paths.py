@@ -15,6 +15,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import adaptformer as af
 from adaptformer.engine import PATHS
 from adaptformer.gathered import grouped_mm_works
+from adaptformer.layer import run_block
+from adaptformer.model import image_tokens
 from tests.support import adapted, clips, images, make_vit, max_diff
 
 FRAMES = 4
@@ -123,6 +125,28 @@ def test_other_backbones_every_path(kind: str) -> None:
         assert max(max_diff(o, w) for o, w in zip(out, want, strict=True)) <= TOL[torch.float32], path
 
 
+@pytest.mark.parametrize("kind", ["plain", "no-class-token", "registers", "layer-scale"])
+def test_run_block_is_the_timm_block(kind: str) -> None:
+    """The one block function both paths use equals timm's own ``Block.forward`` when it adds no branch, and hands
+    ``add`` the block's x', LN2(x') and MLP output."""
+    backbone = make_vit() if kind == "plain" else make_vit(kind)
+    x = image_tokens(backbone, images(3))
+    seen: list[torch.Tensor] = []
+
+    def add(out: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        seen[:] = inputs
+        return out
+
+    for block in backbone.blocks:
+        with torch.no_grad():
+            got, want = run_block(block, x, add), block(x)
+            mid = x + block.ls1(block.attn(block.norm1(x)))
+        assert max_diff(got, want) <= 1e-6
+        assert max_diff(seen[0], mid) <= 1e-6 and max_diff(seen[1], block.norm2(mid)) <= 1e-6
+        assert max_diff(seen[2], want - mid) <= 1e-5
+        x = want
+
+
 @pytest.mark.parametrize("path", PATH_NAMES)
 def test_bfloat16_logits_equal_float32(backbone: nn.Module, image_tasks: dict[str, af.TaskAdapter], path: str) -> None:
     """The bfloat16 engine's logits equal the float32 engine's within the stated tolerance."""
@@ -224,17 +248,39 @@ def test_bank_evicts_least_recently_used(backbone: nn.Module, image_tasks: dict[
 
 
 def test_auto_path_and_unknown_path(backbone: nn.Module) -> None:
-    """On a CPU ``auto`` takes the segments path up to 16 tasks with branches, the grouped one beyond (gathered
-    where ``torch._grouped_mm`` does not run), slices for linear probes alone; unknown paths are refused."""
-    with pytest.raises(ValueError, match="path must be one of"):
-        af.MultiTaskViT(copy.deepcopy(backbone), path="fast")
+    """On a CPU ``auto`` takes the slice path whatever the tasks (the paths measure alike there); a path name
+    that does not exist (``segments`` among them, removed) is a ValueError listing the valid ones, at
+    construction and when set later."""
+    for name in ("fast", "segments"):
+        with pytest.raises(ValueError, match=rf"unknown engine path '{name}'; valid paths: auto, slices, gathered, "):
+            af.MultiTaskViT(copy.deepcopy(backbone), path=name)
     engine = af.MultiTaskViT(copy.deepcopy(backbone))
+    with pytest.raises(ValueError, match="valid paths: auto, slices, gathered, grouped"):
+        engine.path = "segments"
+    assert engine.path == "auto"
     cpu = torch.device("cpu")
-    tasks = _tasks(backbone, 19)
-    sixteen = af.engine._plan([f"t{k}" for k in range(18)], tasks)  # t8 and t17 are linear probes
-    seventeen = af.engine._plan([f"t{k}" for k in range(19)], tasks)
-    assert engine.choose_path(af.engine._plan(["t0", "t0"], tasks), cpu, torch.float32) == "segments"
-    assert engine.choose_path(sixteen, cpu, torch.float32) == "segments"
-    grouped = "grouped" if grouped_mm_works(cpu, torch.float32) else "gathered"
-    assert engine.choose_path(seventeen, cpu, torch.float32) == grouped
-    assert engine.choose_path(af.engine._plan(["t8"], tasks), cpu, torch.float32) == "slices"  # a probe only
+    tasks = _tasks(backbone, 33)
+    for names in (["t0", "t0"], ["t0", "t1"], [f"t{k}" for k in range(18)], [f"t{k}" for k in range(33)], ["t8"]):
+        assert engine.choose_path(af.engine._plan(names, tasks), cpu, torch.float32) == "slices", len(names)
+    for path in PATH_NAMES:  # a forced path is taken (grouped only where torch._grouped_mm runs)
+        engine.path = path
+        want = "gathered" if path == "grouped" and not grouped_mm_works(cpu, torch.float32) else path
+        assert engine.choose_path(af.engine._plan(["t0", "t1"], tasks), cpu, torch.float32) == want
+
+
+def test_auto_path_on_cuda_keeps_the_kernel_count_rule(backbone: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA ``auto`` takes slices for one task with branches, and from two on grouped where
+    ``torch._grouped_mm`` has a native kernel that agrees with a plain product, else gathered (the device
+    capability and the probe are stood in for: no GPU here)."""
+    engine = af.MultiTaskViT(copy.deepcopy(backbone))
+    cuda = torch.device("cuda", 0)
+    tasks = _tasks(backbone, 9)  # t8 is a linear probe
+
+    def chosen(names: list[str]) -> str:
+        return engine.choose_path(af.engine._plan(names, tasks), cuda, torch.bfloat16)
+
+    for native, works, want in ((True, True, "grouped"), (False, True, "gathered"), (True, False, "gathered")):
+        monkeypatch.setattr(af.engine, "_native_grouped_mm", lambda d, t, n=native: n)
+        monkeypatch.setattr(af.engine, "grouped_mm_works", lambda d, t, w=works: w)
+        assert chosen(["t0", "t0", "t8"]) == "slices" and chosen(["t8"]) == "slices"
+        assert chosen(["t0", "t1"]) == want and chosen([f"t{k}" for k in range(9)]) == want
