@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -13,7 +12,6 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.types import Scope
 from torch import nn
 
 try:
@@ -39,8 +37,6 @@ __all__ = ["REPLICA_HEADER", "create_app", "default_replica_id"]
 
 log = logging.getLogger("adaptformer_server")
 
-_MULTIPART_SLACK = 1024 * 1024  # form framing and the `task` field around an uploaded file
-_TRAIN_PATH = re.compile(r"/tasks/[^/]+/train/?")
 
 DESCRIPTION = """One frozen Vision Transformer, many hot-swapped AdaptFormer adapters.
 
@@ -124,13 +120,6 @@ def create_app(
     app.state.auth = Auth(settings)
     install_error_handlers(app)
 
-    def body_limit(scope: Scope) -> int:
-        if scope["method"] == "POST" and scope["path"].rstrip("/") == "/adapters":
-            return settings.max_upload_bytes + _MULTIPART_SLACK
-        if scope["method"] == "POST" and _TRAIN_PATH.fullmatch(scope["path"]):
-            return settings.max_examples_bytes + _MULTIPART_SLACK
-        return settings.max_body_bytes
-
     # One middleware: request id, CORS, replica header, metrics (every final status, the catch-all's 500
     # included), catch-all, Host/Origin checks, body limits (middleware.py).
     app.add_middleware(
@@ -138,7 +127,7 @@ def create_app(
         metrics=metrics,
         replica_id=replica_id,
         hosts=HostOriginCheck(settings),
-        body_limit=BodyLimit(body_limit, body_timeout=settings.body_timeout),
+        body_limit=BodyLimit.of(settings),
         cors=cors_policy(settings, expose_headers=[REPLICA_HEADER]),
         echo_request_id=echo_request_ids(),
     )

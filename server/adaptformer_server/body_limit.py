@@ -5,17 +5,24 @@ forever). What a body may hold once read is :class:`~adaptformer_server.limits.L
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from fastapi.responses import JSONResponse
 from starlette.types import Message, Receive, Scope
 
 from adaptformer_server.errors import PayloadTooLarge, RequestTimeout, error_body
 
+if TYPE_CHECKING:
+    from adaptformer_server.settings import Settings
+
 __all__ = ["BodyLimit"]
 
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})  # methods whose bodies are not limited (nor read)
+_MULTIPART_SLACK = 1024 * 1024  # form framing and the `task` field around an uploaded file
+_TRAIN_PATH = re.compile(r"/tasks/[^/]+/train/?")
 
 
 if sys.version_info >= (3, 11):
@@ -42,6 +49,20 @@ class BodyLimit:
     def __init__(self, limit_for: Callable[[Scope], int], body_timeout: float | None = None) -> None:
         self.limit_for = limit_for
         self.body_timeout = body_timeout
+
+    @classmethod
+    def of(cls, settings: Settings) -> BodyLimit:
+        """The server's limits: an adapter upload ``max_upload_bytes``, training examples ``max_examples_bytes``
+        (each with room for the form around the file), any other body ``max_body_bytes``; ``body_timeout``."""
+
+        def limit_for(scope: Scope) -> int:
+            if scope["method"] == "POST" and scope["path"].rstrip("/") == "/adapters":
+                return settings.max_upload_bytes + _MULTIPART_SLACK
+            if scope["method"] == "POST" and _TRAIN_PATH.fullmatch(scope["path"]):
+                return settings.max_examples_bytes + _MULTIPART_SLACK
+            return settings.max_body_bytes
+
+        return cls(limit_for, body_timeout=settings.body_timeout)
 
     def guard(self, scope: Scope, receive: Receive) -> tuple[JSONResponse | None, Receive]:
         """For an HTTP request: the answer refusing it on its Content-Length (400 not a number, 413 too large) or

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from torch import nn
 
 from adaptformer.engine import MultiTaskViT
+from adaptformer.task import TaskAdapter
 from adaptformer_server.backbone import BackboneError, BackboneInfo, build_engine
 from adaptformer_server.errors import NotReady
 from adaptformer_server.metrics import Metrics
@@ -48,7 +49,7 @@ class Runtime:
         self.engine: MultiTaskViT | None = None
         self.backbone: BackboneInfo | None = None
         self.adapters = AdapterManager(settings, metrics)
-        self.inference = InferenceService(settings, metrics, self.adapters)
+        self.inference: InferenceService[TaskAdapter] = InferenceService(settings, metrics, self.adapters)
         self._load_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -45,15 +45,23 @@ from adaptformer_server.limits import Limits
 from adaptformer_server.metrics import Metrics
 from adaptformer_server.repository.names import valid_task_name, valid_version
 from adaptformer_server.repository.record import AdapterEntry
-from adaptformer_server.services.adapters import AdapterManager, split_pin
+from adaptformer_server.services.adapters import split_pin
 from adaptformer_server.settings import Settings
 
-__all__ = ["ALL_IMAGE_TASKS", "Admission", "InferenceResult", "InferenceService", "Payload", "check_task_name"]
+__all__ = [
+    "ALL_IMAGE_TASKS",
+    "Admission",
+    "InferenceResult",
+    "InferenceService",
+    "Payload",
+    "SampleQueue",
+    "TaskDirectory",
+    "check_task_name",
+]
 
 log = logging.getLogger("adaptformer_server")
 
 ALL_IMAGE_TASKS = "*"
-TaskInputs = tuple[AdapterEntry, TaskAdapter, list[torch.Tensor]]  # a task's version, its adapter, its inputs
 _TOLERATED = (InvalidAdapter, IncompatibleAdapter, NotFound, NonFiniteScores)  # what leaves a `*` task out
 
 
@@ -70,6 +78,44 @@ class Payload(Protocol):
 
 
 P = TypeVar("P", bound=Payload)
+# What admission gives beside a task's entry: its TaskAdapter where the model runs (one process, or the engine
+# process), nothing in a front process (the engine pages the adapter in when the samples arrive).
+A = TypeVar("A")
+A_co = TypeVar("A_co", covariant=True)
+A_contra = TypeVar("A_contra", contravariant=True)
+TaskInputs = tuple[AdapterEntry, A, list[torch.Tensor]]  # a task's version, what admission gave, its inputs
+
+
+class TaskDirectory(Protocol[A_co]):
+    """Where the service finds tasks: the :class:`AdapterManager` where the model runs; in a front, the engine's
+    registry as the front sees it (``tier.front.FrontAdapters``)."""
+
+    def __iter__(self) -> Iterator[AdapterEntry]:
+        """The current entry of every task."""
+        ...
+
+    async def refresh(self, names: Sequence[str]) -> None:
+        """Makes the entries of ``names`` current before a request uses them."""
+        ...
+
+    def entry(self, task: str) -> AdapterEntry:
+        """The entry of ``task`` (or ``task@version``); :class:`NotFound` when unknown."""
+        ...
+
+    async def resolve(self, task: str) -> tuple[AdapterEntry, A_co]:
+        """Admission of one task: its entry, and what the samples travel with to the forward pass."""
+        ...
+
+
+class SampleQueue(Protocol[A_contra]):
+    """Where admitted samples wait for a forward pass: the :class:`Batcher` where the model runs; in a front, the
+    engine's batcher over the wire (``tier.front.RemoteBatcher``)."""
+
+    async def submit_many(
+        self, jobs: Sequence[tuple[Sequence[torch.Tensor], str, A_contra]]
+    ) -> list[list[torch.Tensor]]:
+        """Queues the samples of several tasks at once (all or none); the logits of each job, in order."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -112,37 +158,49 @@ def check_task_name(task: str) -> None:
         raise InvalidTaskName(task)
 
 
-class InferenceService:
+class InferenceService(Generic[A]):
     """Admits, decodes and runs prediction requests; owns the batcher, the forward pass and the prediction metrics.
+
+    The same service runs where the model runs (``InferenceService[TaskAdapter]``: :meth:`open` makes its batcher)
+    and in a front process (``InferenceService[None]``: the front gives it the engine's batcher over the wire).
 
     Args:
         settings: Server settings (limits, batching, decoding).
         metrics: The app's metrics (prediction counts and latency).
         adapters: Where tasks are looked up and paged in.
+        batcher: Where admitted samples are batched (``None``: :meth:`open` makes one).
     """
 
-    def __init__(self, settings: Settings, metrics: Metrics, adapters: AdapterManager) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        adapters: TaskDirectory[A],
+        batcher: SampleQueue[A] | None = None,
+    ) -> None:
         self.settings = settings
         self.limits = Limits.of(settings)
         self.metrics = metrics
         self.adapters = adapters
         self.engine: MultiTaskViT | None = None
         self.backbone: BackboneInfo | None = None
-        self.batcher: Batcher | None = None
+        self.batcher = batcher
+        self._own_batcher: Batcher | None = None
 
     # -- life cycle -------------------------------------------------------------------------------------------
-    async def open(self, engine: MultiTaskViT, backbone: BackboneInfo) -> None:
+    async def open(self: InferenceService[TaskAdapter], engine: MultiTaskViT, backbone: BackboneInfo) -> None:
         """Makes the batcher, runs one forward pass (allocations, kernel choice) and starts batching."""
         self.engine, self.backbone = engine, backbone
         s = self.settings
-        self.batcher = Batcher(self.run_batch, s.max_batch_size, s.max_wait_ms, s.queue_size, self.metrics)
+        batcher = Batcher(self.run_batch, s.max_batch_size, s.max_wait_ms, s.queue_size, self.metrics)
         await asyncio.to_thread(self._warm_up)
-        self.batcher.start()
+        batcher.start()
+        self.batcher = self._own_batcher = batcher
 
     async def close(self) -> None:
         """Stops batching; samples still waiting fail with 503."""
-        if self.batcher is not None:
-            await self.batcher.stop()
+        if self._own_batcher is not None:
+            await self._own_batcher.stop()
 
     def _warm_up(self) -> None:
         assert self.backbone is not None
@@ -244,7 +302,7 @@ class InferenceService:
 
     async def _resolve(
         self, tasks: list[str], optional: frozenset[str], version: str | None
-    ) -> list[tuple[AdapterEntry, TaskAdapter]]:
+    ) -> list[tuple[AdapterEntry, A]]:
         """The version and adapter of each task, which the request keeps until it is answered.
 
         A task in ``optional`` (one that ``*`` stood for) that is deleted meanwhile, or whose stored file cannot be
@@ -266,14 +324,14 @@ class InferenceService:
             raise NoTaskToServe(servable=True)
         return resolved
 
-    def _check_queue_size(self, jobs: list[TaskInputs]) -> None:
+    def _check_queue_size(self, jobs: list[TaskInputs[A]]) -> None:
         total = sum(len(inputs) for _, _, inputs in jobs)
         if len(jobs) > 1 and total > self.settings.queue_size:  # one task keeps the contract's 503
             raise TooManySamples(total, len(jobs), self.settings.queue_size)
 
     async def _run(
-        self, jobs: list[TaskInputs], optional: frozenset[str]
-    ) -> tuple[list[TaskInputs], list[list[torch.Tensor]]]:
+        self, jobs: list[TaskInputs[A]], optional: frozenset[str]
+    ) -> tuple[list[TaskInputs[A]], list[list[torch.Tensor]]]:
         """Runs the inputs of every job through the batcher at once (shared forward passes); returns the jobs kept
         and their logits.
 

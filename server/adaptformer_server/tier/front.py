@@ -27,7 +27,8 @@ import zmq
 import zmq.asyncio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from adaptformer_server.errors import InvalidTaskName, NotFound, NotReady, error_body
+from adaptformer_server.body_limit import BodyLimit
+from adaptformer_server.errors import InvalidTaskName, NotFound, NotReady, PayloadTooLarge, RequestTimeout, error_body
 from adaptformer_server.metrics import Metrics
 from adaptformer_server.observability import bind_request_id, current_request_id, request_id_from
 from adaptformer_server.repository.record import AdapterEntry
@@ -199,7 +200,7 @@ class RemoteBatcher:
     def __init__(self, link: EngineLink) -> None:
         self.link = link
 
-    async def submit_many(self, jobs: Sequence[tuple[list[Any], str, Any]]) -> list[list[Any]]:
+    async def submit_many(self, jobs: Sequence[tuple[Sequence[torch.Tensor], str, None]]) -> list[list[torch.Tensor]]:
         head: list[dict[str, Any]] = []
         frames: list[Any] = []
         for inputs, key, _ in jobs:
@@ -306,8 +307,9 @@ class FrontRuntime:
         self.run = run
         self.link = EngineLink(run)
         self.adapters = FrontAdapters(self.link)
-        self.inference = InferenceService(settings, metrics, self.adapters)  # type: ignore[arg-type]
-        self.inference.batcher = RemoteBatcher(self.link)  # type: ignore[assignment]
+        self.inference: InferenceService[None] = InferenceService(
+            settings, metrics, self.adapters, RemoteBatcher(self.link)
+        )
         self.backbone = None
         self.error: str | None = None
         self.on_fatal: Callable[[BaseException], None] | None = None
@@ -332,9 +334,15 @@ class FrontRuntime:
 
 class EngineProxy:
     """Passes a request to the engine process's app on its Unix socket and streams the answer back (a 503 with
-    Retry-After while the engine process is down)."""
+    Retry-After while the engine process is down).
 
-    def __init__(self, run: RunDir) -> None:
+    The body limits hold here, as they would in the engine's app: a body over its route's limit is refused with 413
+    as soon as it is known to be (before anything is passed on when its Content-Length says so), a stalled body
+    with 408, by the front, which then closes the connection.
+    """
+
+    def __init__(self, run: RunDir, body_limit: BodyLimit) -> None:
+        self.body_limit = body_limit
         self.client = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=run.app_socket),
             base_url="http://engine",
@@ -346,6 +354,11 @@ class EngineProxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         rid = current_request_id() or ""  # the Dispatcher bound it (bind_id)
+        refusal, receive = self.body_limit.guard(scope, receive)
+        if refusal is not None:
+            refusal.headers["x-request-id"] = rid
+            await refusal(scope, receive, send)
+            return
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP and k.lower() != b"x-request-id"]
         headers.append((b"x-request-id", rid.encode("latin-1")))
         query = scope.get("query_string", b"")
@@ -369,6 +382,11 @@ class EngineProxy:
         )
         try:
             response = await self.client.send(request, stream=True)
+        except (PayloadTooLarge, RequestTimeout) as e:  # raised by the guarded receive while the body was passed on
+            refused = e.response()
+            refused.headers["x-request-id"] = rid
+            await refused(scope, receive, send)
+            return
         except httpx.TransportError as e:
             log.warning("cannot reach the engine process's app: %s", e)
             problem = error_body("not_ready", "the engine process is loading or restarting; retry shortly")
@@ -452,4 +470,4 @@ def front_app(settings: Settings, run_path: str, parent: int, number: int | None
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request passed on: the access log has it
     run = RunDir(__import__("pathlib").Path(run_path))
     app = create_app(settings, make_runtime=lambda s, m: FrontRuntime(s, m, run))
-    return Dispatcher(app, EngineProxy(run), app.state.runtime.link)
+    return Dispatcher(app, EngineProxy(run, BodyLimit.of(settings)), app.state.runtime.link)
