@@ -279,3 +279,31 @@ def test_bad_checkpoints_refused(tmp_path: Path, hf_classifier: nn.Module) -> No
         load_videomae(tmp_path / "ok.safetensors", name="videomae")
     with pytest.raises(AdaptformerError, match="not found"):
         load_backbone("videomae", tmp_path / "nowhere")
+
+
+def test_cli_trains_and_evaluates_a_clip_task_on_it(hf_folder: Path, tmp_path: Path) -> None:
+    """``adaptformer train/eval --backbone videomae --weights FOLDER``: a clip adapter on the VideoMAE fingerprint."""
+    from adaptformer.cli import main
+
+    out = tmp_path / "motion.safetensors"
+    common = ["--data", "motion", "--backbone", "videomae", "--weights", str(hf_folder), "--frames", str(FRAMES)]
+    main(["train", "--task", "motion", *common, "--epochs", "1", "--limit", "16", "--quiet", "--out", str(out)])
+    header = read_header(out)
+    vit = load_backbone("videomae", hf_folder).model
+    assert header.metadata.backbone == "videomae"
+    assert header.metadata.backbone_fingerprint == af.backbone_fingerprint(vit)
+    spec = header.metadata.input
+    assert (spec.modality, spec.frames, spec.tubelet, spec.size) == ("clip", FRAMES, 2, SIZE)
+    main(["eval", "--adapter", str(out), *common, "--limit", "8"])
+
+
+def test_server_loads_a_model_folder(hf_folder: Path) -> None:
+    """The server's backbone setting takes the folder (not only a file) and serves clips with the tubelet kernel."""
+    from adaptformer_server.backbone import build_engine
+    from adaptformer_server.settings import Settings
+
+    engine, info = build_engine(Settings(backbone="videomae", weights=hf_folder, device="cpu", dtype="float32"))
+    assert info.name == "videomae" and info.supports_clips and info.img_size == SIZE
+    assert info.fingerprint == af.backbone_fingerprint(load_backbone("videomae", hf_folder).model)
+    with pytest.raises(ValueError, match="tubelet"):
+        engine.video(FRAMES, 1)
