@@ -307,3 +307,55 @@ def test_server_loads_a_model_folder(hf_folder: Path) -> None:
     assert info.fingerprint == af.backbone_fingerprint(load_backbone("videomae", hf_folder).model)
     with pytest.raises(ValueError, match="tubelet"):
         engine.video(FRAMES, 1)
+
+
+def _reference_original(state: dict[str, torch.Tensor], x: torch.Tensor, heads: int, eps: float) -> torch.Tensor:
+    """The original fine-tuned VideoMAE forward (layer scale, mean pooling, fc_norm) in plain torch ops, apart from
+    timm and the loader: the pooled features of clips ``x``."""
+    w = state["patch_embed.proj.weight"]
+    t = F.conv3d(x.transpose(1, 2), w, state["patch_embed.proj.bias"], stride=w.shape[2:])
+    t = t.flatten(2).transpose(1, 2)
+    n, d = t.shape[1], t.shape[2]
+    pos = torch.arange(n, dtype=torch.float64)[:, None]
+    j = torch.arange(d)
+    angle = pos / torch.pow(10000.0, (2 * (j // 2)).double() / d)
+    t = t + torch.where(j % 2 == 0, torch.sin(angle), torch.cos(angle)).float()
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    for i in range(depth):
+        s = lambda name, i=i: state[f"blocks.{i}.{name}"]  # noqa: E731
+        h = F.layer_norm(t, (d,), s("norm1.weight"), s("norm1.bias"), eps)
+        bias = torch.cat([s("attn.q_bias"), torch.zeros(d), s("attn.v_bias")])
+        q, k, v = (
+            F.linear(h, s("attn.qkv.weight"), bias).reshape(len(t), n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        )
+        a = ((q * (d // heads) ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
+        out = (a @ v).transpose(1, 2).reshape(len(t), n, d)
+        t = t + s("gamma_1") * F.linear(out, s("attn.proj.weight"), s("attn.proj.bias"))
+        h = F.layer_norm(t, (d,), s("norm2.weight"), s("norm2.bias"), eps)
+        h = F.linear(
+            F.gelu(F.linear(h, s("mlp.fc1.weight"), s("mlp.fc1.bias"))), s("mlp.fc2.weight"), s("mlp.fc2.bias")
+        )
+        t = t + s("gamma_2") * h
+    return F.layer_norm(t.mean(1), (d,), state["fc_norm.weight"], state["fc_norm.bias"], eps)
+
+
+def test_original_layout_with_layer_scale(tmp_path: Path) -> None:
+    """An original checkpoint with layer scale (``gamma_1``/``gamma_2``) against the forward written out above."""
+    hf = _randomize(transformers.VideoMAEForVideoClassification(_config(layer_norm_eps=1e-6)), 3)
+    state = _to_original(hf.state_dict(), "")
+    gen = torch.Generator().manual_seed(4)
+    for i in range(2):
+        for g in ("gamma_1", "gamma_2"):
+            state[f"blocks.{i}.{g}"] = 0.5 + torch.rand(32, generator=gen)
+    path = tmp_path / "layer_scale.pth"
+    torch.save({"model": state}, path)
+    vit = load_videomae(path, num_heads=HEADS, img_size=SIZE)
+    x = _clips()
+    _, features = _features(vit, x)
+    with torch.no_grad():
+        ref = _reference_original(state, x, HEADS, 1e-6)
+    assert max_diff(features, ref) <= TOL
+    without = {k: v for k, v in state.items() if "gamma" not in k}
+    torch.save({"model": without}, path)
+    _, plain = _features(load_videomae(path, num_heads=HEADS, img_size=SIZE), x)
+    assert max_diff(plain, features) > 1e-3  # the layer scale is applied, not dropped
