@@ -11,7 +11,8 @@ Two checkpoint layouts load (:func:`load_videomae`):
 
 - the original one (``encoder.patch_embed.proj.weight`` ``[D, 3, 2, 16, 16]``, ``encoder.blocks.N.attn.qkv.weight``
   with ``q_bias``/``v_bias``, ``mlp.fc1``/``fc2``, ``encoder.norm`` or ``fc_norm``; the ``encoder.`` prefix only in
-  the pre-training checkpoints, the decoder's tensors ignored), LayerNorm eps 1e-6;
+  the pre-training checkpoints, the decoder's tensors ignored; a learned ``pos_embed`` refused: the table must be
+  rebuilt for the frames served), LayerNorm eps 1e-6;
 - Hugging Face's ``VideoMAEModel``/``VideoMAEForVideoClassification`` (``[videomae.]embeddings.patch_embeddings
   .projection``, ``encoder.layer.N.attention.attention.query/key/value`` with ``q_bias``/``v_bias`` or Linear
   biases, ``layernorm_before/after``, ``intermediate.dense``, ``output.dense``, ``layernorm`` or ``fc_norm``): a
@@ -62,7 +63,7 @@ _HEADS_BY_WIDTH = {384: 6, 768: 12, 1024: 16, 1280: 16}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Tensors of a checkpoint that are not the encoder: the pre-training decoder, a classifier.
-_IGNORED = ("decoder.", "encoder_to_decoder.", "mask_token", "pos_embed", "head.", "classifier.")
+_IGNORED = ("decoder.", "encoder_to_decoder.", "mask_token", "head.", "classifier.")
 
 
 def is_videomae(name: str) -> bool:
@@ -267,6 +268,18 @@ def _convert(state: dict[str, torch.Tensor], layout: str, prefix: str) -> tuple[
     return out, used
 
 
+def _check_fixed_positions(pos: torch.Tensor | None, dim: int) -> None:
+    """A saved encoder position table must be VideoMAE's fixed sine-cosine one (a learned table is refused)."""
+    if pos is None:
+        return
+    rows = pos.numel() // dim if pos.shape[-1] == dim else 0
+    if not rows or not torch.allclose(pos.reshape(rows, dim).float(), sinusoid_table(rows, dim), atol=1e-5):
+        raise AdaptformerError(
+            f"this VideoMAE checkpoint has a learned position embedding (shape {list(pos.shape)}); only the fixed "
+            "sine-cosine table is supported (it is rebuilt for the frames a task uses, a learned one could not be)"
+        )
+
+
 def _count(state: dict[str, torch.Tensor], prefix: str) -> int:
     """Blocks under ``prefix`` (``prefix<N>.``), checked to be numbered 0..N-1."""
     heads = (k[len(prefix) :].split(".", 1)[0] for k in state if k.startswith(prefix))
@@ -303,6 +316,11 @@ def videomae_from_state(
     config = config or {}
     layout, prefix = _layout(state)
     tensors, used = _convert(state, layout, prefix)
+    pos_key = f"{prefix}pos_embed" if layout == "original" else f"{prefix}embeddings.position_embeddings"
+    _check_fixed_positions(state.get(pos_key), int(tensors["patch_embed.proj.weight"].shape[0]))
+    used.add(pos_key)
+    if prefix == "encoder.":
+        used.add("pos_embed")  # a pre-training checkpoint's top-level table is the decoder's
     stray = sorted(
         k
         for k in state

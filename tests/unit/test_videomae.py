@@ -359,3 +359,17 @@ def test_original_layout_with_layer_scale(tmp_path: Path) -> None:
     torch.save({"model": without}, path)
     _, plain = _features(load_videomae(path, num_heads=HEADS, img_size=SIZE), x)
     assert max_diff(plain, features) > 1e-3  # the layer scale is applied, not dropped
+
+
+def test_learned_position_embedding_refused(tmp_path: Path, hf_classifier: nn.Module) -> None:
+    """A fine-tuned checkpoint that learned its positions cannot be served at other frame counts: refused; one that
+    saved the fixed table loads."""
+    from adaptformer.videomae import sinusoid_table
+
+    state = _to_original(hf_classifier.state_dict(), "")
+    path = tmp_path / "positions.pth"
+    torch.save({"model": {**state, "pos_embed": sinusoid_table(8, 32).unsqueeze(0)}}, path)
+    assert load_videomae(path, num_heads=HEADS, img_size=SIZE).embed_dim == 32
+    torch.save({"model": {**state, "pos_embed": torch.randn(1, 8, 32)}}, path)
+    with pytest.raises(AdaptformerError, match="learned position embedding"):
+        load_videomae(path, num_heads=HEADS, img_size=SIZE)
