@@ -342,6 +342,8 @@ def videomae_from_state(
             "(videomae-small/base/large/huge) or load a Hugging Face folder with config.json"
         )
     size = img_size or config.get("image_size") or 224
+    if isinstance(size, list) and len(size) == 2 and size[0] == size[1]:
+        size = size[0]  # a config may give [224, 224]
     if not isinstance(size, int) or size % ph or size % pw:
         raise AdaptformerError(f"VideoMAE image size {size!r} is not a multiple of its {ph}x{pw} patches")
     default_eps = 1e-12 if layout == "hf" else 1e-6
