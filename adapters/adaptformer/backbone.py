@@ -85,6 +85,13 @@ def load_backbone(name: str = EMBEDDED, weights: str | Path | None = None) -> Ba
         ) from None
     if weights is not None:
         state = {k: v for k, v in _read_state(Path(weights)).items() if not k.startswith("head.")}
+        own = model.state_dict()
+        wrong = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+        if wrong:
+            raise AdaptformerError(
+                f"weights {weights} do not fit {name}: {len(wrong)} tensors of other shapes, e.g. {wrong[0]} "
+                f"{tuple(state[wrong[0]].shape)} where {name} has {tuple(own[wrong[0]].shape)}"
+            )
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise AdaptformerError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import threading
@@ -10,6 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from adaptformer.adapter_file import load_adapter
@@ -26,7 +28,7 @@ from adaptformer.gathered import (
     to_device,
 )
 from adaptformer.layer import AdaptedBlock, block_forward
-from adaptformer.model import check_supported, image_tokens
+from adaptformer.model import BlockArgs, block_inputs, check_supported
 from adaptformer.task import TaskAdapter
 from adaptformer.video import TemporalRows, VideoViT
 
@@ -97,7 +99,8 @@ class MultiTaskViT(nn.Module):
     dtype; torch's LayerNorm and attention softmax kernels accumulate in float32 for half inputs.
 
     Args:
-        backbone: A timm VisionTransformer without adapters; it is frozen and put in eval mode.
+        backbone: A timm ViT without adapters (``VisionTransformer``, ``Eva`` or ``Beit``); it is frozen and put in
+            eval mode. Clips need a ``VisionTransformer`` (an Eva's or Beit's blocks take 2D position inputs).
         fingerprint: Precomputed fingerprint of the backbone (computed when omitted).
         path: How mixed batches run their branches, one of ``PATHS`` (``auto``: the engine chooses per batch).
 
@@ -117,6 +120,8 @@ class MultiTaskViT(nn.Module):
         self.vit = vit.eval()
         self.fingerprint = fingerprint or backbone_fingerprint(vit)
         self.spec = BackboneSpec.of(vit, self.fingerprint)  # what a task must match (prepare checks it)
+        if not isinstance(vit, VisionTransformer):  # rotary embedding / relative position bias: a 2D grid only
+            self.spec = dataclasses.replace(self.spec, supports_clips=False)
         self._table = TaskTable()
         self._lock = threading.Lock()
         self._video: dict[tuple[int, int], VideoViT] = {}
@@ -183,11 +188,22 @@ class MultiTaskViT(nn.Module):
         ``temporal`` (clips): ``(rows, task temporal part)`` pairs, so each task's rows get its own temporal part
         (``None``: the format-1 embedding, also the default for the whole batch).
         """
+        return self.block_inputs(x, tubelet, temporal)[0]
+
+    def block_inputs(
+        self, x: torch.Tensor, tubelet: int = 2, temporal: TemporalRows | None = None
+    ) -> tuple[torch.Tensor, list[BlockArgs]]:
+        """The tokens before the blocks (:meth:`embed`) and what the backbone gives each block besides them (Eva's
+        rotary embedding, Beit's relative position bias; nothing for a ViT), built once per forward."""
         if x.ndim == 5:
-            return self.video(x.shape[1], tubelet).embed(x, temporal or [(None, None)])
+            if not isinstance(self.vit, VisionTransformer):
+                raise ValueError(
+                    f"clips need a VisionTransformer backbone; this {type(self.vit).__name__} takes images only"
+                )
+            return self.video(x.shape[1], tubelet).embed(x, temporal or [(None, None)]), [{}] * len(self.vit.blocks)
         if x.ndim != 4:
             raise ValueError(f"expected images [batch, 3, H, W] or clips [batch, frames, 3, H, W], got {list(x.shape)}")
-        return image_tokens(self.vit, x)
+        return block_inputs(self.vit, x)
 
     def forward_features(
         self, x: torch.Tensor, tasks: Sequence[str], table: Mapping[str, TaskAdapter] | None = None
@@ -242,7 +258,7 @@ class MultiTaskViT(nn.Module):
         if plan.order is not None:
             x = x.index_select(0, to_device(plan.order, x.device))
         spans = plan.spans
-        tokens = self.embed(
+        tokens, args = self.block_inputs(
             x, tubelet=tubelets.pop(), temporal=[(span, table[t].temporal) for t, span in spans.items()]
         )
         weights = None
@@ -250,23 +266,23 @@ class MultiTaskViT(nn.Module):
             for i, block in enumerate(self.vit.blocks):
                 key = str(i)
                 branches = [(span, table[t].branch(key)) for t, span in spans.items() if key in table[t].adapters]
-                tokens = block_forward(block, tokens, branches)
+                tokens = block_forward(block, tokens, branches, **args[i])
         else:
             embedded = tokens
             try:
-                weights, tokens = self._gathered_blocks(embedded, plan, table, path)
+                weights, tokens = self._gathered_blocks(embedded, args, plan, table, path)
             except RuntimeError:
                 if path != "grouped":
                     raise
                 # A grouped-GEMM kernel that passed the probe may still refuse a shape: never again on this pair.
                 refuse_grouped(x.device, x.dtype)
                 log.warning("torch._grouped_mm failed on %s/%s; using per-row batched products", x.device, x.dtype)
-                weights, tokens = self._gathered_blocks(embedded, plan, table, "gathered")
+                weights, tokens = self._gathered_blocks(embedded, args, plan, table, "gathered")
         tokens = self.vit.norm(tokens)
         return self.vit.forward_head(tokens, pre_logits=True), plan, weights
 
     def _gathered_blocks(
-        self, tokens: torch.Tensor, plan: _Plan, table: Mapping[str, TaskAdapter], path: str
+        self, tokens: torch.Tensor, args: list[BlockArgs], plan: _Plan, table: Mapping[str, TaskAdapter], path: str
     ) -> tuple[BankWeights, torch.Tensor]:
         layout = "grouped" if path == "grouped" else "rows"
         weights = self._bank().gather([table[t] for t in plan.tasks], plan.counts, layout=layout)
@@ -280,7 +296,7 @@ class MultiTaskViT(nn.Module):
                 offsets.append(offs[start : start + len(g.offsets)])
                 start += len(g.offsets)
         for i, block in enumerate(self.vit.blocks):
-            tokens = gathered_block(block, tokens, i, weights, plan.groups, offsets)
+            tokens = gathered_block(block, tokens, i, weights, plan.groups, offsets, **args[i])
         return weights, tokens
 
     @torch.inference_mode()

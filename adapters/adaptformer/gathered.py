@@ -291,20 +291,23 @@ def gathered_block(
     weights: BankWeights,
     groups: Sequence[KindGroup],
     offsets: Sequence[torch.Tensor] | None = None,
+    **block_args: object,
 ) -> torch.Tensor:
-    """A timm ``Block`` forward with every task's branch of block ``i``: one product pair per kind of input.
+    """A timm block's forward (any family of :func:`adaptformer.layer.block_family`) with every task's branch of block
+    ``i``: one product pair per kind of input.
 
     The block itself runs through :func:`adaptformer.layer.run_block`, the slice path's block; only how the
     branches are added differs.
 
     Args:
-        block: A pre-norm timm ``Block``.
+        block: A pre-norm timm block (ViT, Eva or Beit).
         x: Tokens ``[batch, tokens, dim]``, rows ordered so that each group is contiguous.
         i: The block's index (its slice of the bank).
         weights: The batch's gathered weights.
         groups: Runs of rows sharing a branch input.
         offsets: Per group, cumulative token counts of its tasks (int32, on the device): the segmented
             ``torch._grouped_mm`` path, weights per task. ``None``: per-row weights and ``baddbmm``.
+        block_args: What the model gives the block (Eva's ``rope``, Beit's ``shared_rel_pos_bias``).
     """
 
     def add(out: torch.Tensor, x: torch.Tensor, normed: torch.Tensor, mlp_out: torch.Tensor) -> torch.Tensor:
@@ -329,7 +332,7 @@ def gathered_block(
                 out[rows].add_(y.view(n, t, d))
         return out
 
-    return run_block(block, x, add)
+    return run_block(block, x, add, **block_args)
 
 
 _GROUPED: dict[tuple[str, torch.dtype], str | None] = {}

@@ -1,8 +1,10 @@
-"""AdaptMLP, the bottleneck branch, and the forward pass of a timm block with branches beside its MLP."""
+"""AdaptMLP, the bottleneck branch, and the forward pass of a timm block (ViT, Eva, Beit) with branches beside its
+MLP."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import cast
 
 import torch
@@ -11,7 +13,16 @@ from torch import nn
 
 from adaptformer.config import AdapterConfig
 
-__all__ = ["AdaptMLP", "AdaptedBlock", "AddBranches", "add_branches", "block_forward", "run_block"]
+__all__ = [
+    "AdaptMLP",
+    "AdaptedBlock",
+    "AddBranches",
+    "BlockFamily",
+    "add_branches",
+    "block_family",
+    "block_forward",
+    "run_block",
+]
 
 
 class AdaptMLP(nn.Module):
@@ -66,24 +77,91 @@ AddBranches = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
 inputs (``out = x' + MLP output``, a fresh tensor the branches may write in place)."""
 
 
-def run_block(block: nn.Module, x: torch.Tensor, add: AddBranches, **attn_kwargs: object) -> torch.Tensor:
-    """A pre-norm timm ``Block`` run once, its branches added by ``add`` from the three tensors they can read.
+@dataclass(frozen=True)
+class BlockFamily:
+    """How one family of timm blocks is built: the names of its parts and the arguments its attention takes.
 
-    ``x' = x + Attn(LN1(x))``; ``out = add(x' + MLP(LN2(x')), x', LN2(x'), MLP(LN2(x')))``. The block's own
-    submodules (``norm1``, ``attn``, ``ls1``, ``drop_path1``, ``norm2``, ``mlp``, ``ls2``, ``drop_path2``) are called
-    in that order; this is the one place the order is written (the slice path and the gathered paths differ only in
-    ``add``).
+    Every supported family has the same pre-norm order (:func:`run_block`); they differ in how the layer scale of
+    each half is held (a module such as ``ls1``, or a ``gamma_1`` tensor that is ``None`` without layer scale) and
+    in what the model hands each block besides the tokens (rotary embeddings, a relative position bias), which the
+    block passes on to its attention unchanged.
+
+    Attributes:
+        name: Short name of the family (``vit``, ``eva``, ``beit``).
+        scales: The layer-scale parts of the attention and MLP halves.
+        block_args: Keyword arguments the model's forward gives each block (passed to the attention).
+    """
+
+    name: str
+    scales: tuple[str, str]
+    block_args: tuple[str, ...]
+
+
+_PARTS = ("norm1", "attn", "drop_path1", "norm2", "mlp", "drop_path2")
+
+
+def _families() -> dict[type[nn.Module], BlockFamily]:
+    from timm.models.beit import Block as BeitBlock
+    from timm.models.eva import EvaBlock
+
+    return {
+        Block: BlockFamily("vit", ("ls1", "ls2"), ("attn_mask", "is_causal")),
+        EvaBlock: BlockFamily("eva", ("gamma_1", "gamma_2"), ("rope", "attn_mask", "is_causal")),
+        BeitBlock: BlockFamily("beit", ("gamma_1", "gamma_2"), ("shared_rel_pos_bias",)),
+    }
+
+
+_FAMILIES: dict[type[nn.Module], BlockFamily] = {}
+
+
+def block_family(block: nn.Module) -> BlockFamily | None:
+    """The family of a timm block (its class, or a subclass that keeps the family's forward), ``None`` when it is
+    none of the pre-norm families AdaptFormer supports or lacks one of their parts."""
+    if not _FAMILIES:
+        _FAMILIES.update(_families())
+    kind = type(block)
+    family = next((f for c, f in _FAMILIES.items() if issubclass(kind, c) and kind.forward is c.forward), None)
+    if family is None or not all(hasattr(block, p) for p in (*_PARTS, *family.scales)):
+        return None
+    return family
+
+
+def _scaled(block: nn.Module, part: str, t: torch.Tensor) -> torch.Tensor:
+    scale = getattr(block, part)
+    if scale is None:  # a gamma the block was built without
+        return t
+    if isinstance(scale, torch.Tensor):
+        return scale * t
+    return cast(nn.Module, scale)(t)
+
+
+def run_block(block: nn.Module, x: torch.Tensor, add: AddBranches, **block_args: object) -> torch.Tensor:
+    """A pre-norm timm block run once, its branches added by ``add`` from the three tensors they can read.
+
+    ``x' = x + drop_path1(scale1(attn(norm1(x), **block_args)))``; ``m = drop_path2(scale2(mlp(norm2(x'))))``;
+    ``out = add(x' + m, x', norm2(x'), m)``. ``scale1``/``scale2`` are the family's layer scale
+    (:class:`BlockFamily`: ``ls1``/``ls2`` modules of a ViT ``Block``, ``gamma_1``/``gamma_2`` of Eva and Beit blocks,
+    nothing when the block has none). This is the one place the order is written: the slice path and the gathered
+    paths differ only in ``add``, and every family runs through it.
 
     Args:
-        block: A timm ``Block`` (pre-norm, optional layer scale and drop path).
+        block: A timm ``Block``, ``EvaBlock`` or Beit ``Block`` (:func:`block_family`).
         x: Tokens, ``[batch, tokens, dim]``.
         add: Adds the branches (``(out, x, normed, mlp_out) -> out``).
-        attn_kwargs: Passed to the attention (``attn_mask``, ``is_causal``).
+        block_args: What the model gives its blocks, passed to the attention (``attn_mask``, ``is_causal``; Eva's
+            ``rope``; Beit's ``shared_rel_pos_bias``).
+
+    Raises:
+        TypeError: ``block`` is not of a supported family.
     """
-    block = cast(Block, block)  # its submodules, typed
-    x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x), **attn_kwargs)))
-    normed = block.norm2(x)
-    mlp_out = block.drop_path2(block.ls2(block.mlp(normed)))
+    family = block_family(block)
+    if family is None:
+        raise TypeError(f"{type(block).__name__} is not a pre-norm timm block of a supported family")
+    first, second = family.scales
+    b = cast(Block, block)  # the parts every family has, typed
+    x = x + b.drop_path1(_scaled(block, first, b.attn(b.norm1(x), **block_args)))
+    normed = b.norm2(x)
+    mlp_out = b.drop_path2(_scaled(block, second, b.mlp(normed)))
     return add(x + mlp_out, x, normed, mlp_out)
 
 
@@ -110,7 +188,7 @@ def add_branches(branches: Sequence[Branch]) -> AddBranches:
     return add
 
 
-def block_forward(block: nn.Module, x: torch.Tensor, branches: Sequence[Branch], **attn_kwargs: object) -> torch.Tensor:
+def block_forward(block: nn.Module, x: torch.Tensor, branches: Sequence[Branch], **block_args: object) -> torch.Tensor:
     """A timm ``Block`` forward with AdaptMLP branches added, each on its rows (:func:`run_block` with
     :func:`add_branches`).
 
@@ -118,21 +196,25 @@ def block_forward(block: nn.Module, x: torch.Tensor, branches: Sequence[Branch],
     frozen attention and MLP once and each task's branch on its own rows.
 
     Args:
-        block: A timm ``Block`` (pre-norm, optional layer scale and drop path).
+        block: A pre-norm timm block of a supported family (:func:`block_family`).
         x: Tokens, ``[batch, tokens, dim]``.
         branches: The adapters to apply and the rows they apply to (``(rows, adapter)``, see :func:`add_branches`).
+        block_args: What the model gives its blocks (see :func:`run_block`).
     """
-    return run_block(block, x, add_branches(branches), **attn_kwargs)
+    return run_block(block, x, add_branches(branches), **block_args)
 
 
 class AdaptedBlock(nn.Module):
-    """A frozen timm block wrapped with one AdaptMLP (the single-task, trainable form)."""
+    """A frozen timm block wrapped with one AdaptMLP (the single-task, trainable form).
+
+    Its forward takes what the model's own forward gives the block it replaces (a ViT's ``attn_mask``/``is_causal``,
+    Eva's ``rope``, Beit's ``shared_rel_pos_bias``), so the model runs unchanged around it.
+    """
 
     def __init__(self, block: nn.Module, adapter: AdaptMLP) -> None:
         super().__init__()
         self.block = block
         self.adapter = adapter
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        kwargs = {"attn_mask": attn_mask, "is_causal": is_causal} if attn_mask is not None or is_causal else {}
-        return block_forward(self.block, x, [(None, self.adapter)], **kwargs)
+    def forward(self, x: torch.Tensor, **block_args: object) -> torch.Tensor:
+        return block_forward(self.block, x, [(None, self.adapter)], **block_args)

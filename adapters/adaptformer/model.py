@@ -1,21 +1,24 @@
-"""Injection of AdaptMLP branches into timm VisionTransformers, freezing, and the parameter report."""
+"""Injection of AdaptMLP branches into timm ViTs (VisionTransformer, Eva, Beit), freezing, and the parameter
+report."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
-from timm.models.vision_transformer import Block, VisionTransformer
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from adaptformer.config import AdapterConfig
 from adaptformer.errors import UnsupportedModelError
-from adaptformer.layer import AdaptedBlock, AdaptMLP
+from adaptformer.layer import AdaptedBlock, AdaptMLP, block_family
 
 __all__ = [
     "ParameterReport",
     "add_adapters",
     "base_vit",
+    "block_inputs",
     "check_supported",
     "freeze_backbone",
     "image_tokens",
@@ -25,40 +28,109 @@ __all__ = [
     "trainable_parameters",
 ]
 
-_BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
+BlockArgs = dict[str, object]
+
+# Model classes whose blocks are not of a supported family, and why (the refusal names the reason).
+_REFUSED = {
+    "VisionTransformerRelPos": "its blocks (RelPosBlock, ResPostRelPosBlock) take a shared relative position bias and "
+    "some are post-norm; no block family is described for them",
+    "NaFlexVit": "it embeds variable-resolution patch sequences with a per-sample patch mask, not the fixed "
+    "[batch, tokens, dim] image tokens the engine batches",
+}
+
+
+def _model_classes() -> tuple[type, ...]:
+    from timm.models.beit import Beit
+    from timm.models.eva import Eva
+
+    return (VisionTransformer, Eva, Beit)
+
+
+def _name(model: nn.Module) -> str:
+    cfg: dict = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("architecture") or type(model).__name__
 
 
 def base_vit(model: nn.Module) -> VisionTransformer:
-    """The timm VisionTransformer inside ``model`` (itself, or the image ViT of a video model)."""
+    """The timm model inside ``model`` (itself, or the image ViT of a video model): a ``VisionTransformer``, an
+    ``Eva`` (EVA-02, Perception Encoder) or a ``Beit``.
+
+    Typed as ``VisionTransformer``: what the library reads of it (``blocks``, ``embed_dim``, ``num_features``,
+    ``patch_embed``, ``norm``, ``forward_head``, ``reset_classifier``) every supported class has.
+    """
     vit = getattr(model, "vit", model)
-    if not isinstance(vit, VisionTransformer):
-        name = getattr(getattr(model, "pretrained_cfg", {}), "get", lambda *_: None)("architecture")
+    if not isinstance(vit, _model_classes()):
+        why = _REFUSED.get(type(vit).__name__)
         raise UnsupportedModelError(
-            f"{name or type(model).__name__} is not a timm VisionTransformer; AdaptFormer adapters go into "
-            "timm's VisionTransformer family (vit_*, deit_*, ...)"
+            f"{_name(vit)} is a {type(vit).__name__}"
+            + (f", which AdaptFormer does not support: {why}" if why else ", not a supported timm model")
+            + "; AdaptFormer adapters go into timm's VisionTransformer (vit_*, deit_*, ...), Eva (eva02_*, "
+            "vit_pe_*) and Beit (beit_*, beitv2_*) families"
         )
-    return vit
+    return cast(VisionTransformer, vit)
 
 
 def check_supported(model: nn.Module) -> VisionTransformer:
-    """Returns the ViT if every block is a pre-norm timm ``Block``; raises a clear error otherwise."""
+    """Returns the model if every block is a pre-norm block of a supported family; raises a clear error otherwise.
+
+    Families (:func:`adaptformer.layer.block_family`): timm ViT ``Block``, ``EvaBlock``, Beit ``Block``. Post-norm
+    blocks (``ResPostBlock`` of the ``*_rpn_*`` ViTs, ``EvaBlockPostNorm``) and parallel blocks have no
+    ``norm2(x')`` beside which the branch sits and are refused with that reason.
+    """
     vit = base_vit(model)
-    cfg: dict = getattr(vit, "pretrained_cfg", None) or {}
-    name = cfg.get("architecture")
-    name = name or type(vit).__name__
+    name = _name(vit)
     for i, blk in enumerate(vit.blocks):
         inner = blk.block if isinstance(blk, AdaptedBlock) else blk
-        if not isinstance(inner, Block) or not all(hasattr(inner, p) for p in _BLOCK_PARTS):
+        if block_family(inner) is None:
             raise UnsupportedModelError(
-                f"{name}: block {i} is a {type(inner).__name__}, not a pre-norm timm Block "
-                "(x + attn(norm1(x)), then x + mlp(norm2(x))); AdaptFormer cannot be placed beside its MLP. "
-                "Supported: timm VisionTransformers built with the default block_fn."
+                f"{name}: block {i} is a {type(inner).__name__}, not a pre-norm timm block "
+                "(x' = x + attn(norm1(x)), then x' + mlp(norm2(x'))); AdaptFormer cannot be placed beside its MLP. "
+                "Supported: timm VisionTransformers built with the default block_fn, Eva models with EvaBlock "
+                "(not use_post_norm) and Beit models."
             )
     return vit
 
 
+def block_inputs(vit: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[BlockArgs]]:
+    """Images ``[batch, 3, H, W]`` to the tokens the first block sees and what the model gives each block.
+
+    Through the model's own functions: a ViT's ``_pos_embed`` (no block arguments); Eva's ``_pos_embed``, which
+    builds the rotary embedding for this input (one per block for ``rope_mixed``); Beit's patch embedding, class
+    token, absolute positions and its shared relative position bias (``rel_pos_bias()``, built per forward).
+    """
+    from timm.models.beit import Beit
+    from timm.models.eva import Eva
+
+    depth = len(cast(nn.Sequential, vit.blocks))
+    if isinstance(vit, Eva):
+        tokens, rope = vit._pos_embed(vit.patch_embed(x))
+        tokens = vit.norm_pre(tokens)
+        if getattr(vit, "rope_mixed", False) and rope is not None:
+            return tokens, [{"rope": rope[i]} for i in range(depth)]
+        return tokens, [{"rope": rope}] * depth
+    if isinstance(vit, Beit):
+        tokens = vit.patch_embed(x)
+        tokens = torch.cat((vit.cls_token.expand(tokens.shape[0], -1, -1), tokens), dim=1)
+        if vit.pos_embed is not None:
+            tokens = tokens + vit.pos_embed
+        tokens = vit.pos_drop(tokens)
+        bias = vit.rel_pos_bias() if vit.rel_pos_bias is not None else None
+        return tokens, [{"shared_rel_pos_bias": bias}] * depth
+    return image_tokens(cast(VisionTransformer, vit), x), [{}] * depth
+
+
 def image_tokens(vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
-    """Images ``[batch, 3, H, W]`` to the tokens the first block sees (patches, prefix tokens, positions)."""
+    """Images ``[batch, 3, H, W]`` to the tokens the first block of a ViT sees (patches, prefix tokens, positions).
+
+    Raises:
+        UnsupportedModelError: ``vit`` is an Eva or Beit, whose blocks need more than tokens (use
+            :func:`block_inputs`).
+    """
+    if not isinstance(vit, VisionTransformer):
+        raise UnsupportedModelError(
+            f"{_name(vit)}: its blocks take position inputs besides the tokens (rotary embedding or relative "
+            "position bias), so token-only paths (prompt tuning, clips) do not run on it; AdaptFormer adapters do"
+        )
     return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
 
 
