@@ -28,16 +28,18 @@ $(VENV)/.installed: $(VENV)/.installed-server client/pyproject.toml
 	touch $@
 
 # Debian packages some tests use: the data sets (Fashion-MNIST, Noto Color Emoji, Unicode emoji list),
-# Chromium + chromedriver for the playground's browser test, and nginx for the compose replicas' proxy config.
+# Chromium + chromedriver for the playground's browser test, nginx for the compose replicas' proxy config, and libb64
+# for perf_analyzer (the tritonclient wheel's binary: tests/server/test_perf_analyzer.py).
 # Never needs root: as root (CI containers) it installs them with apt-get, with passwordless sudo through sudo;
 # otherwise it says how, and those tests skip with a reason.
 # Under CI=true a package that is still missing afterwards (no apt, no root, apt failed) fails the run instead:
 # CI never skips those tests silently.
-SYSTEM_PACKAGES := dataset-fashion-mnist fonts-noto-color-emoji unicode-data chromium chromium-driver nginx-light
+SYSTEM_PACKAGES := dataset-fashion-mnist fonts-noto-color-emoji unicode-data chromium chromium-driver nginx-light libb64-0d
 SYSTEM_DEPS_PRESENT := command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 \
 	&& { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } \
 	&& [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
-	&& [ -f /usr/share/unicode/emoji/emoji-test.txt ] && [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]
+	&& [ -f /usr/share/unicode/emoji/emoji-test.txt ] && [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] \
+	&& { ldconfig -p 2>/dev/null || /sbin/ldconfig -p; } | grep -q 'libb64\.so\.0d'
 system-deps:
 	@if $(SYSTEM_DEPS_PRESENT); then \
 		echo "test data sets and chromium are installed"; \

@@ -1,10 +1,13 @@
-"""The Open Inference Protocol (KServe v2) REST API: ``/v2``, health, model metadata and ``infer``.
+"""The Open Inference Protocol (KServe v2) REST API: ``/v2``, health, model metadata, Triton's model
+configuration extension (``/config``) and ``infer``.
 
 A model is a task; its version is the adapter version. ``infer`` takes one input: encoded images as ``BYTES``
 (base64 or raw strings in JSON, or Triton's binary tensor extension) or a preprocessed ``FP32`` tensor
 ``[N, 3, H, W]`` (``[N, T, 3, H, W]`` for a clip task), and answers ``probabilities`` (FP32 ``[N, classes]``)
 and ``labels`` (BYTES ``[N]``, the top-1 label). Auth, limits, decoding and batching are those of ``/predict``;
-errors are the protocol's ``{"error": "<message>"}`` with the same statuses.
+errors are the protocol's ``{"error": "<message>"}`` with the same statuses. The metadata and the configuration
+are built from one description of the inputs and outputs, so they agree on shapes and on which inputs a request
+needs (the two inputs are optional alternatives; ``X-Model-Inputs`` narrows both documents to one).
 
 The request document is :class:`~adaptformer_server.schemas.InferenceRequest`. What it may cost is refused before
 it is spent: a JSON text of more values than a request for the task can need before it is parsed (a large one is
@@ -36,18 +39,20 @@ from pydantic import ValidationError
 
 from adaptformer.preprocess import InputSpec
 from adaptformer_server import __version__
+from adaptformer_server.backbone import BackboneError, resolve_device
 from adaptformer_server.deps import Inference, PredictAuth, PredictRoute, RuntimeDep, inference_of
 from adaptformer_server.errors import InvalidInput, ValidationFailed, as_api_error
 from adaptformer_server.inputs import Decoder, PredictBody, decode_inputs
 from adaptformer_server.limits import Limits
 from adaptformer_server.repository.record import AdapterEntry
 from adaptformer_server.schemas import InferenceRequest, RequestInput
+from adaptformer_server.settings import Settings
 
 __all__ = ["router"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 OUTPUTS = ("probabilities", "labels")
-_EXTENSIONS = ["binary_tensor_data"]
+_EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 _THREAD_BYTES = 1 << 20  # a JSON text longer than this is parsed on a worker thread
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string (its commas are no separators)
 
@@ -98,22 +103,60 @@ async def ready(runtime: RuntimeDep) -> Response:
     return JSONResponse({"ready": False}, 503, headers={"Retry-After": "5"})
 
 
-def _model_metadata(entry: AdapterEntry) -> dict:
+@dataclass(frozen=True)
+class _Tensor:
+    """One input or output of a model: its name, KServe datatype and dims after the batch dimension (``-1``: any
+    size); ``optional``: an input that is one of two alternatives (a request sends exactly one of them)."""
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]
+    optional: bool = False
+
+
+_CONFIG_TYPES = {"FP32": "TYPE_FP32", "BYTES": "TYPE_STRING"}  # the model configuration's names
+INPUTS_HEADER = "X-Model-Inputs"
+INPUTS = ("image", "input")
+
+
+def _tensors(entry: AdapterEntry, only: str | None = None) -> tuple[list[_Tensor], list[_Tensor]]:
+    """A task's inputs and outputs: the one description the model metadata and the model configuration share.
+
+    ``image`` is ``[N, 1]`` encoded images for an image task (``[N]`` is accepted too) and ``[N, -1]`` for a clip
+    task (1: one animated image per clip; ``frames``: the frame images); ``input`` is the preprocessed tensor.
+    They are alternatives, so both are optional; ``only`` names the one a caller will send (then required)."""
     spec = entry.spec
     s = spec.size
-    tensor = [-1, 3, s, s] if spec.modality == "image" else [-1, spec.frames, 3, s, s]
+    image = (1,) if spec.modality == "image" else (-1,)
+    tensor = (3, s, s) if spec.modality == "image" else (spec.frames, 3, s, s)
+    inputs = [_Tensor("image", "BYTES", image, optional=True), _Tensor("input", "FP32", tensor, optional=True)]
+    if only is not None:
+        inputs = [_Tensor(t.name, t.datatype, t.dims) for t in inputs if t.name == only]
+    outputs = [_Tensor("probabilities", "FP32", (len(entry.labels),)), _Tensor("labels", "BYTES", ())]
+    return inputs, outputs
+
+
+def _only_input(request: Request) -> str | None:
+    """The one input ``X-Model-Inputs`` names (a tool that sends every input the model lists, as perf_analyzer
+    with generated data does, sees only that one), or ``None``: both, each optional."""
+    value = request.headers.get(INPUTS_HEADER)
+    if value is None:
+        return None
+    names = {n.strip() for n in value.split(",") if n.strip()}
+    if not names or not names <= set(INPUTS):
+        raise InvalidInput(f"{INPUTS_HEADER} names this model's inputs: `image` or `input` (or both), got {value!r}")
+    return names.pop() if len(names) == 1 else None
+
+
+def _model_metadata(entry: AdapterEntry, only: str | None = None) -> dict:
+    spec = entry.spec
+    inputs, outputs = _tensors(entry, only)
     return {
         "name": entry.task,
         "versions": [entry.version],
         "platform": "adaptformer",
-        "inputs": [
-            {"name": "image", "datatype": "BYTES", "shape": [-1]},
-            {"name": "input", "datatype": "FP32", "shape": tensor},
-        ],
-        "outputs": [
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(entry.labels)]},
-            {"name": "labels", "datatype": "BYTES", "shape": [-1]},
-        ],
+        "inputs": [{"name": t.name, "datatype": t.datatype, "shape": [-1, *t.dims]} for t in inputs],
+        "outputs": [{"name": t.name, "datatype": t.datatype, "shape": [-1, *t.dims]} for t in outputs],
         "parameters": {
             "modality": spec.modality,
             "frames": spec.frames,
@@ -126,8 +169,77 @@ def _model_metadata(entry: AdapterEntry) -> dict:
 
 @router.get("/models/{task}", summary="Model metadata", responses={404: {}})
 @router.get("/models/{task}/versions/{version}", summary="Model metadata (one version)", responses={404: {}})
-async def model_metadata(task: str, _: PredictAuth, inference: Inference, version: str | None = None) -> dict:
-    return _model_metadata(inference.lookup(task, version))
+async def model_metadata(
+    request: Request, response: Response, task: str, _: PredictAuth, inference: Inference, version: str | None = None
+) -> dict:
+    response.headers["Vary"] = INPUTS_HEADER
+    return _model_metadata(inference.lookup(task, version), _only_input(request))
+
+
+def _instance_kind(device: str) -> str:
+    """Triton's instance kind of the device the backbone runs on."""
+    try:
+        kind = resolve_device(device).type
+    except BackboneError:
+        return "KIND_MODEL"
+    return "KIND_GPU" if kind == "cuda" else "KIND_CPU"
+
+
+def _model_config(entry: AdapterEntry, settings: Settings, only: str | None = None) -> dict:
+    """Triton's model configuration (its JSON form) of a task: the fields tools read (perf_analyzer, the model
+    analyzer), from the same description as the metadata and from the server's batching settings."""
+    inputs, outputs = _tensors(entry, only)
+    return {
+        "name": entry.task,
+        "platform": "adaptformer",
+        "backend": "adaptformer",
+        "version_policy": {"latest": {"num_versions": 1}},
+        "max_batch_size": settings.max_batch_size,
+        "input": [
+            {
+                "name": t.name,
+                "data_type": _CONFIG_TYPES[t.datatype],
+                "format": "FORMAT_NONE",
+                "dims": list(t.dims),
+                "is_shape_tensor": False,
+                "allow_ragged_batch": False,
+                "optional": t.optional,
+            }
+            for t in inputs
+        ],
+        "output": [
+            {"name": t.name, "data_type": _CONFIG_TYPES[t.datatype], "dims": list(t.dims), "is_shape_tensor": False}
+            for t in outputs
+        ],
+        # The batcher runs a batch when it is full or its first sample has waited max_wait_ms.
+        "dynamic_batching": {
+            "preferred_batch_size": [settings.max_batch_size],
+            "max_queue_delay_microseconds": round(settings.max_wait_ms * 1000),
+            "preserve_ordering": False,
+            "default_queue_policy": {"max_queue_size": settings.queue_size},
+        },
+        "instance_group": [{"name": entry.task, "kind": _instance_kind(settings.device), "count": 1}],
+        "model_transaction_policy": {"decoupled": False},
+        "parameters": {
+            "version": {"string_value": entry.version},
+            "modality": {"string_value": entry.spec.modality},
+            "frames": {"string_value": str(entry.spec.frames)},
+            "max_images_per_request": {"string_value": str(settings.max_images_per_request)},
+        },
+    }
+
+
+@router.get("/models/{task}/config", summary="Model configuration (Triton's extension)", responses={400: {}, 404: {}})
+@router.get(
+    "/models/{task}/versions/{version}/config",
+    summary="Model configuration (Triton's extension, one version)",
+    responses={400: {}, 404: {}},
+)
+async def model_config(
+    request: Request, response: Response, task: str, _: PredictAuth, inference: Inference, version: str | None = None
+) -> dict:
+    response.headers["Vary"] = INPUTS_HEADER
+    return _model_config(inference.lookup(task, version), inference.settings, _only_input(request))
 
 
 @router.get("/models/{task}/ready", summary="Model ready", responses={404: {}})
