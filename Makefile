@@ -78,10 +78,12 @@ test: lint system-deps
 test-slow: install
 	$(PY) -m pytest -q -rs -m slow --timeout 1800
 
-# The tests that start server processes, again with every server as 2 front processes + an engine process
-# (--workers 2; tests/support/process.py reads TEST_SERVER_WORKERS). The in-process tests build the same app.
+# The tests that start server processes (directly, or through the reliability tests' shared, keyed and probed
+# servers), again with every server as 2 front processes + an engine process (--workers 2; tests/support/process.py
+# reads TEST_SERVER_WORKERS). The in-process tests build the same app.
+SERVER_TESTS = $$(grep -rlE 'ServerProcess[(]|live_server[(]|Server[(]|shared_server|keyed_server|probed_server' tests --include='test_*.py' | sort)
 test-workers: install system-deps
-	TEST_SERVER_WORKERS=2 $(PY) -m pytest -q -rs $$(grep -rlE 'ServerProcess[(]|live_server[(]' tests --include='test_*.py' | sort) tests/docs
+	TEST_SERVER_WORKERS=2 $(PY) -m pytest -q -rs $(SERVER_TESTS) tests/docs
 
 # Ray Serve tests (docs/SCALING.md): installs the ray extra, starts a local Ray cluster on 127.0.0.1 (a few minutes).
 # As root where unshare works they run in a network namespace of their own with only a loopback interface.

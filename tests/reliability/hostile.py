@@ -10,8 +10,10 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import select
 import socket
 import struct
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -185,3 +187,56 @@ def healthy(server: Server, images) -> None:
     assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
     r = httpx.post(f"{server.url}/predict?task=t00", files=[("image", images[0])], timeout=30)
     assert r.status_code == 200, r.text
+
+
+def stream_body(
+    port: int, target: str, ctype: str, total: int, prefix: bytes = b"", chunk: int = MiB, headers: str = ""
+) -> tuple[int, dict, int, float]:
+    """Streams ``prefix`` and ``total`` bytes (chunked, no Content-Length) until the server answers; returns the
+    status, the body, the bytes handed to the socket and the seconds taken."""
+    start = time.monotonic()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        head = (
+            f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\nTransfer-Encoding: chunked\r\n"
+            f"{headers}\r\n"
+        )
+        sock.sendall(head.encode())
+        sock.setblocking(False)
+        block = b"\x89PNG" + bytes(chunk - 4)
+        sent, pending = 0, f"{len(prefix):x}\r\n".encode() + prefix + b"\r\n" if prefix else b""
+        while time.monotonic() - start < 60:
+            readable, writable, _ = select.select([sock], [sock], [], 10)
+            if readable:
+                break  # the answer came before the body ended
+            if not writable:
+                raise AssertionError("the server neither reads nor answers")
+            if not pending:
+                if sent >= total:
+                    pending = b"0\r\n\r\n"
+                else:
+                    pending = f"{len(block):x}\r\n".encode() + block + b"\r\n"
+                    sent += len(block)
+            try:
+                n = sock.send(pending)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            pending = pending[n:]
+        sock.setblocking(True)
+        sock.settimeout(30)
+        resp = http.client.HTTPResponse(sock)
+        resp.begin()
+        return resp.status, json.loads(resp.read() or b"{}"), sent, time.monotonic() - start
+    finally:
+        sock.close()
+
+
+def check_case(server: Server, req: Req, status: int, code: str | None, images) -> None:
+    """Sends one case of a table: its status (and error code, with a message), then the server is still healthy."""
+    got, body, _ = send(server, req)
+    if code is None:
+        assert got == status, body
+    else:
+        assert (got, body.get("error", {}).get("code")) == (status, code), body
+        assert body["error"]["message"]
+    healthy(server, images)

@@ -5,11 +5,7 @@ refused without being buffered.
 
 from __future__ import annotations
 
-import http.client
 import io
-import json
-import select
-import socket
 import time
 
 import httpx
@@ -24,6 +20,7 @@ from tests.reliability.hostile import (
     MiB,
     Req,
     bmp_claiming,
+    check_case,
     corrupt,
     healthy,
     multipart_many,
@@ -32,6 +29,7 @@ from tests.reliability.hostile import (
     raw,
     raw_predict,
     send,
+    stream_body,
 )
 from tests.support import gif, png
 
@@ -209,13 +207,7 @@ def test_case_ids_are_unique():
 
 @pytest.mark.parametrize(("build", "status", "code"), [c[1:] for c in REQUESTS], ids=[c[0] for c in REQUESTS])
 def test_hostile_request(build: Build, status: int, code: str | None, shared_server: Server, kit: Kit, images):
-    got, body, _ = send(shared_server, build(kit))
-    if code is None:
-        assert got == status, body
-    else:
-        assert (got, body.get("error", {}).get("code")) == (status, code), body
-        assert body["error"]["message"]
-    healthy(shared_server, images)
+    check_case(shared_server, build(kit), status, code, images)
 
 
 def _mutations(n: int, seed: int = 0) -> list[tuple[str, bytes]]:
@@ -261,47 +253,6 @@ def test_mutated_images_never_500(shared_server: Server, images):
     assert statuses.count(400) > 10, statuses
 
 
-def _stream(
-    port: int, target: str, ctype: str, total: int, prefix: bytes = b"", chunk: int = MiB
-) -> tuple[int, dict, int, float]:
-    """Streams ``prefix`` and ``total`` bytes (chunked, no Content-Length) until the server answers; returns the
-    status, the body, the bytes handed to the socket and the seconds taken."""
-    start = time.monotonic()
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    try:
-        head = (
-            f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\nTransfer-Encoding: chunked\r\n\r\n"
-        )
-        sock.sendall(head.encode())
-        sock.setblocking(False)
-        block = b"\x89PNG" + bytes(chunk - 4)
-        sent, pending = 0, f"{len(prefix):x}\r\n".encode() + prefix + b"\r\n" if prefix else b""
-        while time.monotonic() - start < 60:
-            readable, writable, _ = select.select([sock], [sock], [], 10)
-            if readable:
-                break  # the answer came before the body ended
-            if not writable:
-                raise AssertionError("the server neither reads nor answers")
-            if not pending:
-                if sent >= total:
-                    pending = b"0\r\n\r\n"
-                else:
-                    pending = f"{len(block):x}\r\n".encode() + block + b"\r\n"
-                    sent += len(block)
-            try:
-                n = sock.send(pending)
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            pending = pending[n:]
-        sock.setblocking(True)
-        sock.settimeout(30)
-        resp = http.client.HTTPResponse(sock)
-        resp.begin()
-        return resp.status, json.loads(resp.read() or b"{}"), sent, time.monotonic() - start
-    finally:
-        sock.close()
-
-
 @pytest.mark.parametrize("target", ["/predict?task=t00", "/adapters"])
 def test_100MB_streamed_body_gets_413_without_buffering(target: str, shared_server: Server, images):
     """100 MB sent chunked (no Content-Length): 413 once the limit is passed, long before the end of the body."""
@@ -311,7 +262,7 @@ def test_100MB_streamed_body_gets_413_without_buffering(target: str, shared_serv
         ctype = "multipart/form-data; boundary=b"
         prefix = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.safetensors"\r\n\r\n'
     before = rss_mb(shared_server.pid)
-    status, body, sent, _ = _stream(shared_server.port, target, ctype, 100 * MiB, prefix)
+    status, body, sent, _ = stream_body(shared_server.port, target, ctype, 100 * MiB, prefix)
     after = rss_mb(shared_server.pid)
     assert status == 413 and body["error"]["code"] == "payload_too_large", body
     assert sent < 50 * MiB, f"the server took {sent:,} bytes before answering"

@@ -11,9 +11,12 @@ trailing newline, as ``$(cat keyfile)`` would, and must work as the key without 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
+import socket
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +25,7 @@ import httpx
 import pytest
 
 from benchmarks.reliability import Kit, Server
+from tests.reliability.hostile import stream_body
 from tests.support import children, png
 
 pytestmark = pytest.mark.e2e
@@ -30,6 +34,8 @@ ADMIN = "fronts-admin-key-0123456789"
 ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN}"}
 SECRET = "pa55-w0rd-fronts"
 SIZE = 28  # the input side of the embedded architecture's tasks
+BODY_TIMEOUT_S = 2
+UPLOAD_LIMIT = 4 * 2**20  # max_upload_bytes
 
 
 def _zip(members: dict[str, bytes]) -> bytes:
@@ -57,12 +63,13 @@ def server(request: pytest.FixtureRequest, kit: Kit, tmp_path_factory: pytest.Te
     allowed.mkdir()
     (store / "t00.safetensors").write_bytes(kit.tasks["t00"])
     os.mkfifo(allowed / "pipe.safetensors")
-    env = {"ADAPTFORMER_ADMIN_KEY": ADMIN + "\n"}
+    env = {"ADAPTFORMER_ADMIN_KEY": ADMIN + "\n", "ADAPTFORMER_BODY_TIMEOUT": str(BODY_TIMEOUT_S)}
     settings: dict[str, object] = {
         "adapter_sources": "http,https,file",
         "adapter_source_dirs": allowed,
         "source_timeout": 2,
         "jobs_dir": root / "jobs",
+        "max_upload_bytes": UPLOAD_LIMIT,
     }
     settings["workers"] = 2 if request.param == "two fronts" else 1  # named: TEST_SERVER_WORKERS does not apply
     with Server(kit.weights, store, root / "server.log", env=env, **settings) as s:
@@ -200,6 +207,49 @@ def test_the_admin_key_given_with_a_newline_works_without_it(server: Server):
     r = _post(server, "/adapters", data=data, files=files, headers=ADMIN_AUTH)
     assert r.status_code == 201, r.text
     assert httpx.delete(f"{server.url}/adapters/keyed", headers=ADMIN_AUTH, timeout=30).status_code == 200
+
+
+def _raw(server: Server, head: str, body: bytes = b"", limit_s: float = 10) -> bytes:
+    """Sends ``head`` and ``body`` on a socket; what came back until the server closed the connection or ``limit_s``
+    passed."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=limit_s) as sock:
+        sock.sendall(head.encode() + body)
+        got = b""
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while chunk := sock.recv(65536):
+                got += chunk
+    return got
+
+
+def test_an_upload_over_the_limit_is_413_before_it_is_passed_on(server: Server):
+    """The front holds the body limits of the routes it passes to the engine: a declared size is refused before
+    anything is read, a chunked body as soon as it passes the limit."""
+    start = time.monotonic()
+    auth = f"Authorization: Bearer {ADMIN}\r\n"
+    head = (
+        f"POST /adapters HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: multipart/form-data; boundary=b\r\n"
+        f"Content-Length: {100 * 2**20}\r\n\r\n"
+    )
+    got = _raw(server, head)
+    assert got.startswith(b"HTTP/1.1 413 ") and b"the limit is" in got, got[:300]
+    assert time.monotonic() - start < 10
+    prefix = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.safetensors"\r\n\r\n'
+    ctype = "multipart/form-data; boundary=b"
+    status, body, sent, _ = stream_body(server.port, "/adapters", ctype, 100 * 2**20, prefix, headers=auth)
+    assert status == 413 and body["error"]["code"] == "payload_too_large", body
+    assert sent < 4 * UPLOAD_LIMIT, f"{sent:,} bytes taken before the answer"
+
+
+def test_a_stalled_upload_body_is_408_and_closed(server: Server):
+    head = (
+        f"POST /adapters HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {ADMIN}\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+    )
+    start = time.monotonic()
+    got = _raw(server, head, b"--b\r\n", limit_s=BODY_TIMEOUT_S + 6)
+    assert got.startswith(b"HTTP/1.1 408 "), got[:300]
+    assert b"connection: close" in got.lower()
+    assert time.monotonic() - start < BODY_TIMEOUT_S + 5
 
 
 def test_still_healthy_and_nothing_leaked(server: Server):

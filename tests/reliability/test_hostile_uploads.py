@@ -19,6 +19,7 @@ from tests.reliability.hostile import (
     MiB,
     Req,
     adapter,
+    check_case,
     edit,
     healthy,
     narrow_branch,
@@ -201,13 +202,7 @@ def test_case_ids_are_unique():
 def test_hostile_upload(
     build: Build, status: int, code: str | None, shared_server: Server, kit: Kit, images, store_before
 ):
-    got, body, _ = send(shared_server, build(kit))
-    if code is None:
-        assert got == status, body
-    else:
-        assert (got, body.get("error", {}).get("code")) == (status, code), body
-        assert body["error"]["message"]
-    healthy(shared_server, images)
+    check_case(shared_server, build(kit), status, code, images)
 
 
 def test_overflowing_weights_answer_422_not_500(shared_server: Server, kit: Kit, images):
