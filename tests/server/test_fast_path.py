@@ -18,7 +18,7 @@ from adaptformer_server.app import create_app
 from adaptformer_server.errors import InvalidInput, PayloadTooLarge
 from adaptformer_server.inputs import Decoder, PredictBody, decode_inputs
 from adaptformer_server.settings import Settings
-from tests.support import gif, hold_forward_pass, image_files, png, serving, tensor_of
+from tests.support import gif, held_request, hold_forward_pass, image_files, png, serving, tensor_of
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision.io's notice about torchcodec
 
@@ -170,9 +170,7 @@ async def test_samples_arriving_while_a_batch_runs_fill_the_next_one(vit, tasks_
     app = create_app(make_settings(max_batch_size=8, max_wait_ms=0), backbone=vit)
     async with serving(app) as client:
         batcher = app.state.inference.batcher
-        started, gate = hold_forward_pass(batcher)
-        first = asyncio.create_task(client.post("/predict?task=alpha", files=image_files(png(0))))
-        assert await asyncio.to_thread(started.wait, 60)
+        first, gate = await held_request(app, client, "/predict?task=alpha", files=image_files(png(0)))
         rest = [asyncio.create_task(client.post("/predict?task=beta", files=image_files(png(i)))) for i in range(5)]
 
         async def all_queued() -> None:

@@ -14,7 +14,7 @@ from adaptformer_server import create_app
 from tests.support import (
     adapter_bytes,
     async_wait_until,
-    hold_forward_pass,
+    held_request,
     image_files,
     make_task,
     png,
@@ -221,10 +221,8 @@ async def test_503_overloaded_with_retry_after(vit, tasks_store, make_settings):
     app = create_app(make_settings(max_batch_size=1, queue_size=1), backbone=vit)
     async with serving(app) as client:
         batcher = app.state.inference.batcher
-        started, gate = hold_forward_pass(batcher)
-        first = asyncio.create_task(client.post("/predict?task=alpha", files=image_files(png(1))))
         # the first request is in the (blocked) forward pass
-        assert await asyncio.to_thread(started.wait, 60), "the request never reached the forward pass"
+        first, gate = await held_request(app, client, "/predict?task=alpha", files=image_files(png(1)))
         second = asyncio.create_task(client.post("/predict?task=beta", files=image_files(png(2))))
 
         async def queued() -> bool:

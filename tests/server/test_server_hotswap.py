@@ -5,7 +5,15 @@ from __future__ import annotations
 import asyncio
 
 from adaptformer_server import create_app
-from tests.support import adapter_bytes, async_wait_until, hold_forward_pass, image_files, png, serving, upload_files
+from tests.support import (
+    adapter_bytes,
+    async_wait_until,
+    held_request,
+    image_files,
+    png,
+    serving,
+    upload_files,
+)
 
 # Version i of the task makes class i win on every input, so an answer names the version it came from.
 VERSIONS = 3
@@ -61,10 +69,7 @@ async def test_request_in_flight_finishes_on_its_version(vit, store, make_settin
     app = create_app(make_settings(), backbone=vit)
     async with serving(app) as client:
         v_old = (await client.post("/adapters", **upload_files(old))).json()["adapter"]["version"]
-        batcher = app.state.inference.batcher
-        started, gate = hold_forward_pass(batcher)
-        pending = asyncio.create_task(client.post("/predict?task=swap", files=image_files(png(1))))
-        assert await asyncio.to_thread(started.wait, 60), "the request never reached the forward pass"
+        pending, gate = await held_request(app, client, "/predict?task=swap", files=image_files(png(1)))
         # replaced, then deleted, while the request is in the forward pass
         v_new = (await client.post("/adapters", **upload_files(new))).json()["adapter"]["version"]
         assert (await client.delete("/adapters/swap")).status_code == 200

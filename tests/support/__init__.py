@@ -74,6 +74,7 @@ __all__ = [
     "encode",
     "free_port",
     "gif",
+    "held_request",
     "hold_forward_pass",
     "image_files",
     "images",
@@ -99,7 +100,7 @@ assert sorted(_MODULE) == sorted(__all__)
 
 if TYPE_CHECKING:
     from .adapters import CLIP_FRAMES, adapter_bytes, embedded_backbone, make_task, tiny_vit, upload_files
-    from .app import hold_forward_pass, serving
+    from .app import held_request, hold_forward_pass, serving
     from .media import encode, gif, image_files, png, tensor_of
     from .models import (
         IMG,

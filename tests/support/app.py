@@ -3,6 +3,7 @@ hold its forward passes (to fill a queue or a batch on purpose)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,7 +11,7 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
-__all__ = ["hold_forward_pass", "serving"]
+__all__ = ["held_request", "hold_forward_pass", "serving"]
 
 
 @asynccontextmanager
@@ -35,3 +36,12 @@ def hold_forward_pass(batcher) -> tuple[threading.Event, threading.Event]:
 
     batcher.run = held
     return started, gate
+
+
+async def held_request(app, client, path: str, **kw) -> tuple[asyncio.Task, threading.Event]:
+    """POSTs one request to ``app`` and waits until it is in a forward pass held until ``gate`` is set; returns the
+    request's task and ``gate``."""
+    started, gate = hold_forward_pass(app.state.inference.batcher)
+    sent = asyncio.create_task(client.post(path, **kw))
+    assert await asyncio.to_thread(started.wait, 60), "the request never reached the forward pass"
+    return sent, gate
