@@ -1,4 +1,4 @@
-"""Item 6: with keys configured, admin routes refuse missing and wrong keys, and a predict key cannot upload or
+"""Keys: with keys configured, admin routes refuse missing and wrong keys, and a predict key cannot upload or
 delete; every route of the app is either open or refuses missing and wrong keys. Runs against a server process
 started with ADAPTFORMER_API_KEYS and ADAPTFORMER_ADMIN_KEY; the admin-route rule per configuration runs in process."""
 

@@ -1,4 +1,4 @@
-"""Item 4: kill -9 the server (its own pid) during uploads, restart it on the same store, and check that the
+"""Crashes: kill -9 the server (its own pid) during uploads, restart it on the same store, and check that the
 store holds only complete adapters that load and that every acknowledged upload is served after the restart."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Item 7: schemathesis against the server's own OpenAPI schema (/openapi.json): no 5xx, bounded examples.
+"""Schema fuzzing: schemathesis against the server's own OpenAPI schema (/openapi.json): no 5xx, bounded examples.
 
 Runs the schemathesis CLI in a subprocess (its Python API changes between major versions) against the keyed
 server, sending the admin key so that generated requests reach the handlers instead of stopping at 401.

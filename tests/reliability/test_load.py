@@ -1,4 +1,4 @@
-"""Items 1-3 of the reliability issue: load, overload and hot swap against a real server process.
+"""Load, overload and hot swap against a real server process.
 
 Quick sizes run by default; ``-m slow`` runs the full load (64 clients for 60 s). The figures of the full runs
 are in docs/RELIABILITY.md (``python -m benchmarks.reliability``).
