@@ -109,6 +109,9 @@ def create_app(
         default_response_class=FastJSONResponse,
         docs_url=None,  # served offline by routes/docs.py
         redoc_url=None,
+        # FastAPI's own spans would start with any tracer provider the process sets: off unless tracing is on,
+        # and then the request span is OpenTelemetry's ASGI middleware's (tracing.instrument_app)
+        telemetry=None if settings.tracing else {"tracing": False},
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -131,6 +134,10 @@ def create_app(
         cors=cors_policy(settings, expose_headers=[REPLICA_HEADER]),
         echo_request_id=echo_request_ids(),
     )
+    if settings.tracing:  # the otel extra; off, nothing of its SDK or instrumentation is imported
+        from adaptformer_server.tracing import instrument_app
+
+        instrument_app(app)
     app.include_router(predict.router)
     app.include_router(adapters.router)
     app.include_router(health.router)

@@ -17,12 +17,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from adaptformer.task import TaskAdapter
+from adaptformer_server import tracing
 from adaptformer_server.errors import NonFiniteScores, NotReady, Overloaded
 from adaptformer_server.metrics import Metrics
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 __all__ = ["Batcher", "RunBatch"]
 
@@ -42,6 +47,8 @@ class _Sample:
     group: tuple  # samples of one group can share a forward pass
     future: asyncio.Future[torch.Tensor]
     enqueued: float = field(default_factory=time.monotonic)
+    trace: Any = None  # tracing on: the request's span context and id (tracing.request_context)
+    started_ns: int = 0  # tracing on: when its batch started (time.time_ns)
 
 
 class Batcher:
@@ -55,6 +62,7 @@ class Batcher:
         metrics: Batch size, queue depth and timing metrics.
         pin_memory: Stack batches in page-locked memory, so the copy to a GPU is asynchronous (default: when
             CUDA is available).
+        tracer: The tracer (``tracing.tracer_for``) when tracing is on: ``queue wait`` and ``forward`` spans.
     """
 
     def __init__(
@@ -65,8 +73,10 @@ class Batcher:
         queue_size: int,
         metrics: Metrics,
         pin_memory: bool | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.run = run
+        self.tracer = tracer
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
@@ -132,15 +142,18 @@ class Batcher:
                 "retry after the number of seconds in Retry-After"
             )
         loop = asyncio.get_running_loop()
+        tracer = self.tracer
+        context = tracing.request_context() if tracer is not None else None
         per_job: list[list[_Sample]] = []
         for inputs, key, adapter in jobs:
             spec = adapter.info.input
             samples = []
             for x in inputs:
                 group = (tuple(x.shape), spec.tubelet if x.ndim == 4 else 0)
-                samples.append(_Sample(x, key, adapter, group, loop.create_future()))
+                samples.append(_Sample(x, key, adapter, group, loop.create_future(), trace=context))
             per_job.append(samples)
         every = [s for samples in per_job for s in samples]
+        submitted_ns = time.time_ns() if tracer is not None else 0
         self._pending.extend(every)
         self.metrics.queue_depth.set(self.depth)
         self._wakeup.set()
@@ -150,6 +163,10 @@ class Batcher:
             for s in every:
                 s.future.cancel()  # the loop skips cancelled samples
             raise
+        finally:
+            if tracer is not None and every and all(s.started_ns for s in every):
+                started = max(s.started_ns for s in every)
+                tracing.record_span(tracer, "queue wait", submitted_ns, started, **{"adaptformer.samples": count})
         return [[s.future.result() for s in samples] for samples in per_job]
 
     # -- the loop ---------------------------------------------------------------------------------------------
@@ -225,6 +242,12 @@ class Batcher:
         self.recent_batch_sizes.append(len(batch))
         self.metrics.batch_size.observe(len(batch))
         self.metrics.batch_tasks.observe(len(table))
+        span = None
+        if self.tracer is not None:
+            started_ns = time.time_ns()
+            for s in batch:
+                s.started_ns = started_ns
+            span = tracing.batch_span(self.tracer, [s.trace for s in batch if s.trace is not None], keys)
         start = time.perf_counter()
         try:
             if sum(x.numel() for x in xs) < _STACK_INLINE:
@@ -236,11 +259,16 @@ class Batcher:
                 raise RuntimeError(f"the engine returned {len(outputs)} outputs for a batch of {len(batch)}")
         except Exception as e:
             log.exception("batch of %d samples failed", len(batch))
+            if span is not None:
+                span.record_exception(e)
+                span.set_status(tracing.error_status(e))
             for s in batch:
                 if not s.future.done():
                     s.future.set_exception(e)
             return
         finally:
+            if span is not None:
+                span.end()
             self.metrics.batch_latency.observe(time.perf_counter() - start)
             self._handed.popleft()
             self.metrics.queue_depth.set(self.depth)

@@ -228,6 +228,11 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="log lines as text or as JSON objects (one per line); both carry the request id"
     )
+    tracing: bool = Field(
+        False,
+        description="export OpenTelemetry traces (the otel extra): spans per request and per batch, sent where the "
+        "OTEL_* variables say (OTLP over HTTP to OTEL_EXPORTER_OTLP_ENDPOINT by default)",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="comma-separated web origins (https://app.example.com) whose pages may call this server from "

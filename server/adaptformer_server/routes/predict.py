@@ -7,6 +7,7 @@ from typing import Annotated
 import torch
 from fastapi import APIRouter, Query, Request
 
+from adaptformer_server import tracing
 from adaptformer_server.deps import PredictRoute, inference_of
 from adaptformer_server.inputs import IMAGE_TYPES, read_predict_body
 from adaptformer_server.repository.names import TASK_PATTERN
@@ -65,6 +66,7 @@ async def predict(
     async with inference.admit(task) as admitted:  # 400/404 before the body is read
         body = await read_predict_body(request, inference.limits)
         done = await inference.infer(admitted, body)
-        results = [answer(entry, out, top_k, done.latency_ms) for entry, out in done.results]
-        multi = len(task) > 1 or task[0] == ALL_IMAGE_TASKS
-        return MultiPredictResponse(results=results, latency_ms=done.latency_ms) if multi else results[0]
+        with tracing.span(inference.tracer, "encode"):
+            results = [answer(entry, out, top_k, done.latency_ms) for entry, out in done.results]
+            multi = len(task) > 1 or task[0] == ALL_IMAGE_TASKS
+            return MultiPredictResponse(results=results, latency_ms=done.latency_ms) if multi else results[0]

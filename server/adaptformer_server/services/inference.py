@@ -25,6 +25,7 @@ from torch import nn
 
 from adaptformer.engine import MultiTaskViT
 from adaptformer.task import TaskAdapter, TaskInfo
+from adaptformer_server import tracing
 from adaptformer_server.backbone import BackboneInfo
 from adaptformer_server.batcher import Batcher
 from adaptformer_server.errors import (
@@ -186,13 +187,16 @@ class InferenceService(Generic[A]):
         self.backbone: BackboneInfo | None = None
         self.batcher = batcher
         self._own_batcher: Batcher | None = None
+        self.tracer = tracing.tracer_for(settings.tracing)  # None when off: each stage's span is a no-op
 
     # -- life cycle -------------------------------------------------------------------------------------------
     async def open(self: InferenceService[TaskAdapter], engine: MultiTaskViT, backbone: BackboneInfo) -> None:
         """Makes the batcher, runs one forward pass (allocations, kernel choice) and starts batching."""
         self.engine, self.backbone = engine, backbone
         s = self.settings
-        batcher = Batcher(self.run_batch, s.max_batch_size, s.max_wait_ms, s.queue_size, self.metrics)
+        batcher = Batcher(
+            self.run_batch, s.max_batch_size, s.max_wait_ms, s.queue_size, self.metrics, tracer=self.tracer
+        )
         await asyncio.to_thread(self._warm_up)
         batcher.start()
         self.batcher = self._own_batcher = batcher
@@ -257,10 +261,11 @@ class InferenceService(Generic[A]):
             self.metrics.observe_prediction(labels, names, status, time.perf_counter() - start)
 
         with counted(record, 200):
-            if not names:
-                raise NoTaskNamed()
-            await self.adapters.refresh(names)  # a front's view of the engine's registry; nothing in one process
-            tasks, entries = self._expand(names, version)
+            with tracing.span(self.tracer, "admission"):
+                if not names:
+                    raise NoTaskNamed()
+                await self.adapters.refresh(names)  # a front's view of the engine's registry; nothing in one process
+                tasks, entries = self._expand(names, version)
             labels = list(dict.fromkeys(split_pin(t)[0] for t in tasks))  # pinned versions count as their task
             optional = frozenset(tasks) - frozenset(names)  # the tasks only `*` stands for
             yield Admission(tasks, entries, optional, version, start)
@@ -293,7 +298,8 @@ class InferenceService(Generic[A]):
         settings = self.settings
         decoder = Decoder(settings, device=decode_device(settings, self.backbone.device if self.backbone else None))
         entries = [entry for entry, _ in resolved]
-        inputs = await decoder.run(payload.decode, entries, decoder, pixels=payload.pixels(decoder))
+        with tracing.span(self.tracer, "decode"):
+            inputs = await decoder.run(payload.decode, entries, decoder, pixels=payload.pixels(decoder))
         jobs = [(entry, adapter, x) for (entry, adapter), x in zip(resolved, inputs, strict=True)]
         jobs, logits = await self._run(jobs, admitted.optional)
         latency_ms = round((time.perf_counter() - admitted.start) * 1000, 3)

@@ -20,6 +20,7 @@ import torch
 import zmq
 import zmq.asyncio
 
+from adaptformer_server import tracing
 from adaptformer_server.errors import ApiError, ServingError
 from adaptformer_server.observability import bind_request_id
 from adaptformer_server.runtime import Runtime
@@ -99,7 +100,8 @@ class EngineServer:
         reply: dict[str, Any] = {"id": request["id"]}
         out: list[Any] = []
         try:
-            reply["shapes"], out = await self._infer(request, tensors)
+            with tracing.continue_trace(request.get("trace")):  # the front's span context, when it traces
+                reply["shapes"], out = await self._infer(request, tensors)
         except (ApiError, ServingError) as e:
             reply["error"] = wire.encode_error(e)
         except Exception as e:

@@ -27,6 +27,7 @@ import zmq
 import zmq.asyncio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from adaptformer_server import tracing
 from adaptformer_server.body_limit import BodyLimit
 from adaptformer_server.errors import InvalidTaskName, NotFound, NotReady, PayloadTooLarge, RequestTimeout, error_body
 from adaptformer_server.metrics import Metrics
@@ -197,8 +198,9 @@ class RemoteBatcher:
     """The batcher's ``submit_many`` in a front: the jobs' tensors go to the engine in one message, which queues
     them on its batcher beside every other front's."""
 
-    def __init__(self, link: EngineLink) -> None:
+    def __init__(self, link: EngineLink, traced: bool = False) -> None:
         self.link = link
+        self.traced = traced
 
     async def submit_many(self, jobs: Sequence[tuple[Sequence[torch.Tensor], str, None]]) -> list[list[torch.Tensor]]:
         head: list[dict[str, Any]] = []
@@ -212,7 +214,10 @@ class RemoteBatcher:
                 }
             )
             frames.extend(wire.tensor_frame(x) for x in inputs)
-        reply, out = await self.link.infer({"rid": current_request_id(), "jobs": head}, frames)
+        request: dict[str, Any] = {"rid": current_request_id(), "jobs": head}
+        if self.traced:  # the engine's queue wait and forward spans continue this request's trace
+            request["trace"] = tracing.carrier()
+        reply, out = await self.link.infer(request, frames)
         logits = []
         for shapes, frame in zip(reply["shapes"], out, strict=True):
             flat = wire.tensor_from(frame.buffer, "float32", [-1]) if shapes else None
@@ -308,7 +313,7 @@ class FrontRuntime:
         self.link = EngineLink(run)
         self.adapters = FrontAdapters(self.link)
         self.inference: InferenceService[None] = InferenceService(
-            settings, metrics, self.adapters, RemoteBatcher(self.link)
+            settings, metrics, self.adapters, RemoteBatcher(self.link, traced=settings.tracing)
         )
         self.backbone = None
         self.error: str | None = None
