@@ -10,6 +10,7 @@ from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
 
 from adaptformer_server.auth import Auth
+from adaptformer_server.repository.split import SESSION_HEADER, enter_caller, leave_caller
 from adaptformer_server.runtime import Runtime
 from adaptformer_server.services import AdapterManager, InferenceService
 from adaptformer_server.settings import Settings
@@ -92,7 +93,12 @@ class PredictRoute(APIRoute):
             state = request.app.state
             state.auth.check_predict(request)
             state.runtime.require_ready()
-            return await handler(request)
+            # the caller a traffic split sees (repository.split): its session key, and whether it named a version
+            token = enter_caller(request.headers.get(SESSION_HEADER), "version" in request.path_params)
+            try:
+                return await handler(request)
+            finally:
+                leave_caller(token)
 
         return route
 

@@ -21,6 +21,8 @@ from prometheus_client import (
 )
 from starlette.types import Scope
 
+from adaptformer_server.repository.split import current_caller
+
 __all__ = ["ALL_TASKS", "CONTENT_TYPE_LATEST", "OTHER", "Metrics"]
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -57,6 +59,8 @@ class Metrics:
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             r.register(collector)
         self.is_task: Callable[[str], bool] = lambda name: False  # the app points it at its registry
+        # Whether (task, version) gets its own series: the current version or one in a split (the adapter manager's).
+        self.version_label: Callable[[str, str], bool] = lambda task, version: False
         # The labelled series of every request, by label values (closed sets): `labels()` checks and locks per call.
         self._http_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._task_series: dict[tuple[str, str], Any] = {}
@@ -82,6 +86,19 @@ class Metrics:
             "adaptformer_task_request_seconds",
             "Prediction latency by task (/predict and /v2 infer), names admitted to answer; outcome ok (2xx) or error",
             ["task", "outcome"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.version_requests = Counter(
+            "adaptformer_version_requests",
+            "Prediction requests by task, the adapter version admitted (current or in a split, else other) and status",
+            ["task", "version", "status"],
+            registry=r,
+        )
+        self.version_latency = Histogram(
+            "adaptformer_version_request_seconds",
+            "Prediction latency by task and the adapter version admitted",
+            ["task", "version"],
             buckets=_LATENCY,
             registry=r,
         )
@@ -165,12 +182,23 @@ class Metrics:
         count.inc()
         latency.observe(elapsed)
 
+    def observe_version(self, task: str, version: str, status: str, elapsed: float) -> None:
+        """Counts and times a request under the version of ``task`` it ran (bounded: :attr:`version_label`)."""
+        label = version if self.version_label(task, version) else OTHER
+        task = self.task_label(task)
+        self.version_requests.labels(task, label, status).inc()
+        self.version_latency.labels(task, label).observe(elapsed)
+
     def observe_prediction(self, tasks: Iterable[str], names: Iterable[str], status: str, elapsed: float) -> None:
         """Counts a prediction request that ended with ``status`` under each task it ran (``tasks``: the names
         expanded, or ``_unknown`` when they did not pass their checks), and times it (``elapsed`` seconds): overall,
         and by each name it gave (:meth:`task_label`: a task of the registry, ``*`` or ``other``)."""
         for task in tasks:
             self.predictions.labels(task, status).inc()
+        caller = current_caller()
+        if caller is not None:
+            for task, version in caller.served.items():
+                self.observe_version(task, version, status, elapsed)
         self.predict_latency.observe(elapsed)
         outcome = "ok" if status.startswith("2") else "error"
         for task in {self.task_label(name) for name in names}:

@@ -169,6 +169,28 @@ class RollbackResponse(BaseModel):
     previous_version: str = Field(description="the version that was current before")
 
 
+class SplitRequest(BaseModel):
+    versions: dict[str, Any] = Field(
+        description='kept version -> weight (> 0, the weights summing to 1), e.g. {"3f2a9c1b7d4e": 0.9, ...}'
+    )
+
+
+class SplitInfo(BaseModel):
+    task: str
+    current: str = Field(description="the current version")
+    active: bool = Field(description="whether a split is set (else the current version serves every request)")
+    versions: dict[str, float] = Field(description="version -> share of the unpinned requests")
+
+
+class PromoteRequest(BaseModel):
+    version: str = Field(description="the version of the split to make current")
+
+
+class PromoteResponse(BaseModel):
+    adapter: AdapterInfo
+    previous_version: str = Field(description="the version that was current before")
+
+
 class RegisterRequest(BaseModel):
     task: str | None = Field(None, description="task name (default: the one in the file)")
     source: str = Field(description="https://, http://, file:// or hf://owner/repo/file[@revision] of the file")

@@ -1,4 +1,5 @@
-"""/adapters: list, inspect, upload (replace), register by reference, version, roll back and delete adapters."""
+"""/adapters: list, inspect, upload (replace), register by reference, version, roll back, split traffic between
+versions and delete adapters."""
 
 from __future__ import annotations
 
@@ -18,9 +19,13 @@ from adaptformer_server.schemas import (
     AdapterInfo,
     AdapterList,
     DeleteResponse,
+    PromoteRequest,
+    PromoteResponse,
     RegisterRequest,
     RollbackRequest,
     RollbackResponse,
+    SplitInfo,
+    SplitRequest,
     UploadResponse,
     VersionList,
     error_responses,
@@ -191,6 +196,48 @@ async def rollback_adapter(task: str, _: AdminAuth, adapters: Adapters, body: Ro
         result = await adapters.rollback(task, body.version if body else None)
     assert result.previous is not None
     return {"adapter": adapters.info(result.entry), "previous_version": result.previous.version}
+
+
+@router.get(
+    "/{task}/split",
+    response_model=SplitInfo,
+    summary="How a task's unpinned requests are shared between its versions",
+    responses=error_responses(401, 403, 404, 503),
+)
+async def get_split(task: str, _: PredictAuth, adapters: Adapters) -> dict:
+    return adapters.split_info(task)
+
+
+@router.put(
+    "/{task}/split",
+    response_model=SplitInfo,
+    summary="Share a task's unpinned requests between kept versions by weight (a canary roll-out)",
+    responses=error_responses(400, 401, 403, 404, 422, 503),
+)
+async def put_split(task: str, body: SplitRequest, _: AdminAuth, adapters: Adapters) -> dict:
+    return await adapters.set_split(task, body.versions)
+
+
+@router.post(
+    "/{task}/split/promote",
+    response_model=PromoteResponse,
+    summary="Make a version of the split current and clear the split",
+    responses=error_responses(401, 403, 404, 409, 422, 503),
+)
+async def promote_split(task: str, body: PromoteRequest, _: AdminAuth, adapters: Adapters) -> dict:
+    result = await adapters.promote(task, body.version)
+    assert result.previous is not None
+    return {"adapter": adapters.info(result.entry), "previous_version": result.previous.version}
+
+
+@router.delete(
+    "/{task}/split",
+    response_model=SplitInfo,
+    summary="Abort a split: the current version serves every request again",
+    responses=error_responses(401, 403, 404, 409, 503),
+)
+async def abort_split(task: str, _: AdminAuth, adapters: Adapters) -> dict:
+    return await adapters.abort_split(task)
 
 
 @router.delete(

@@ -25,7 +25,7 @@ from adaptformer.engine import MultiTaskViT
 from adaptformer.errors import AdapterFormatError, IncompatibleAdapterError
 from adaptformer.task import TaskAdapter
 from adaptformer_server.backbone import BackboneInfo
-from adaptformer_server.errors import IncompatibleAdapter, InvalidAdapter, NotFound, NotReady
+from adaptformer_server.errors import ApiError, IncompatibleAdapter, InvalidAdapter, InvalidInput, NotFound, NotReady
 from adaptformer_server.metrics import Metrics
 from adaptformer_server.repository.layout import AdapterStore
 from adaptformer_server.repository.names import (
@@ -40,10 +40,11 @@ from adaptformer_server.repository.record import AdapterEntry, Stamp
 from adaptformer_server.repository.registry import Registry
 from adaptformer_server.repository.resident import ResidentAdapters, StaleVersion
 from adaptformer_server.repository.seed import demo_files, seed
+from adaptformer_server.repository.split import Split, SplitStore, check_split, current_caller
 from adaptformer_server.repository.watcher import StoreWatcher
 from adaptformer_server.settings import Settings
 
-__all__ = ["AdapterManager", "Replacement", "split_pin"]
+__all__ = ["AdapterManager", "Replacement", "SplitConflict", "split_pin"]
 
 log = logging.getLogger("adaptformer_server")
 
@@ -54,6 +55,12 @@ class Replacement:
 
     entry: AdapterEntry
     previous: AdapterEntry | None
+
+
+class SplitConflict(ApiError):
+    """A split change that does not fit the split there is (none to promote or abort, a version not in it)."""
+
+    status, code = 409, "conflict"
 
 
 class AdapterManager:
@@ -75,6 +82,8 @@ class AdapterManager:
         self.engine: MultiTaskViT | None = None
         self.backbone: BackboneInfo | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self.split_store: SplitStore | None = None
+        self.splits: dict[str, Split] = {}  # task -> its traffic split (the store's .splits/)
         self._background: set[asyncio.Task] = set()
         # Serialises this process's uploads, deletes and store syncs (other processes write the store too: the
         # watcher brings their changes in; the files themselves are replaced atomically).
@@ -91,6 +100,10 @@ class AdapterManager:
         for entry in files:
             self.registry.put(entry)
         self.watcher = StoreWatcher(store, self._check_stored, seen)
+        self.split_store = SplitStore(store.root)
+        found: dict[str, Split] | None = await asyncio.to_thread(self.split_store.poll)
+        self.splits = found or {}
+        self.metrics.version_label = self._version_label
         self.metrics.registered.set(len(self.registry))
         self.resident_adapters = ResidentAdapters(
             self.settings.slots, self._page_in, self.metrics, self.registry.wanted
@@ -162,7 +175,16 @@ class AdapterManager:
     async def _sync_locked(self) -> int:
         if self.watcher is None or self.resident_adapters is None:
             return 0
-        return self._apply(await asyncio.to_thread(self.watcher.poll))
+        applied = self._apply(await asyncio.to_thread(self.watcher.poll))
+        splits = await asyncio.to_thread(self.split_store.poll) if self.split_store is not None else None
+        if splits is not None and splits != self.splits:
+            self.splits = splits
+            self._changed()
+        return applied
+
+    def _changed(self) -> None:
+        if self.registry.on_change is not None:  # the engine process tells its fronts
+            self.registry.on_change()
 
     def _apply(self, changes: dict[str, AdapterEntry | None]) -> int:
         assert self.resident_adapters is not None
@@ -279,10 +301,16 @@ class AdapterManager:
     async def resolve(self, task: str) -> tuple[AdapterEntry, TaskAdapter]:
         """Admission: the current version of ``task`` and its adapter object, which the request keeps."""
         assert self.resident_adapters is not None
+        chosen = self._choose(task)
+        if chosen != task:
+            try:
+                return await self.resolve(chosen)
+            except NotFound:  # the chosen version is no longer kept: the current one answers
+                pass
         for _ in range(5):
             entry = self.entry(task)
             try:
-                return entry, await self.resident_adapters.get(entry)
+                adapter = await self.resident_adapters.get(entry)
             except StaleVersion:
                 # replaced or deleted (here or by another process) since it was registered: read the store now
                 if self.watcher is not None:
@@ -300,7 +328,25 @@ class AdapterManager:
                     f"the stored adapter of task {task!r} cannot be loaded: {e}; upload a valid file with "
                     "POST /adapters or delete the task"
                 ) from None
+            if (caller := current_caller()) is not None:
+                caller.served[entry.task] = entry.version
+            return entry, adapter
         raise NotReady(f"task {task!r} is being replaced repeatedly; retry", retry_after=1)
+
+    def _choose(self, task: str) -> str:
+        """The name a prediction request runs for ``task``: ``task@version`` when a split chose a version other
+        than the current one, else ``task`` (a pinned name, no split, no request being admitted)."""
+        split = self.splits.get(task)
+        caller = current_caller()
+        if split is None or caller is None or caller.named_version or "@" in task:
+            return task
+        version = caller.pick(split)
+        return task if version == self.registry.current_version(task) else f"{task}@{version}"
+
+    def _version_label(self, task: str, version: str) -> bool:
+        """Whether ``version`` of ``task`` gets its own metric series: the current one, or one in a split."""
+        split = self.splits.get(task)
+        return self.registry.current_version(task) == version or (split is not None and version in split.versions)
 
     def _page_in(self, entry: AdapterEntry) -> TaskAdapter:
         """Reads one version from the store, checks it fully and places it on the device (worker thread)."""
@@ -382,6 +428,7 @@ class AdapterManager:
         async with self._write_lock:
             await self._sync_locked()  # the version this replaces may come from another server, moments ago
             await asyncio.to_thread(self.store.write, task, data, version)
+            await self._clear_split_locked(task)  # a new version ends a roll-out: it serves every request
             previous = self.registry.put(entry)
             self.resident_adapters.drop(task)
             self.resident_adapters.put(entry, prepared)
@@ -397,6 +444,7 @@ class AdapterManager:
                 await self._sync_locked()  # uploaded through another server moments ago?
             entry = self.entry(task)
             await asyncio.to_thread(self.store.delete, task)
+            await self._clear_split_locked(task)
             self.registry.remove(task)
             self.resident_adapters.drop(task)
             self.metrics.registered.set(len(self.registry))
@@ -409,39 +457,114 @@ class AdapterManager:
         The kept file gets exactly the checks of an upload; requests in flight finish on the version they
         started with, and other servers sharing the store see the change as they see an upload.
         """
-        assert self.store is not None and self.resident_adapters is not None
-        store = self.store
         async with self._write_lock:
             await self._sync_locked()
-            current = self.entry(task)
-            listed = await asyncio.to_thread(store.versions, task)  # (AdapterEntry records, newest first)
-            if version is None:
-                order = [v.version for v in listed]
-                i = order.index(current.version) if current.version in order else -1
-                if i < 0 or i + 1 >= len(order):
-                    raise NotFound(
-                        f"task {task!r} has no version older than the current one ({current.version}); "
-                        f"GET /adapters/{task}/versions lists the versions kept"
-                    )
-                version = order[i + 1]
-            elif not valid_version(version) or version not in {v.version for v in listed}:
+            result = await self._make_current_locked(task, version)
+            await self._clear_split_locked(task)
+        return result
+
+    async def _make_current_locked(self, task: str, version: str | None) -> Replacement:
+        assert self.store is not None and self.resident_adapters is not None
+        store = self.store
+        current = self.entry(task)
+        listed = await asyncio.to_thread(store.versions, task)  # (AdapterEntry records, newest first)
+        if version is None:
+            order = [v.version for v in listed]
+            i = order.index(current.version) if current.version in order else -1
+            if i < 0 or i + 1 >= len(order):
                 raise NotFound(
-                    f"task {task!r} has no version {version!r}; GET /adapters/{task}/versions lists the versions kept"
+                    f"task {task!r} has no version older than the current one ({current.version}); "
+                    f"GET /adapters/{task}/versions lists the versions kept"
                 )
-            if version == current.version:
-                return Replacement(entry=current, previous=current)
-            gone = NotFound(f"version {version} of task {task!r} is no longer kept")
-            try:  # another server sharing the store may prune it at any moment: then it is gone, not an error
-                data = await asyncio.to_thread(store.read_version, task, version)
-                entry, prepared = await asyncio.to_thread(self._validate_upload, data, task, version)
-                await asyncio.to_thread(store.promote, task, version)
-            except FileNotFoundError:
-                raise gone from None
-            previous = self.registry.put(entry)
-            self.resident_adapters.drop(task)
-            self.resident_adapters.put(entry, prepared)
-        log.info("adapter %s rolled back to version %s (was %s)", task, version, current.version)
+            version = order[i + 1]
+        elif not valid_version(version) or version not in {v.version for v in listed}:
+            raise NotFound(
+                f"task {task!r} has no version {version!r}; GET /adapters/{task}/versions lists the versions kept"
+            )
+        if version == current.version:
+            return Replacement(entry=current, previous=current)
+        gone = NotFound(f"version {version} of task {task!r} is no longer kept")
+        try:  # another server sharing the store may prune it at any moment: then it is gone, not an error
+            data = await asyncio.to_thread(store.read_version, task, version)
+            entry, prepared = await asyncio.to_thread(self._validate_upload, data, task, version)
+            await asyncio.to_thread(store.promote, task, version)
+        except FileNotFoundError:
+            raise gone from None
+        previous = self.registry.put(entry)
+        self.resident_adapters.drop(task)
+        self.resident_adapters.put(entry, prepared)
+        log.info("adapter %s: version %s made current (was %s)", task, version, current.version)
         return Replacement(entry=entry, previous=previous)
+
+    # -- traffic splits ---------------------------------------------------------------------------------------
+    def split_info(self, task: str) -> dict[str, Any]:
+        """The contract's SplitInfo: the split of ``task``, or its current version alone when there is none."""
+        current = self.entry(task)
+        split = self.splits.get(task)
+        versions = split.as_dict() if split is not None else {current.version: 1.0}
+        return {"task": task, "current": current.version, "active": split is not None, "versions": versions}
+
+    async def set_split(self, task: str, versions: Any) -> dict[str, Any]:
+        """Shares the unpinned requests of ``task`` between kept versions (:func:`.check_split`); stored, so
+        every server sharing the store applies it. 400 for bad weights, 404 for a version no longer kept."""
+        assert self.store is not None and self.split_store is not None
+        async with self._write_lock:
+            await self._sync_locked()
+            self.entry(task)
+            try:
+                split = check_split(task, versions)
+            except ValueError as e:
+                raise InvalidInput(f"bad split for task {task!r}: {e}") from None
+            kept = {v.version for v in await asyncio.to_thread(self.store.versions, task)}
+            for version in split.versions:
+                if version not in kept:
+                    raise NotFound(
+                        f"version {version} of task {task!r} is no longer kept; GET /adapters/{task}/versions "
+                        "lists the versions kept"
+                    )
+            await asyncio.to_thread(self.split_store.write, split)
+            self.splits[task] = split
+            self._changed()
+        log.info("adapter %s: traffic split %s", task, split.as_dict())
+        return self.split_info(task)
+
+    async def promote(self, task: str, version: str) -> Replacement:
+        """Makes a version of the split current and clears the split (409 when there is none, or the version
+        is not in it). The version is current before the split goes: no request runs a version outside both."""
+        async with self._write_lock:
+            await self._sync_locked()
+            self.entry(task)
+            split = self._split_or_conflict(task)
+            if version not in split.versions:
+                raise SplitConflict(
+                    f"version {version!r} is not in the split of task {task!r} ({', '.join(split.versions)})"
+                )
+            result = await self._make_current_locked(task, version)
+            await self._clear_split_locked(task)
+        return result
+
+    async def abort_split(self, task: str) -> dict[str, Any]:
+        """Clears the split of ``task``: the current version serves every request again (409 when none)."""
+        async with self._write_lock:
+            await self._sync_locked()
+            self.entry(task)
+            self._split_or_conflict(task)
+            await self._clear_split_locked(task)
+        log.info("adapter %s: traffic split aborted", task)
+        return self.split_info(task)
+
+    def _split_or_conflict(self, task: str) -> Split:
+        split = self.splits.get(task)
+        if split is None:
+            raise SplitConflict(f"task {task!r} has no traffic split; PUT /adapters/{task}/split sets one")
+        return split
+
+    async def _clear_split_locked(self, task: str) -> None:
+        if self.split_store is None:
+            return
+        had = self.splits.pop(task, None) is not None
+        if await asyncio.to_thread(self.split_store.clear, task) or had:
+            self._changed()
 
     # -- versions and files -----------------------------------------------------------------------------------
     async def versions(self, task: str) -> dict[str, Any]:
