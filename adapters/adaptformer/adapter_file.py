@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import cast
 
@@ -27,7 +26,7 @@ from adaptformer.atomic import atomic_write
 from adaptformer.errors import AdapterFormatError, IncompatibleAdapterError
 from adaptformer.fit import BackboneSpec, check_labels
 from adaptformer.layer import AdaptMLP
-from adaptformer.metadata import AdapterMetadata, Method
+from adaptformer.metadata import FORMAT_VERSION, AdapterMetadata, Method
 from adaptformer.preprocess import InputSpec
 from adaptformer.task import TaskAdapter, TaskInfo, extract_task
 from adaptformer.temporal import TemporalPart, temporal_from_tensors
@@ -56,7 +55,9 @@ def _metadata(task: TaskAdapter) -> AdapterMetadata:
         config=task.config,
         layers=tuple(task.layers),
         metrics=info.metrics,
-        temporal=asdict(task.temporal.config) if task.temporal is not None else None,
+        temporal=task.temporal.metadata() if task.temporal is not None else None,
+        # A format-3 temporal part is refused by a format-2 reader as a newer format, not misread.
+        format_version="3" if task.temporal is not None and task.temporal.config.format3 else FORMAT_VERSION,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
 

@@ -41,7 +41,8 @@ FORMAT_NAME = "adaptformer-adapter"
 FORMAT_VERSION = "2"
 # Format 2 adds a clip task's temporal part (``temporal.*`` tensors, ``temporal`` metadata); format-1 files still
 # load, and their clip tasks keep the format-1 clip embedding.
-READABLE_VERSIONS = ("1", "2")
+# Format 3 is format 2 with the temporal parts ``low`` and ``proj`` (written only by clip tasks that have one).
+READABLE_VERSIONS = ("1", "2", "3")
 
 # Limits on what metadata may hold: an adapter's metadata is served on every GET /adapters, so it is kept small.
 MAX_CLASSES = 32_768  # ImageNet-21k has 21,843

@@ -21,6 +21,7 @@ from adaptformer.atomic import atomic_write
 from adaptformer.backbone import Backbone, resolve_device
 from adaptformer.config import AdapterConfig
 from adaptformer.data import LabeledData, Splits
+from adaptformer.data.augment import clip_augment
 from adaptformer.fingerprint import backbone_fingerprint
 from adaptformer.model import add_adapters, base_vit, linear_probe, trainable_parameters
 from adaptformer.temporal import TemporalConfig
@@ -64,6 +65,8 @@ class TrainConfig:
             head only), ``none``, or a ``+``-list of ``diff``, ``time``, ``mix`` (see :mod:`adaptformer.temporal`).
             Image tasks have none.
         eval_every: Epochs between validation passes (the last epoch is always validated).
+        clip_augment: Augment training clips in ways that keep the label true (temporal jitter of the frame
+            sampling, random crops; no flips or reversal, see :mod:`adaptformer.data.augment`).
     """
 
     method: Method = "adaptformer"
@@ -82,6 +85,7 @@ class TrainConfig:
     tubelet: int = 2
     eval_every: int = field(default=1, metadata={"metavar": "N"})
     temporal: str = "auto"
+    clip_augment: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -238,6 +242,8 @@ def fit(
         for i in range(0, n, cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
             xb = splits.train.x[idx] if augment is None else augment(splits.train.x[idx], generator)
+            if augment is None and cfg.clip_augment and xb.ndim == 5:
+                xb = clip_augment(xb, generator)
             xb, yb = xb.to(device), splits.train.y[idx].to(device)
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(step)

@@ -141,6 +141,12 @@ class VideoViT(nn.Module):
         zero = torch.zeros(t, d, dtype=x.dtype, device=x.device)
         return {id(part): table if part is None else table + part.time_code(zero).view(1, t, 1, d) for _, part in parts}
 
+    def _frame_kernel(self) -> torch.Tensor:
+        """The frozen patch kernel per tubelet frame ``[dim, C, tubelet, ph, pw]`` (a temporal ``proj`` part's): a
+        video backbone's 3D kernel, or an image ViT's 2D kernel at every frame."""
+        weight = self.vit.patch_embed.proj.weight
+        return weight if self.native else weight.unsqueeze(2).expand(-1, -1, self.tubelet, -1, -1)
+
     def embed(self, clips: torch.Tensor, parts: TemporalRows | None = None) -> torch.Tensor:
         """Clips ``[batch, frames, 3, H, W]`` to tokens ``[batch, tokens, dim]`` (before the blocks).
 
@@ -161,7 +167,8 @@ class VideoViT(nn.Module):
             x = F.conv3d(clips.transpose(1, 2), weight, proj.bias, stride=(self.tubelet, *proj.stride))
         b, d, t, h, w = x.shape
         x = x.flatten(3).transpose(1, 2).transpose(2, 3)  # [batch, t, h * w, dim]
-        x = _per_rows(x, parts, lambda part, rows: _temporal_tokens(part, x[rows], clips[rows]))
+        kernel = self._frame_kernel() if any(p is not None and p.needs_kernel for _, p in parts) else None
+        x = _per_rows(x, parts, lambda part, rows: _temporal_tokens(part, x[rows], clips[rows], kernel))
         x = vit.patch_embed.norm(x.reshape(b, t * h * w, d))  # time-major: [batch, t * h * w, dim]
         positions = self._native_positions(parts, t, h * w, x) if self.native else self._positions(parts, t, h * w, x)
         x = x.reshape(b, t, h * w, d)
@@ -198,11 +205,13 @@ def video_vit(model: nn.Module, frames: int, tubelet: int = 2, temporal: Tempora
     return VideoViT(base_vit(model), frames=frames, tubelet=tubelet, temporal=temporal)
 
 
-def _temporal_tokens(part: TemporalPart | None, x: torch.Tensor, clips: torch.Tensor) -> torch.Tensor:
-    """Patch tokens ``[n, t, patches, dim]`` of ``clips`` with the part's difference kernel and slot filter."""
+def _temporal_tokens(
+    part: TemporalPart | None, x: torch.Tensor, clips: torch.Tensor, kernel: torch.Tensor | None
+) -> torch.Tensor:
+    """Patch tokens ``[n, t, patches, dim]`` of ``clips`` with the part's difference kernels and slot filter."""
     if part is None:
         return x
-    delta = part.projection_delta(clips)
+    delta = part.projection_delta(clips, kernel)
     if delta is not None:
         x = x + delta.flatten(3).transpose(1, 2).transpose(2, 3)
     return part.mix_slots(x)
