@@ -10,6 +10,9 @@
     adaptformer-client versions cars
     adaptformer-client download cars [PATH] [--version V]
     adaptformer-client rollback cars [--version V]
+    adaptformer-client split cars [3f2a9c1b7d4e=0.9 9c1b7d4e3f2a=0.1]   (no weights: show the split)
+    adaptformer-client promote cars 9c1b7d4e3f2a
+    adaptformer-client abort cars
     adaptformer-client delete cars
     adaptformer-client train defects photos/ [--epochs 15] [--method linear] [--no-wait]   (photos/<class>/<image>)
     adaptformer-client jobs [JOB]
@@ -105,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = commands.add_parser("rollback", parents=[common], help="make a kept version current again (admin)")
     rollback.add_argument("task")
     rollback.add_argument("--version", default=None, help="the version (default: the one before the current)")
+
+    split = commands.add_parser(
+        "split", parents=[common], help="share a task's requests between kept versions (admin), or show the split"
+    )
+    split.add_argument("task")
+    split.add_argument("weights", nargs="*", type=_weight, help="VERSION=WEIGHT ... (weights > 0, summing to 1)")
+    promote = commands.add_parser("promote", parents=[common], help="make a version of the split current (admin)")
+    promote.add_argument("task")
+    promote.add_argument("version")
+    abort = commands.add_parser("abort", parents=[common], help="clear a split: the current version only (admin)")
+    abort.add_argument("task")
 
     delete = commands.add_parser("delete", parents=[common], help="remove an adapter (admin)")
     delete.add_argument("task")
@@ -244,6 +258,17 @@ def _print_jobs(jobs: list[JobInfo], out: TextIO) -> None:
         _print_job(job, out)
 
 
+def _weight(text: str) -> tuple[str, float]:
+    """``VERSION=WEIGHT`` of ``split`` (the server checks the versions and the sum)."""
+    version, sep, weight = text.partition("=")
+    try:
+        if not sep or not version:
+            raise ValueError
+        return version, float(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not VERSION=WEIGHT (e.g. 3f2a9c1b7d4e=0.9)") from None
+
+
 def _show(value: BaseModel | Sequence[BaseModel], as_json: bool, print_table: Callable[[], None], out: TextIO) -> None:
     if not as_json:
         print_table()
@@ -308,6 +333,20 @@ def _run(args: argparse.Namespace, client: Client, out: TextIO) -> int:
         rolled = client.rollback(args.task, args.version)
         line = f"{args.task}: version {rolled.adapter.version} is current (was {rolled.previous_version})"
         _show(rolled, args.json, lambda: print(line, file=out), out)
+    elif args.command in ("split", "abort"):
+        if args.command == "abort":
+            info = client.abort_split(args.task)
+        elif args.weights:
+            info = client.split(args.task, dict(args.weights))
+        else:
+            info = client.get_split(args.task)
+        shares = ", ".join(f"{v} {w:g}" for v, w in info.versions.items())
+        line = f"{info.task}: {shares}" + ("" if info.active else " (no split: the current version)")
+        _show(info, args.json, lambda: print(line, file=out), out)
+    elif args.command == "promote":
+        promoted = client.promote(args.task, args.version)
+        line = f"{args.task}: version {promoted.adapter.version} is current (was {promoted.previous_version}), split cleared"
+        _show(promoted, args.json, lambda: print(line, file=out), out)
     elif args.command == "delete":
         deleted = client.delete_adapter(args.task)
         line = f"deleted {deleted.task} (version {deleted.version})"

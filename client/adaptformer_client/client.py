@@ -35,6 +35,7 @@ from adaptformer_client.types import (
     PredictResponse,
     Ready,
     RollbackResult,
+    SplitInfo,
     UploadResult,
     VersionList,
 )
@@ -368,6 +369,21 @@ class _BaseClient:
         # "The version before the current one" moves with every rollback: resend only a named version.
         return _Call(request, _model(RollbackResult), idempotent=version is not None)
 
+    def _split(self, task: str, versions: Mapping[str, float]) -> _Call[SplitInfo]:
+        body = {"versions": dict(versions)}
+        return _Call(self._build("PUT", f"/adapters/{quote(task, safe='')}/split", json=body), _model(SplitInfo))
+
+    def _get_split(self, task: str) -> _Call[SplitInfo]:
+        return _Call(self._build("GET", f"/adapters/{quote(task, safe='')}/split"), _model(SplitInfo))
+
+    def _promote(self, task: str, version: str) -> _Call[RollbackResult]:
+        request = self._build("POST", f"/adapters/{quote(task, safe='')}/split/promote", json={"version": version})
+        return _Call(request, _model(RollbackResult), idempotent=False)  # a second promote finds no split: 409
+
+    def _abort_split(self, task: str) -> _Call[SplitInfo]:
+        request = self._build("DELETE", f"/adapters/{quote(task, safe='')}/split")
+        return _Call(request, _model(SplitInfo), idempotent=False)  # a second abort finds no split: 409
+
     def _delete_adapter(self, task: str) -> _Call[DeleteResult]:
         return _Call(self._build("DELETE", f"/adapters/{quote(task, safe='')}"), _model(DeleteResult))
 
@@ -633,6 +649,22 @@ class Client(_BaseClient):
         """Makes a kept version current again (default: the one before the current one) (admin)."""
         return self._run(self._rollback(task, version))
 
+    def split(self, task: str, versions: Mapping[str, float]) -> SplitInfo:
+        """Shares the unpinned requests of ``task`` between kept versions by weight (> 0, summing to 1) (admin)."""
+        return self._run(self._split(task, versions))
+
+    def get_split(self, task: str) -> SplitInfo:
+        """How the requests of ``task`` are shared between its versions now."""
+        return self._run(self._get_split(task))
+
+    def promote(self, task: str, version: str) -> RollbackResult:
+        """Makes ``version`` of the split current and clears the split (admin)."""
+        return self._run(self._promote(task, version))
+
+    def abort_split(self, task: str) -> SplitInfo:
+        """Clears the split: the current version serves every request again (admin)."""
+        return self._run(self._abort_split(task))
+
     def delete_adapter(self, task: str) -> DeleteResult:
         """Removes an adapter. Raises ``NotFoundError`` for an unknown task."""
         return self._run(self._delete_adapter(task))
@@ -858,6 +890,22 @@ class AsyncClient(_BaseClient):
     async def rollback(self, task: str, version: str | None = None) -> RollbackResult:
         """See ``Client.rollback``."""
         return await self._run(self._rollback(task, version))
+
+    async def split(self, task: str, versions: Mapping[str, float]) -> SplitInfo:
+        """See ``Client.split``."""
+        return await self._run(self._split(task, versions))
+
+    async def get_split(self, task: str) -> SplitInfo:
+        """See ``Client.get_split``."""
+        return await self._run(self._get_split(task))
+
+    async def promote(self, task: str, version: str) -> RollbackResult:
+        """See ``Client.promote``."""
+        return await self._run(self._promote(task, version))
+
+    async def abort_split(self, task: str) -> SplitInfo:
+        """See ``Client.abort_split``."""
+        return await self._run(self._abort_split(task))
 
     async def delete_adapter(self, task: str) -> DeleteResult:
         return await self._run(self._delete_adapter(task))

@@ -17,6 +17,7 @@ __all__ = [
     "Prediction",
     "Ready",
     "RollbackResult",
+    "SplitInfo",
     "UploadResult",
     "VersionInfo",
     "VersionList",
@@ -136,6 +137,15 @@ class VersionList(BaseModel):
 class RollbackResult(BaseModel):
     adapter: AdapterInfo  # the version now current
     previous_version: str
+
+
+class SplitInfo(BaseModel):
+    """How a task's unpinned requests are shared between its versions (``active``: a split is set)."""
+
+    task: str
+    current: str
+    active: bool
+    versions: dict[str, float]  # version -> share of the unpinned requests
 
 
 class DeleteResult(BaseModel):
