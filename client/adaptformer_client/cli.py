@@ -335,14 +335,14 @@ def _run(args: argparse.Namespace, client: Client, out: TextIO) -> int:
         _show(rolled, args.json, lambda: print(line, file=out), out)
     elif args.command in ("split", "abort"):
         if args.command == "abort":
-            info = client.abort_split(args.task)
+            shared = client.abort_split(args.task)
         elif args.weights:
-            info = client.split(args.task, dict(args.weights))
+            shared = client.split(args.task, dict(args.weights))
         else:
-            info = client.get_split(args.task)
-        shares = ", ".join(f"{v} {w:g}" for v, w in info.versions.items())
-        line = f"{info.task}: {shares}" + ("" if info.active else " (no split: the current version)")
-        _show(info, args.json, lambda: print(line, file=out), out)
+            shared = client.get_split(args.task)
+        shares = ", ".join(f"{v} {w:g}" for v, w in shared.versions.items())
+        line = f"{shared.task}: {shares}" + ("" if shared.active else " (no split: the current version)")
+        _show(shared, args.json, lambda: print(line, file=out), out)
     elif args.command == "promote":
         promoted = client.promote(args.task, args.version)
         line = f"{args.task}: version {promoted.adapter.version} is current (was {promoted.previous_version}), split cleared"
