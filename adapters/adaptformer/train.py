@@ -62,11 +62,12 @@ class TrainConfig:
         amp: Mixed precision (bfloat16 autocast) on GPU.
         tubelet: Frames per space-time token for clip tasks.
         temporal: A clip task's temporal parts: ``auto`` (``diff``; ``none`` for a linear probe, which trains its
-            head only), ``none``, or a ``+``-list of ``diff``, ``time``, ``mix`` (see :mod:`adaptformer.temporal`).
+            head only), ``none``, or a ``+``-list of ``diff``, ``time``, ``mix``, ``low``, ``proj`` (see
+            :mod:`adaptformer.temporal`; ``low+proj`` keeps a clip task within a tenth of a percent of the backbone).
             Image tasks have none.
         eval_every: Epochs between validation passes (the last epoch is always validated).
-        clip_augment: Augment training clips in ways that keep the label true (temporal jitter of the frame
-            sampling, random crops; no flips or reversal, see :mod:`adaptformer.data.augment`).
+        clip_augment: Label-true augmentation of training clips (temporal jitter of the frame sampling, random
+            crops; no flips or reversal, see :mod:`adaptformer.data.augment`).
     """
 
     method: Method = "adaptformer"

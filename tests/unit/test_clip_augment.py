@@ -78,3 +78,12 @@ def test_bad_input_refused() -> None:
         clip_augment(torch.zeros(2, 3, 8, 8), torch.Generator())
     with pytest.raises(ValueError, match="min_speed"):
         clip_augment(torch.zeros(1, 2, 3, 8, 8), torch.Generator(), min_speed=0)
+
+
+def test_train_help_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from adaptformer.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--no-clip-augment" in help_text and "low, proj" in " ".join(help_text.split())
