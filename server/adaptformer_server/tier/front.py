@@ -299,7 +299,13 @@ class FrontAdapters:
         return entry
 
     async def resolve(self, task: str) -> tuple[AdapterEntry, None]:
-        """Admission in a front: the entry only; the engine pages the adapter in when the tensors arrive."""
+        """Admission in a front: the entry only; the engine pages the adapter in when the tensors arrive.
+
+        Another request's :meth:`refresh` may have dropped the entry since this request's own (the registry moved
+        on meanwhile, for any task): then it is fetched again, never answered 404 for a task that exists.
+        """
+        if task not in self._entries:
+            await self.refresh([task])
         return self.entry(task), None
 
 
