@@ -181,7 +181,9 @@ def test_every_route_is_open_or_refuses_missing_and_wrong_keys(keyed_server: Ser
                 r = httpx.request(method, f"{url}{concrete}", headers=_bearer(key), timeout=30)
                 assert r.status_code not in (401, 403), (method, path, r.status_code, r.text[:200])
     v2 = {p for p in protected if p[1].startswith("/v2/models")}
-    assert {m for m, _ in v2} == {"GET", "POST"} and len(v2) == 8, v2  # metadata, ready, config, infer (each per version)
+    assert {m for m, _ in v2} == {"GET", "POST"} and len(v2) == 8, (
+        v2
+    )  # metadata, ready, config, infer (each per version)
     assert {("POST", "/predict"), ("GET", "/adapters"), ("GET", "/adapters/{task}")} | ADMIN <= set(protected)
     for mount, file in OPEN_MOUNTS.items():
         assert httpx.get(f"{url}{file}", timeout=30).status_code == 200, mount
