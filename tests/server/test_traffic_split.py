@@ -6,9 +6,20 @@ import asyncio
 import math
 from contextlib import AsyncExitStack
 
+import httpx
+
 from adaptformer_server import create_app
 from adaptformer_server.repository.split import SPLITS, Split, session_point
-from tests.support import adapter_bytes, async_wait_until, image_files, png, serving, upload_files
+from tests.support import (
+    ServerProcess,
+    adapter_bytes,
+    async_wait_until,
+    embedded_backbone,
+    image_files,
+    png,
+    serving,
+    upload_files,
+)
 
 
 async def predict(client, task: str = "cars", session: str | None = None):
@@ -190,3 +201,40 @@ async def test_bad_splits_are_refused_clearly(vit, store, make_settings):
         r = await client.post("/adapters/cars/split/promote", json={"version": gone}, headers=auth)
         assert r.status_code == 409 and "not in the split" in r.json()["error"]["message"]
         assert (await client.get("/adapters/cars/split")).json()["active"] is True  # a refusal changes nothing
+
+
+def test_fronts_and_engine_agree_on_the_split(tmp_path):
+    """--workers 2: the version is chosen once, in the front; every front applies the engine's split."""
+    vit = embedded_backbone(tmp_path / "backbone.safetensors")
+    store = tmp_path / "store"
+    store.mkdir()
+    flags = ["--weights", tmp_path / "backbone.safetensors", "--store", store, "--no-seed-demo", "--threads", "1"]
+    flags += ["--workers", "2", "--log-level", "warning"]
+    with ServerProcess(flags, log=tmp_path / "server.log", env={"ADAPTFORMER_MAX_WAIT_MS": "2"}) as server:
+        versions = []
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            for seed in (1, 2):
+                r = http.post("/adapters", **upload_files(adapter_bytes(vit, "cars", seed=seed)))
+                assert r.status_code == 201, r.text
+                versions.append(r.json()["adapter"]["version"])
+            old, new = versions
+            assert http.put("/adapters/cars/split", json={"versions": {old: 0.5, new: 0.5}}).status_code == 200
+
+        def ask(session: str | None = None) -> tuple[str, str]:
+            headers = {"X-Session-ID": session} if session else {}
+            with httpx.Client(base_url=server.url, timeout=30) as fresh:  # a new connection: any front
+                r = fresh.post("/predict?task=cars", files=image_files(png(1)), headers=headers)
+            assert r.status_code == 200, r.text
+            return r.json()["version"], r.headers["X-AdaptFormer-Replica"]
+
+        answers = [ask() for _ in range(200)]
+        served = [v for v, _ in answers]
+        assert within(served.count(new), 200, 0.5) and set(served) == {old, new}
+        assert len({front for _, front in answers}) == 2  # both fronts chose
+        split = Split("cars", ((old, 0.5), (new, 0.5)))
+        for s in ("alice", "bob", "carol"):
+            got = [ask(s) for _ in range(8)]
+            assert {v for v, _ in got} == {split.choose(session_point("cars", s))}
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            assert http.post("/adapters/cars/split/promote", json={"version": old}).status_code == 200
+        assert {ask()[0] for _ in range(20)} == {old}

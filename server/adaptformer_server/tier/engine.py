@@ -85,6 +85,8 @@ class EngineServer:
         try:
             if header.get("op") == "entry":
                 out = [self._entry(header["task"])]
+            elif header.get("op") == "split":  # a front chooses a split task's version (tier.front.FrontAdapters)
+                out = [self._pickle(self.runtime.adapters.splits.get(header["task"]))]
             elif header.get("op") == "image_tasks":
                 out = [self._pickle([e for e in self.runtime.adapters if e.spec.modality == "image"])]
             else:

@@ -33,6 +33,7 @@ from adaptformer_server.errors import InvalidTaskName, NotFound, NotReady, Paylo
 from adaptformer_server.metrics import Metrics
 from adaptformer_server.observability import bind_request_id, current_request_id, request_id_from
 from adaptformer_server.repository.record import AdapterEntry
+from adaptformer_server.repository.split import Split, current_caller
 from adaptformer_server.services import InferenceService, check_task_name
 from adaptformer_server.services.adapters import split_pin
 from adaptformer_server.settings import Settings
@@ -248,6 +249,7 @@ class FrontAdapters:
         self._seen: tuple[int, int] = (-1, -1)
         self._entries: dict[str, AdapterEntry] = {}
         self._images: list[AdapterEntry] | None = None
+        self._splits: dict[str, Split | None] = {}  # the engine's traffic splits, by task, fetched as needed
 
     def _current(self) -> None:
         now = self.link.snapshot()
@@ -255,6 +257,7 @@ class FrontAdapters:
             self._seen = (now.epoch, now.generation)
             self._entries.clear()
             self._images = None
+            self._splits.clear()
 
     async def refresh(self, names: Sequence[str]) -> None:
         """Makes the entries of ``names`` (and, for ``*``, every image task) current before a request uses them.
@@ -299,14 +302,37 @@ class FrontAdapters:
         return entry
 
     async def resolve(self, task: str) -> tuple[AdapterEntry, None]:
-        """Admission in a front: the entry only; the engine pages the adapter in when the tensors arrive.
+        """Admission in a front: the entry only; the engine pages the adapter in when the tensors arrive. A split
+        task's version is chosen here, once (the engine runs the ``task@version`` the front sends).
 
         Another request's :meth:`refresh` may have dropped the entry since this request's own (the registry moved
         on meanwhile, for any task): then it is fetched again, never answered 404 for a task that exists.
         """
         if task not in self._entries:
             await self.refresh([task])
-        return self.entry(task), None
+        entry = self.entry(task)
+        caller = current_caller()
+        if caller is not None and not caller.named_version and "@" not in task:
+            if task not in self._splits:
+                _, out = await self.link.call({"op": "split", "task": task})
+                self._splits[task] = pickle.loads(out[0].bytes)
+            split = self._splits[task]
+            version = caller.pick(split) if split is not None else entry.version
+            if version != entry.version:
+                key = f"{task}@{version}"
+                with contextlib.suppress(NotFound):  # no longer kept: the current version answers
+                    if key not in self._entries:
+                        _, out = await self.link.call({"op": "entry", "task": key})
+                        self._entries[key] = pickle.loads(out[0].bytes)
+                    entry = self._entries[key]
+        if caller is not None:
+            caller.served[entry.task] = entry.version
+        return entry, None
+
+    def version_label(self, task: str, version: str) -> bool:
+        """Whether ``version`` of ``task`` gets its own metric series (current, or in a split)."""
+        current, split = self._entries.get(task), self._splits.get(task)
+        return (current is not None and current.version == version) or (split is not None and version in split.versions)
 
 
 class FrontRuntime:
@@ -318,6 +344,7 @@ class FrontRuntime:
         self.run = run
         self.link = EngineLink(run)
         self.adapters = FrontAdapters(self.link)
+        metrics.version_label = self.adapters.version_label
         self.inference: InferenceService[None] = InferenceService(
             settings, metrics, self.adapters, RemoteBatcher(self.link, traced=settings.tracing)
         )
