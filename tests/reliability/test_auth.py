@@ -38,6 +38,9 @@ ADMIN = {
     ("POST", "/adapters"),
     ("DELETE", "/adapters/{task}"),
     ("POST", "/adapters/{task}/rollback"),
+    ("PUT", "/adapters/{task}/split"),
+    ("DELETE", "/adapters/{task}/split"),
+    ("POST", "/adapters/{task}/split/promote"),
     ("POST", "/v2/repository/models/{task}/load"),
     ("POST", "/v2/repository/models/{task}/unload"),
     # training jobs: every route, reading ones included (examples and logs are the admin's)
