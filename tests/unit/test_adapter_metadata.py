@@ -93,7 +93,9 @@ def test_a_written_file_round_trips(backbone: nn.Module, tmp_path: Path) -> None
 def test_a_newer_version_is_told_apart() -> None:
     """A store keeps a newer version's file (NewerFormatError); any other version is broken; version 1 reads."""
     _refused(
-        _set(format_version="3")(VALID), "f: adapter format version '3'; this version reads '1', '2'", NewerFormatError
+        _set(format_version="4")(VALID),
+        "f: adapter format version '4'; this version reads '1', '2', '3'",
+        NewerFormatError,
     )
     with pytest.raises(AdapterFormatError) as info:
         AdapterMetadata.from_strings(_set(format_version="x")(VALID), "f")
@@ -130,7 +132,7 @@ RULES: list[tuple[str, Callable[[Strings], object], str]] = [
     ),
     ("missing", _drop("labels", "backbone"), "f: metadata lacks labels, backbone (not an adaptformer adapter file?)"),
     ("format", _set(format="peft-lora"), "f: metadata format is 'peft-lora', expected 'adaptformer-adapter'"),
-    ("version", _set(format_version="x"), "f: adapter format version 'x'; this version reads '1', '2'"),
+    ("version", _set(format_version="x"), "f: adapter format version 'x'; this version reads '1', '2', '3'"),
     ("not-json", _set(labels="[cat"), "f: metadata field 'labels' is not valid JSON ("),
     ("nan", _set(metrics='{"a": NaN}'), "f: metadata field 'metrics' is not valid JSON (NaN is not a JSON number)"),
     ("inf", _set(config='{"scale": 1e999}'), "f: metadata field 'config' is not valid JSON (1e999 is out of range)"),
