@@ -81,9 +81,7 @@ test-slow: install
 # The tests that start server processes (directly, or through the reliability tests' shared, keyed and probed
 # servers), again with every server as 2 front processes + an engine process (--workers 2; tests/support/process.py
 # reads TEST_SERVER_WORKERS). The in-process tests build the same app.
-# tests/reliability/test_load.py is left out for now: its hot swap under load through --workers 2 still counts one
-# violation in a 6 s run (see the issue notes); every other test of the list passes with --workers 2.
-SERVER_TESTS = $$(grep -rlE 'ServerProcess[(]|live_server[(]|Server[(]|shared_server|keyed_server|probed_server' tests --include='test_*.py' | grep -v 'reliability/test_load.py' | sort)
+SERVER_TESTS = $$(grep -rlE 'ServerProcess[(]|live_server[(]|Server[(]|shared_server|keyed_server|probed_server' tests --include='test_*.py' | sort)
 test-workers: install system-deps
 	TEST_SERVER_WORKERS=2 $(PY) -m pytest -q -rs $(SERVER_TESTS) tests/docs
 

@@ -283,7 +283,7 @@ class Load:
                 self.images_done += len(idx)
 
     async def run(self, clients: int, seconds: float, pid: int | None = None) -> dict[str, Any]:
-        limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)
+        limits = _limits(clients + 8)
         rss: dict[str, float] = {}
         async with httpx.AsyncClient(base_url=self.url, timeout=self.timeout, limits=limits) as client:
             if pid is not None:
@@ -400,6 +400,13 @@ async def overload_run(
     }
 
 
+def _limits(connections: int) -> httpx.Limits:
+    """A pool of ``connections`` that drops a connection idle for 2 s, before the server's keep-alive timeout (5 s)
+    closes it: otherwise a request may go out on a connection the server is closing at that moment, a transport
+    error that says nothing about the server."""
+    return httpx.Limits(max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=2.0)
+
+
 # -- hot swap ------------------------------------------------------------------------------------------------------
 @dataclass
 class _Span:
@@ -509,7 +516,7 @@ async def hotswap_run(
             else:
                 answers["200"] += 1
 
-    limits = httpx.Limits(max_connections=clients + 8)
+    limits = _limits(clients + 8)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         for name in pool:
             await put(client, name)

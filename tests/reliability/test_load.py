@@ -7,6 +7,7 @@ are in docs/RELIABILITY.md (``python -m benchmarks.reliability``).
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import pytest
@@ -16,11 +17,16 @@ from benchmarks.reliability import Server, hotswap_run, load_run, overload_run, 
 pytestmark = pytest.mark.e2e
 
 
+def _report(result: dict) -> str:
+    """The figures and the first answers that went wrong, in full (a dict would be cut short in pytest's report)."""
+    return json.dumps(result, indent=1, default=str)
+
+
 def _check_load(result: dict) -> None:
-    assert result["errors_5xx"] == 0, result
-    assert result["lost"] == 0, result
-    assert result["mismatched"] == 0, result
-    assert result["status"].keys() == {200}, result
+    assert result["errors_5xx"] == 0, _report(result)
+    assert result["lost"] == 0, _report(result)
+    assert result["mismatched"] == 0, _report(result)
+    assert result["status"].keys() == {200}, _report(result)
     assert result["requests"] > 0
 
 
@@ -45,7 +51,7 @@ def test_load_full(shared_server, shared_tasks, shared_refs, images):
 def test_hotswap_under_load(shared_server, kit, images):
     """Replace, add and delete every 100-200 ms while 8 clients predict; each answer from exactly one version."""
     result = asyncio.run(hotswap_run(shared_server.url, kit, images[:4], clients=8, seconds=6.0))
-    assert result["violations"] == 0 and result["swap_errors"] == 0, result
+    assert result["violations"] == 0 and result["swap_errors"] == 0, _report(result)
     assert result["answers"].get("200", 0) > 10, result
     assert sum(result["swaps"].values()) >= 4, result
     assert {"replace", "add", "delete"} <= set(result["swaps"]), result
