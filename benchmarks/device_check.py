@@ -40,26 +40,12 @@ import torch
 
 import adaptformer as af
 from adaptformer.gathered import grouped_mm_works
-from benchmarks.engine_throughput import random_task
+from benchmarks.engine_throughput import paired_times, random_task, sync_device
 from benchmarks.machine import cpu_model
 
 TARGET_ENGINE = 0.95  # at 64 tasks
 TARGET_SERVER = 0.9
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn, iters: int, device: torch.device) -> float:  # type: ignore[no-untyped-def]
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - start) / iters
 
 
 def cuda_kernels(fn, device: torch.device) -> int | None:  # type: ignore[no-untyped-def]
@@ -71,7 +57,7 @@ def cuda_kernels(fn, device: torch.device) -> int | None:  # type: ignore[no-unt
 
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             fn()
-            _sync(device)
+            sync_device(device)
         return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
     except Exception:  # the profiler is optional here: a count is a bonus, not the check
         return None
@@ -102,14 +88,10 @@ def engine_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
 
                     plain = functools.partial(vit.forward_features, x)
                     mixed = functools.partial(engine, x, names)
+                    base, eng = paired_times(
+                        plain, mixed, warmup=args.warmup, reps=args.reps, iters=args.iters, device=device
+                    )
                     with torch.inference_mode():
-                        for _ in range(args.warmup):
-                            plain()
-                            mixed()
-                        base, eng = [], []
-                        for _ in range(args.reps):
-                            base.append(_time(plain, args.iters, device))
-                            eng.append(_time(mixed, args.iters, device))
                         kernels = (cuda_kernels(plain, device), cuda_kernels(mixed, device))
                     row = {
                         "dtype": dtype_name,

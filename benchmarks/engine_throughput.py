@@ -103,7 +103,7 @@ class Settings:
     dtype: str = "float32"
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -117,17 +117,42 @@ def timed(fn: Callable[[], object], iters: int, device: torch.device, clock: str
     CPU time with one torch thread measures the work itself even when other jobs preempt the benchmark.
     """
     now = CLOCKS[clock]
-    _sync(device)
+    sync_device(device)
     start = now()
     for _ in range(iters):
         fn()
-    _sync(device)
+    sync_device(device)
     return (now() - start) / iters
 
 
+def paired_times(
+    first: Callable[[], object],
+    second: Callable[[], object],
+    *,
+    warmup: int,
+    reps: int,
+    iters: int,
+    device: torch.device,
+    clock: str = "wall",
+) -> tuple[list[float], list[float]]:
+    """Both warmed up, then timed in turn ``reps`` times (seconds per call, :func:`timed`): paired samples, whose
+    per-pair ratios the reports take the median of."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            first()
+            second()
+        a, b = [], []
+        for _ in range(reps):
+            a.append(timed(first, iters, device, clock))
+            b.append(timed(second, iters, device, clock))
+    return a, b
+
+
 @torch.no_grad()
-def random_task(name: str, vit: nn.Module, config: af.AdapterConfig, fingerprint: str, seed: int) -> af.TaskAdapter:
-    """A task with non-zero random branches in the configured blocks and a ``NUM_CLASSES`` head."""
+def random_task(
+    name: str, vit: nn.Module, config: af.AdapterConfig, fingerprint: str, seed: int, backbone: str = MODEL
+) -> af.TaskAdapter:
+    """A task of ``backbone`` with non-zero random branches in the configured blocks and a ``NUM_CLASSES`` head."""
     gen = torch.Generator().manual_seed(seed)
     adapters = {}
     for i in config.resolve_layers(len(vit.blocks)):
@@ -138,7 +163,9 @@ def random_task(name: str, vit: nn.Module, config: af.AdapterConfig, fingerprint
     head = nn.Linear(vit.num_features, NUM_CLASSES)
     labels = [str(i) for i in range(NUM_CLASSES)]
     # the backbone's own input size: the engine refuses a task whose input spec (default 224) does not fit it
-    info = af.TaskInfo(task=name, labels=labels, backbone=MODEL, fingerprint=fingerprint, input=af.spec_from_model(vit))
+    info = af.TaskInfo(
+        task=name, labels=labels, backbone=backbone, fingerprint=fingerprint, input=af.spec_from_model(vit)
+    )
     return af.TaskAdapter(info, head, config, adapters)
 
 
@@ -276,14 +303,9 @@ def measure(
     else:
         baseline, run = adapterhub_fns(row, vit, x)
 
-    with torch.inference_mode():
-        for _ in range(s.warmup):
-            baseline()
-            run()
-        base_t, eng_t = [], []
-        for _ in range(s.reps):
-            base_t.append(timed(baseline, s.iters, device, s.clock))
-            eng_t.append(timed(run, s.iters, device, s.clock))
+    base_t, eng_t = paired_times(
+        baseline, run, warmup=s.warmup, reps=s.reps, iters=s.iters, device=device, clock=s.clock
+    )
     b, e = statistics.median(base_t), statistics.median(eng_t)
     return {
         "key": row.key,

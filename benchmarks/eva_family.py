@@ -22,36 +22,12 @@ from pathlib import Path
 
 import timm
 import torch
-from torch import nn
 
 import adaptformer as af
-from benchmarks.machine import header, provenance, write_report
+from benchmarks.engine_throughput import NUM_CLASSES, random_task
+from benchmarks.machine import header, report_head, write_report
 
-NUM_CLASSES = 10
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-@torch.no_grad()
-def random_task(name: str, vit: nn.Module, bottleneck: int, fingerprint: str, seed: int) -> af.TaskAdapter:
-    """A task with non-zero random branches in every block and a ``NUM_CLASSES`` head."""
-    config = af.AdapterConfig(bottleneck=bottleneck)
-    gen = torch.Generator().manual_seed(seed)
-    adapters = {}
-    for i in config.resolve_layers(len(vit.blocks)):
-        adapter = af.AdaptMLP(vit.embed_dim, config)
-        for p in (adapter.up.weight, adapter.up.bias, adapter.down.bias):
-            p.copy_(0.02 * torch.randn(p.shape, generator=gen))
-        adapters[i] = adapter
-    head = nn.Linear(vit.num_features, NUM_CLASSES)
-    arch = vit.pretrained_cfg["architecture"]
-    info = af.TaskInfo(
-        task=name,
-        labels=[str(i) for i in range(NUM_CLASSES)],
-        backbone=arch,
-        fingerprint=fingerprint,
-        input=af.spec_from_model(vit),
-    )
-    return af.TaskAdapter(info, head, config, adapters)
 
 
 def timed(fn: Callable[[], object], clock: str) -> float:
@@ -83,7 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
     size = vit.patch_embed.img_size[0]
     x = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     fingerprint = af.backbone_fingerprint(vit)
-    tasks = {f"t{k}": random_task(f"t{k}", vit, args.bottleneck, fingerprint, k) for k in range(args.tasks)}
+    config, arch = af.AdapterConfig(bottleneck=args.bottleneck), vit.pretrained_cfg["architecture"]
+    tasks = {f"t{k}": random_task(f"t{k}", vit, config, fingerprint, k, backbone=arch) for k in range(args.tasks)}
 
     engines = {}
     for path in args.paths:
@@ -148,10 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def to_markdown(r: dict) -> str:
     lines = [
-        "# Eva family: engine against the plain model",
-        "",
-        f"{provenance(r)}",
-        "",
+        *report_head("Eva family: engine against the plain model", r),
         f"{r['model']} with random weights ({r['params']:,} parameters), {r['image_size']} px ({r['tokens']} tokens), "
         f"batch {r['batch']}, float32, CPU, {r['threads']} torch thread(s), timed by the {r['clock']} clock; "
         f"{r['reps']} repetitions, each running the plain model and then every row on the same batch. Every task "

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from benchmarks.machine import header, write_report
-from benchmarks.server_load import adapter_file, report_head, wrk_load
+from benchmarks.machine import header, report_head, write_report
+from benchmarks.server_load import adapter_file, wrk_load
 from tests.support import ServerProcess, children, cpu_seconds, embedded_backbone, png
 
 STAND_IN = Path(__file__).with_name("stand_in_server.py")
@@ -209,7 +209,7 @@ def render(r: dict) -> str:
     setup = (
         f" The forward pass of each batch is a sleep of {r['stand_in_ms']} ms (no CPU); {r['clients']} wrk "
         f"connections, tasks mixed over {TASKS} adapters, one image per request, {r['seconds']:.0f} s per run, "
-        f"{r['rounds']} interleaved rounds (medians). Client and server share the machine's cores. "
+        f"{r['rounds']} interleaved rounds (medians). Client and server share the machine's cores."
     )
     lines = [
         *report_head("Front tier (device stand-in)", r, setup),

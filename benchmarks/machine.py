@@ -46,6 +46,13 @@ def write_report(out: Path | None, report: str, results: dict[str, Any]) -> None
         out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 
 
+def report_head(title: str, r: dict[str, Any], setup: str = "") -> list[str]:
+    """A report's title and first paragraph: :func:`provenance`, then ``setup`` (sentences, each after a space) and
+    the run's note."""
+    note = f" Note: {r['note']}" if r.get("note") else ""
+    return [f"# {title}", "", provenance(r) + setup + note, ""]
+
+
 def provenance(r: dict[str, Any]) -> str:
     """The report's first sentence: the command, when, where, and the load average before and after."""
     start = ", ".join(map(str, r["load_average_at_start"]))

@@ -28,8 +28,8 @@ import torch
 
 from adaptformer_server.backbone import load_backbone
 from adaptformer_server.settings import Settings
-from benchmarks.machine import header, write_report
-from benchmarks.server_load import adapter_file, engine_alone, report_head, wrk_load
+from benchmarks.machine import header, report_head, write_report
+from benchmarks.server_load import adapter_file, engine_alone, wrk_load
 from tests.support import ServerProcess, embedded_backbone, png, wait_ready
 
 TASKS = 16
@@ -176,7 +176,7 @@ def render(r: dict) -> str:
     setup = (
         f" Backbone `{r['backbone']}` on the CPU, torch 1 thread, {TASKS} tasks (d^={r['bottleneck']}) mixed, one PNG "
         f"per request as a multipart form, {r['clients']} wrk connections, {r['seconds']:.0f} s per measurement, "
-        f"{r['rounds']} interleaved rounds (medians); client and servers share the machine. "
+        f"{r['rounds']} interleaved rounds (medians); client and servers share the machine."
     )
     lines = [
         *report_head("The server, the engine alone and LitServe", r, setup),

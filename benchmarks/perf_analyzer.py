@@ -40,7 +40,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.machine import header, provenance, write_report
+from benchmarks.machine import header, report_head, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "fashion-shirt.png"
@@ -223,10 +223,7 @@ def _median(rows: list[dict], key: str) -> float:
 
 def render(r: dict) -> str:
     lines = [
-        "# perf_analyzer against the KServe v2 routes, beside server_load",
-        "",
-        provenance(r),
-        "",
+        *report_head("perf_analyzer against the KServe v2 routes, beside server_load", r),
         r["setup"],
         "",
         "| concurrency | perf_analyzer FP32 images/s | p99 ms | perf_analyzer BYTES (PNG) images/s | p99 ms | "

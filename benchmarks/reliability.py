@@ -56,6 +56,7 @@ from tests.support import ServerProcess, adapter_bytes, embedded_backbone
 __all__ = [
     "Kit",
     "Server",
+    "Traffic",
     "build_kit",
     "crash_run",
     "hotswap_run",
@@ -221,21 +222,22 @@ async def references(url: str, tasks: dict[str, str], images: Sequence[Part], he
     return refs
 
 
+@dataclass(frozen=True)
+class Traffic:
+    """What the load runs send and check: the server's URL, its tasks (name -> version), the images, and every
+    (task, image)'s answer alone (:func:`references`)."""
+
+    url: str
+    tasks: dict[str, str]
+    images: Sequence[Part]
+    refs: Refs
+
+
 class Load:
     """Closed-loop clients over the tasks; every answer checked against the references."""
 
-    def __init__(
-        self,
-        url: str,
-        tasks: dict[str, str],
-        images: Sequence[Part],
-        refs: Refs,
-        *,
-        seed: int = 0,
-        max_images: int = 3,
-        timeout: float = 60,
-    ) -> None:
-        self.url, self.tasks, self.images, self.refs = url, tasks, images, refs
+    def __init__(self, traffic: Traffic, *, seed: int = 0, max_images: int = 3, timeout: float = 60) -> None:
+        self.url, self.tasks, self.images, self.refs = traffic.url, traffic.tasks, traffic.images, traffic.refs
         self.rng = random.Random(seed)
         self.max_images = max_images
         self.timeout = timeout
@@ -316,32 +318,22 @@ class Load:
         }
 
 
-async def load_run(
-    url: str,
-    tasks: dict[str, str],
-    images: Sequence[Part],
-    refs: Refs,
-    clients: int,
-    seconds: float,
-    pid: int | None = None,
-) -> dict[str, Any]:
-    """Item 1: N clients for T seconds; zero 5xx, zero lost or mismatched answers."""
-    return await Load(url, tasks, images, refs).run(clients, seconds, pid)
+async def load_run(traffic: Traffic, clients: int, seconds: float, pid: int | None = None) -> dict[str, Any]:
+    """N clients for T seconds; zero 5xx, zero lost or mismatched answers."""
+    return await Load(traffic).run(clients, seconds, pid)
 
 
-async def _sequential(
-    url: str, tasks: dict[str, str], images: Sequence[Part], refs: Refs, n: int
-) -> tuple[int, list[float]]:
+async def _sequential(traffic: Traffic, n: int) -> tuple[int, list[float]]:
     """``n`` requests one at a time: how many were correct 200s, and their latencies."""
     ok, lat = 0, []
-    names = sorted(tasks)
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+    names, images = sorted(traffic.tasks), traffic.images
+    async with httpx.AsyncClient(base_url=traffic.url, timeout=30) as client:
         for i in range(n):
             task, j = names[i % len(names)], i % len(images)
             t0 = time.perf_counter()
             r = await client.post(f"/predict?task={task}&top_k=1000", files=_multipart([images[j]]))
             lat.append(time.perf_counter() - t0)
-            if r.status_code == 200 and _matches(_scores(r.json()["predictions"][0]), refs[(task, j)]):
+            if r.status_code == 200 and _matches(_scores(r.json()["predictions"][0]), traffic.refs[(task, j)]):
                 ok += 1
     return ok, lat
 
@@ -353,18 +345,11 @@ def _queue_depth(url: str) -> float:
     return float("nan")
 
 
-async def overload_run(
-    url: str,
-    tasks: dict[str, str],
-    images: Sequence[Part],
-    refs: Refs,
-    clients: int,
-    seconds: float,
-    pid: int | None = None,
-) -> dict[str, Any]:
-    """Item 2: clients beyond capacity get fast 503s with Retry-After; /healthz answers; full recovery after."""
-    ok_before, before = await _sequential(url, tasks, images, refs, 10)
-    load = Load(url, tasks, images, refs, max_images=1, timeout=30)
+async def overload_run(traffic: Traffic, clients: int, seconds: float, pid: int | None = None) -> dict[str, Any]:
+    """Clients beyond capacity get fast 503s with Retry-After; /healthz answers; full recovery after."""
+    url = traffic.url
+    ok_before, before = await _sequential(traffic, 10)
+    load = Load(traffic, max_images=1, timeout=30)
     health: list[float] = []
     health_failures = 0
 
@@ -386,7 +371,7 @@ async def overload_run(
     await prober
     await asyncio.sleep(0.5)
     depth = _queue_depth(url)
-    ok_after, after = await _sequential(url, tasks, images, refs, 20)
+    ok_after, after = await _sequential(traffic, 20)
     rejected = load.latency_by_status.get(503, [])
     return {
         **result,
@@ -432,7 +417,7 @@ async def hotswap_run(
     interval: tuple[float, float] = (0.1, 0.2),
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Item 3: replace, add and delete every 100-200 ms under load; every answer from exactly one version."""
+    """Replace, add and delete every 100-200 ms under load; every answer from exactly one version."""
     rng = random.Random(seed)
     factory = kit.factory(versions)
     # version v of any task makes class v win; the label of an answer names the version of the head that ran
@@ -590,7 +575,7 @@ def crash_run(
     seed: int = 0,
     ready_timeout: float = 300,
 ) -> dict[str, Any]:
-    """Item 4: kill -9 during uploads, restart, check the store and every acknowledged upload."""
+    """kill -9 during uploads, restart, check the store and every acknowledged upload."""
     rng = random.Random(seed)
     store = workdir / "crash-store"
     store.mkdir(parents=True, exist_ok=True)
@@ -750,7 +735,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 tasks = upload_all(server.url, kit.tasks)
                 refs = asyncio.run(references(server.url, tasks, images))
                 if "load" not in args.skip:
-                    show("load", asyncio.run(load_run(server.url, tasks, images, refs, clients, seconds, server.pid)))
+                    traffic = Traffic(server.url, tasks, images, refs)
+                    show("load", asyncio.run(load_run(traffic, clients, seconds, server.pid)))
                 if "hotswap" not in args.skip:
                     hs = asyncio.run(hotswap_run(server.url, kit, images, min(clients, 16), min(seconds, 20.0)))
                     show("hotswap", hs)
@@ -761,9 +747,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             with Server(kit.weights, store, work / "server-overload.log", **settings) as server:
                 tasks = upload_all(server.url, kit.tasks)
                 refs = asyncio.run(references(server.url, tasks, images[:4]))
-                over = asyncio.run(
-                    overload_run(server.url, tasks, images[:4], refs, 32, min(seconds, 10.0), server.pid)
-                )
+                traffic = Traffic(server.url, tasks, images[:4], refs)
+                over = asyncio.run(overload_run(traffic, 32, min(seconds, 10.0), server.pid))
                 show("overload", {"settings": settings, **over})
         if "crash" not in args.skip:
             show("crash", crash_run(kit, work, cycles=2 if args.quick else 5))

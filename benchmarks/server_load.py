@@ -47,7 +47,7 @@ from adaptformer.engine import MultiTaskViT
 from adaptformer_server.backbone import load_backbone, resolve_device
 from adaptformer_server.settings import Settings
 from benchmarks import engine_throughput as bench
-from benchmarks.machine import cpu_model, provenance, write_report
+from benchmarks.machine import cpu_model, write_report
 from tests.support import ServerProcess, adapter_bytes, embedded_backbone, png
 
 TASKS = 16
@@ -479,12 +479,6 @@ def saturation(
         "median_on_over_off": round(statistics.median(r["on_over_off"] for r in rounds), 3),
         "median_mean_batch": statistics.median(r["on"]["mean_batch"] for r in rounds),
     }
-
-
-def report_head(title: str, r: dict, setup: str) -> list[str]:
-    """The title and first paragraph of a report of ``header``'s fields: ``provenance``, then ``setup`` and the
-    run's note (the front tier's and the peer comparison's reports)."""
-    return [f"# {title}", "", provenance(r) + setup + (f"Note: {r['note']}" if r["note"] else ""), ""]
 
 
 def _head(title: str, r: dict, setup: str) -> list[str]:

@@ -29,7 +29,7 @@ import timeit
 from pathlib import Path
 
 from adaptformer_server import tracing
-from benchmarks.machine import header, provenance, write_report
+from benchmarks.machine import header, report_head, write_report
 from benchmarks.server_load import TASKS, adapter_file, backbone_for, images, load
 from tests.support import ServerProcess
 
@@ -164,17 +164,17 @@ def main(argv: list[str] | None = None) -> None:
 def render(r: dict) -> str:
     off = r["off_path"]
     lines = [
-        "# Tracing overhead",
-        "",
-        provenance(r)
-        + f" Each round: {r['seconds']:g} s of closed-loop load at concurrency {r['concurrency']} (one PNG per "
-        f"request, 16 tasks mixed; the embedded backbone, {r['threads']} torch thread per server, max batch 32, "
-        f"max wait 5 ms) on each of three servers side by side: tracing off, on (every request sampled), on with "
-        f"1 request in 10 sampled (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=0.1`); "
-        f"{r['rounds']} rounds, the order reversed every other round; the traced servers export every sampled span "
-        "over OTLP/HTTP to a local sink. Ratios: the median of the per-round ratios to tracing off (target: at "
-        "least 0.97)." + (f" Note: {r['note']}" if r["note"] else ""),
-        "",
+        *report_head(
+            "Tracing overhead",
+            r,
+            f" Each round: {r['seconds']:g} s of closed-loop load at concurrency {r['concurrency']} (one PNG per "
+            f"request, 16 tasks mixed; the embedded backbone, {r['threads']} torch thread per server, max batch 32, "
+            f"max wait 5 ms) on each of three servers side by side: tracing off, on (every request sampled), on with "
+            f"1 request in 10 sampled (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=0.1`); "
+            f"{r['rounds']} rounds, the order reversed every other round; the traced servers export every sampled span "
+            "over OTLP/HTTP to a local sink. Ratios: the median of the per-round ratios to tracing off (target: at "
+            "least 0.97).",
+        ),
         "| shape | off, images/s | on, images/s | on/off per round | on/off | 10% sampled, images/s | "
         "10% sampled/off per round | 10% sampled/off | OTLP exports (bytes) |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -34,7 +34,7 @@ from adaptformer.backbone import load_backbone
 from adaptformer.temporal import TemporalConfig, TemporalPart
 from adaptformer.video import VideoViT
 from adaptformer.videomae import load_videomae, videomae_from_state
-from benchmarks.machine import header, provenance, write_report
+from benchmarks.machine import header, report_head, write_report
 
 TINY = dict(image_size=32, patch_size=16, num_frames=4, tubelet_size=2, hidden_size=32, num_hidden_layers=2,
             num_attention_heads=4, intermediate_size=64, num_labels=3)  # fmt: skip
@@ -219,10 +219,7 @@ def share() -> dict:
 
 def report(r: dict) -> str:
     lines = [
-        "# VideoMAE as the video backbone",
-        "",
-        provenance(r),
-        "",
+        *report_head("VideoMAE as the video backbone", r),
         "## Loading fidelity (tiny random models, `transformers` as the reference)",
         "",
         "| checkpoint layout | max abs diff, last hidden state | max abs diff, pooled features |",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -70,24 +70,19 @@ class Metrics:
             ["method", "route", "status"],
             registry=r,
         )
-        self.http_latency = Histogram(
-            "adaptformer_http_request_seconds", "HTTP request latency by route", ["route"], buckets=_LATENCY, registry=r
-        )
+
+        def latency(name: str, doc: str, labels: Sequence[str] = ()) -> Histogram:
+            return Histogram(name, doc, list(labels), buckets=_LATENCY, registry=r)
+
+        self.http_latency = latency("adaptformer_http_request_seconds", "HTTP request latency by route", ["route"])
         self.predictions = Counter(
             "adaptformer_predict_requests", "Prediction requests by task and status", ["task", "status"], registry=r
         )
-        self.predict_latency = Histogram(
-            "adaptformer_predict_seconds",
-            "Prediction latency, request received to answer",
-            buckets=_LATENCY,
-            registry=r,
-        )
-        self.task_latency = Histogram(
+        self.predict_latency = latency("adaptformer_predict_seconds", "Prediction latency, request received to answer")
+        self.task_latency = latency(
             "adaptformer_task_request_seconds",
             "Prediction latency by task (/predict and /v2 infer), names admitted to answer; outcome ok (2xx) or error",
             ["task", "outcome"],
-            buckets=_LATENCY,
-            registry=r,
         )
         self.version_requests = Counter(
             "adaptformer_version_requests",
@@ -95,23 +90,17 @@ class Metrics:
             ["task", "version", "status"],
             registry=r,
         )
-        self.version_latency = Histogram(
+        self.version_latency = latency(
             "adaptformer_version_request_seconds",
             "Prediction latency by task and the adapter version admitted",
             ["task", "version"],
-            buckets=_LATENCY,
-            registry=r,
         )
         self.batch_size = Histogram("adaptformer_batch_size", "Samples per forward pass", buckets=_SIZES, registry=r)
         self.batch_tasks = Histogram(
             "adaptformer_batch_tasks", "Distinct adapters per forward pass", buckets=_SIZES, registry=r
         )
-        self.batch_latency = Histogram(
-            "adaptformer_batch_seconds", "Forward pass time per batch", buckets=_LATENCY, registry=r
-        )
-        self.queue_wait = Histogram(
-            "adaptformer_queue_wait_seconds", "Time a sample waits in the queue", buckets=_LATENCY, registry=r
-        )
+        self.batch_latency = latency("adaptformer_batch_seconds", "Forward pass time per batch")
+        self.queue_wait = latency("adaptformer_queue_wait_seconds", "Time a sample waits in the queue")
         # Several processes (tier/): gauges of live processes only, summed (the queue) or the engine's (the rest).
         self.queue_depth = Gauge(
             "adaptformer_queue_depth", "Samples waiting for a batch", registry=r, multiprocess_mode="livesum"
@@ -126,9 +115,7 @@ class Metrics:
         self.page_in_failures = Counter(
             "adaptformer_page_in_failures", "Page-ins that failed (invalid or stale file)", registry=r
         )
-        self.page_in_latency = Histogram(
-            "adaptformer_page_in_seconds", "Time to load, check and place one adapter", buckets=_LATENCY, registry=r
-        )
+        self.page_in_latency = latency("adaptformer_page_in_seconds", "Time to load, check and place one adapter")
         self.evictions = Counter("adaptformer_evictions", "Adapters evicted from a slot (LRU)", registry=r)
         self.uploads = Counter("adaptformer_uploads", "Adapter uploads by result status", ["status"], registry=r)
         self.source_fetches = Counter(

@@ -12,7 +12,7 @@ import json
 import httpx
 import pytest
 
-from benchmarks.reliability import Server, hotswap_run, load_run, overload_run, references, upload_all
+from benchmarks.reliability import Server, Traffic, hotswap_run, load_run, overload_run, references, upload_all
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,8 @@ def _check_load(result: dict) -> None:
 def test_load_quick(shared_server, shared_tasks, shared_refs, images):
     """16 clients for 5 s over 16 tasks, 1-3 images of mixed sizes each: every answer equals the image alone."""
     assert len(shared_tasks) == 16
-    result = asyncio.run(load_run(shared_server.url, shared_tasks, images, shared_refs, 16, 5.0, shared_server.pid))
+    traffic = Traffic(shared_server.url, shared_tasks, images, shared_refs)
+    result = asyncio.run(load_run(traffic, 16, 5.0, shared_server.pid))
     _check_load(result)
     assert set(result["rss_mb"]) == {"start", "middle", "end"}
     assert shared_server.alive()
@@ -42,7 +43,8 @@ def test_load_quick(shared_server, shared_tasks, shared_refs, images):
 @pytest.mark.slow
 def test_load_full(shared_server, shared_tasks, shared_refs, images):
     """The full run: 64 clients for 60 s."""
-    result = asyncio.run(load_run(shared_server.url, shared_tasks, images, shared_refs, 64, 60.0, shared_server.pid))
+    traffic = Traffic(shared_server.url, shared_tasks, images, shared_refs)
+    result = asyncio.run(load_run(traffic, 64, 60.0, shared_server.pid))
     _check_load(result)
     # resident memory does not keep growing under a steady load (allocator warm-up aside)
     assert result["rss_mb"]["end"] - result["rss_mb"]["middle"] < 100, result["rss_mb"]
@@ -64,7 +66,7 @@ def test_overload_sheds_and_recovers(kit, images):
     with Server(kit.weights, kit.workdir / "store-overload", kit.workdir / "server-overload.log", **settings) as s:
         tasks = upload_all(s.url, {k: kit.tasks[k] for k in ("t00", "t01", "t02", "t03")})
         refs = asyncio.run(references(s.url, tasks, images[:3]))
-        result = asyncio.run(overload_run(s.url, tasks, images[:3], refs, clients=32, seconds=4.0, pid=s.pid))
+        result = asyncio.run(overload_run(Traffic(s.url, tasks, images[:3], refs), clients=32, seconds=4.0, pid=s.pid))
         assert s.alive()
         assert httpx.get(f"{s.url}/healthz", timeout=5).status_code == 200
     # clients beyond capacity are refused, with Retry-After, and only ever with 503 overloaded

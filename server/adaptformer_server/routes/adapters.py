@@ -194,8 +194,7 @@ async def download_adapter(
 async def rollback_adapter(task: str, _: AdminAuth, adapters: Adapters, body: RollbackRequest | None = None) -> dict:
     with counted(lambda status: adapters.metrics.rollbacks.labels(status).inc(), 200):
         result = await adapters.rollback(task, body.version if body else None)
-    assert result.previous is not None
-    return {"adapter": adapters.info(result.entry), "previous_version": result.previous.version}
+    return _made_current(adapters, result)
 
 
 @router.get(
@@ -225,7 +224,11 @@ async def put_split(task: str, body: SplitRequest, _: AdminAuth, adapters: Adapt
     responses=error_responses(401, 403, 404, 409, 422, 503),
 )
 async def promote_split(task: str, body: PromoteRequest, _: AdminAuth, adapters: Adapters) -> dict:
-    result = await adapters.promote(task, body.version)
+    return _made_current(adapters, await adapters.promote(task, body.version))
+
+
+def _made_current(adapters: AdapterManager, result: Replacement) -> dict:
+    """What a rollback or a promote answers: the version made current and the one it replaced."""
     assert result.previous is not None
     return {"adapter": adapters.info(result.entry), "previous_version": result.previous.version}
 
