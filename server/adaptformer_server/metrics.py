@@ -27,6 +27,7 @@ __all__ = ["ALL_TASKS", "CONTENT_TYPE_LATEST", "OTHER", "Metrics"]
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_SCORES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 # Label values come from closed sets: a client must not be able to add series (any token is a valid method).
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 OTHER = "other"
@@ -94,6 +95,14 @@ class Metrics:
             "adaptformer_version_request_seconds",
             "Prediction latency by task and the adapter version admitted",
             ["task", "version"],
+        )
+        self.version_top1 = Histogram(
+            "adaptformer_version_top1_score",
+            "Top-1 softmax score of each image or clip answered, by task and the adapter version that ran (a canary "
+            "whose scores fall is less sure of its answers than the version it would replace)",
+            ["task", "version"],
+            buckets=_SCORES,
+            registry=r,
         )
         self.batch_size = Histogram("adaptformer_batch_size", "Samples per forward pass", buckets=_SIZES, registry=r)
         self.batch_tasks = Histogram(
@@ -175,6 +184,13 @@ class Metrics:
         task = self.task_label(task)
         self.version_requests.labels(task, label, status).inc()
         self.version_latency.labels(task, label).observe(elapsed)
+
+    def observe_scores(self, task: str, version: str, top1: Iterable[float]) -> None:
+        """The top-1 score of each input a version of ``task`` answered (bounded as :meth:`observe_version`)."""
+        label = version if self.version_label(task, version) else OTHER
+        histogram = self.version_top1.labels(self.task_label(task), label)
+        for score in top1:
+            histogram.observe(score)
 
     def observe_prediction(self, tasks: Iterable[str], names: Iterable[str], status: str, elapsed: float) -> None:
         """Counts a prediction request that ended with ``status`` under each task it ran (``tasks``: the names

@@ -80,6 +80,30 @@ async def test_split_shares_requests_within_binomial_bounds(vit, store, make_set
         assert v2 == {old, new}
         metrics = (await client.get("/metrics")).text
         assert f'adaptformer_version_requests_total{{status="200",task="cars",version="{old}"}}' in metrics
+        # one top-1 score per image answered, under the version that answered it; a softmax top-1 of 4 classes
+        # lies in [1/4, 1]
+        scored = {
+            v: sample(metrics, "adaptformer_version_top1_score_count", task="cars", version=v) for v in (old, new)
+        }
+        assert scored[old] >= served.count(old) and scored[new] >= served.count(new) + 20, scored
+        assert scored[old] + scored[new] == 3000 + 20 + 60, scored
+        for v in (old, new):
+            total = sample(metrics, "adaptformer_version_top1_score_sum", task="cars", version=v)
+            assert 0.25 <= total / scored[v] <= 1.0, (v, total, scored[v])
+            below_one = sample(metrics, "adaptformer_version_top1_score_bucket", task="cars", version=v, le="0.99")
+            assert below_one <= scored[v]
+
+
+def sample(metrics: str, name: str, **labels: str) -> float:
+    """The value of the one series of ``name`` with exactly ``labels`` in a Prometheus text exposition."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith(f"{name}{{") and ",".join(sorted(line[len(name) + 1 : line.index("}")].split(","))) == want
+    ]
+    assert len(values) == 1, (name, labels, values)
+    return values[0]
 
 
 async def test_a_session_keeps_its_version_and_sessions_spread_by_weight(vit, store, make_settings):
@@ -235,6 +259,12 @@ def test_fronts_and_engine_agree_on_the_split(tmp_path):
         for s in ("alice", "bob", "carol"):
             got = [ask(s) for _ in range(8)]
             assert {v for v, _ in got} == {split.choose(session_point("cars", s))}
+            served += [v for v, _ in got]
+        # each front scores what it answered; /metrics sums the fronts
+        metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+        for v in (old, new):
+            count = sample(metrics, "adaptformer_version_top1_score_count", task="cars", version=v)
+            assert count == served.count(v), (v, count, served.count(v))
         with httpx.Client(base_url=server.url, timeout=30) as http:
             assert http.post("/adapters/cars/split/promote", json={"version": old}).status_code == 200
         assert {ask()[0] for _ in range(20)} == {old}

@@ -304,6 +304,10 @@ class InferenceService(Generic[A]):
         jobs, logits = await self._run(jobs, admitted.optional)
         latency_ms = round((time.perf_counter() - admitted.start) * 1000, 3)
         results = [(entry, out) for (entry, _, _), out in zip(jobs, logits, strict=True)]
+        for entry, out in results:
+            if out:
+                top1 = torch.softmax(torch.stack([o.reshape(-1).float() for o in out]), dim=-1).amax(dim=-1)
+                self.metrics.observe_scores(entry.task, entry.version, top1.tolist())
         return InferenceResult(payload, results, latency_ms)
 
     async def _resolve(
