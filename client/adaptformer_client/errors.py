@@ -12,6 +12,7 @@ __all__ = [
     "APITimeoutError",
     "AdaptformerClientError",
     "AuthError",
+    "ConflictError",
     "IncompatibleAdapterError",
     "InvalidAdapterError",
     "InvalidInputError",
@@ -68,6 +69,11 @@ class IncompatibleAdapterError(AdaptformerClientError):
     """409: the adapter does not fit the server's backbone; ``check`` says which check failed."""
 
 
+class ConflictError(AdaptformerClientError):
+    """409 ``conflict``: the request does not fit the current state (no traffic split to promote or abort, a
+    version not in the split, a training job that can no longer be cancelled); read the state again, then decide."""
+
+
 class PayloadTooLargeError(AdaptformerClientError):
     """413: body, image pixels, number of images/frames/parts or upload size over the server's limit."""
 
@@ -111,6 +117,7 @@ _BY_CODE: dict[str, type[AdaptformerClientError]] = {
     "forbidden": PermissionDeniedError,
     "not_found": NotFoundError,
     "incompatible_adapter": IncompatibleAdapterError,
+    "conflict": ConflictError,
     "payload_too_large": PayloadTooLargeError,
     "unsupported_media_type": UnsupportedMediaTypeError,
     "invalid_adapter": InvalidAdapterError,

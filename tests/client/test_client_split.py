@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from adaptformer_client import AdaptformerClientError, InvalidInputError
+from adaptformer_client import ConflictError, IncompatibleAdapterError, InvalidInputError
 from adaptformer_client.cli import main
 from adaptformer_server import schemas
 from tests.client.conftest import adapter_info, error
@@ -74,9 +74,10 @@ async def test_split_get_promote_abort(fake: SplitFake, through: Callable[..., A
         with pytest.raises(InvalidInputError, match="sum to 1"):
             await call("split", "cars", {OLD: 0.9, NEW: 0.2})
         assert (await call("abort_split", "cars")).versions == {NEW: 1.0}
-        with pytest.raises(AdaptformerClientError, match="no traffic split") as conflict:
+        with pytest.raises(ConflictError, match="no traffic split") as conflict:
             await call("abort_split", "cars")
-        assert conflict.value.status == 409
+        assert (conflict.value.status, conflict.value.code) == (409, "conflict")
+        assert not isinstance(conflict.value, IncompatibleAdapterError)
         assert fake.seen[-1][:2] == ("DELETE", "/adapters/cars/split")
         assert len([s for s in fake.seen if s[0] == "DELETE"]) == 2  # a 409 is not resent
         await call("split", "cars", {OLD: 0.5, NEW: 0.5})
