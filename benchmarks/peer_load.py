@@ -26,11 +26,9 @@ from pathlib import Path
 
 import torch
 
-from adaptformer_server.backbone import load_backbone
-from adaptformer_server.settings import Settings
 from benchmarks.machine import header, report_head, write_report
-from benchmarks.server_load import adapter_file, engine_alone, wrk_load
-from tests.support import ServerProcess, embedded_backbone, png, wait_ready
+from benchmarks.server_load import adapter_file, engine_alone, random_backbone, wrk_load
+from tests.support import ServerProcess, png, wait_ready
 
 TASKS = 16
 BOUNDARY = "adaptformerbenchboundary"
@@ -109,18 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     with tempfile.TemporaryDirectory(prefix="adaptformer-peer-") as tmp:
         work = Path(tmp)
-        weights = work / "backbone.safetensors"
-        if args.backbone == "embedded":
-            vit = embedded_backbone(weights, seed=0)
-            backbone: list[object] = ["--weights", weights]
-        else:
-            import timm
-            from safetensors.torch import save_file
-
-            vit = timm.create_model(args.backbone, pretrained=False, num_classes=0)
-            save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, weights)
-            vit, _ = load_backbone(Settings(backbone=args.backbone, weights=weights))
-            backbone = ["--backbone", args.backbone, "--weights", weights]
+        vit, weights, backbone = random_backbone(args.backbone, work)
         size = vit.patch_embed.img_size[0]
         store = work / "store"
         store.mkdir()

@@ -63,6 +63,21 @@ def backbone_for(args: argparse.Namespace, workdir: Path) -> tuple[torch.nn.Modu
     return vit, args.weights
 
 
+def random_backbone(name: str, workdir: Path) -> tuple[torch.nn.Module, Path, list[object]]:
+    """``embedded`` or a timm ViT with random weights, saved as ``workdir/backbone.safetensors``: the model (to
+    build adapters on), the weights file and the server flags that serve it."""
+    weights = workdir / "backbone.safetensors"
+    if name == "embedded":
+        return embedded_backbone(weights, seed=0), weights, ["--weights", weights]
+    import timm
+    from safetensors.torch import save_file
+
+    vit = timm.create_model(name, pretrained=False, num_classes=0)
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, weights)
+    vit, _ = load_backbone(Settings(backbone=name, weights=weights))
+    return vit, weights, ["--backbone", name, "--weights", weights]
+
+
 def adapter_file(vit: torch.nn.Module, name: str, bottleneck: int, seed: int) -> bytes:
     """A 10-class adapter file on ``vit`` with small random weights (:func:`tests.support.adapter_bytes`)."""
     if not getattr(vit, "pretrained_cfg", None):

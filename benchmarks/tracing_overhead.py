@@ -2,11 +2,12 @@
 
     python -m benchmarks.tracing_overhead --out docs/benchmarks/tracing_overhead.md
     python -m benchmarks.tracing_overhead --seconds 5 --rounds 1          # a smoke run
+    python -m benchmarks.tracing_overhead --backbone vit_small_patch16_224 --out docs/benchmarks/tracing_overhead_vit_small.md
 
 For each server shape (one process; ``--workers 2``: two fronts and an engine process) two real servers run side by
-side, one with tracing off and one with it on, on the embedded backbone (random weights) with 16 adapters; the load
-generator (``benchmarks.server_load.load``: closed loop, one PNG per request, the tasks mixed) loads one server at a
-time for ``--seconds``, in the order off, on, on, off, ... so that a drift of the machine's load falls on both
+side, one with tracing off and one with it on, on the embedded backbone or ``--backbone`` (random weights) with 16
+adapters; the load generator (``benchmarks.server_load.load``: closed loop, one PNG per request, the tasks mixed)
+loads one server at a time for ``--seconds``, in the order off, on, on, off, ... so that a drift of the machine's load falls on both
 alike. The traced servers export every span over OTLP/HTTP (their BatchSpanProcessor, the default exporter) to a
 sink in this process that answers 200 and counts what it got: the cost measured includes making, batching,
 encoding and sending the spans. The ratio is the median over the rounds of on/off images/s.
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from adaptformer_server import tracing
 from benchmarks.machine import header, report_head, write_report
-from benchmarks.server_load import TASKS, adapter_file, backbone_for, images, load
+from benchmarks.server_load import TASKS, adapter_file, images, load, random_backbone
 from tests.support import ServerProcess
 
 SHAPES = {"one process": [], "2 fronts + engine": ["--workers", "2", "--engine-process", "on"]}
@@ -76,9 +77,14 @@ class Sink(http.server.ThreadingHTTPServer):
 
 
 def server(
-    args: argparse.Namespace, store: Path, weights: Path, shape: list[str], mode: dict[str, str] | None, sink: Sink
+    args: argparse.Namespace,
+    store: Path,
+    backbone: list[object],
+    shape: list[str],
+    mode: dict[str, str] | None,
+    sink: Sink,
 ) -> ServerProcess:
-    flags: list[object] = ["--weights", weights, "--store", store, "--no-seed-demo", "--log-level", "warning"]
+    flags: list[object] = [*backbone, "--store", store, "--no-seed-demo", "--log-level", "warning"]
     flags += ["--threads", args.threads, "--max-batch-size", 32, "--max-wait-ms", 5, "--queue-size", 4096, *shape]
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint, "OTEL_SERVICE_NAME": "tracing-overhead", **(mode or {})}
     return ServerProcess([*flags, "--no-tracing" if mode is None else "--tracing"], env=env, ready_timeout=600)
@@ -115,20 +121,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads of each server")
+    p.add_argument("--backbone", default="embedded", help="embedded, or a timm ViT name (random weights)")
     p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated: " + ", ".join(SHAPES))
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--note", default="")
     args = p.parse_args(argv)
     results = header("benchmarks.tracing_overhead", argv, args.note)
     results.update(seconds=args.seconds, rounds=args.rounds, concurrency=args.concurrency, threads=args.threads)
+    results["backbone"] = args.backbone
     results["off_path"] = off_path()
     results["shapes"] = {}
     sink = Sink()
     with tempfile.TemporaryDirectory(prefix="adaptformer-tracing-") as tmp:
         work = Path(tmp)
-        args.backbone, args.weights = "embedded", None
-        vit, weights = backbone_for(args, work)
-        assert weights is not None
+        vit, _, backbone = random_backbone(args.backbone, work)
         size = vit.patch_embed.img_size[0]
         store = work / "store"
         store.mkdir()
@@ -138,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         payloads = images(32, size)
         for shape in args.shapes.split(","):
             with contextlib.ExitStack() as stack:
-                servers = {m: stack.enter_context(server(args, store, weights, SHAPES[shape], env, sink))
+                servers = {m: stack.enter_context(server(args, store, backbone, SHAPES[shape], env, sink))
                            for m, env in MODES.items()}  # fmt: skip
                 rows: dict[str, list[dict]] = {m: [] for m in MODES}
                 before = sink.requests, sink.bytes
@@ -168,7 +174,7 @@ def render(r: dict) -> str:
             "Tracing overhead",
             r,
             f" Each round: {r['seconds']:g} s of closed-loop load at concurrency {r['concurrency']} (one PNG per "
-            f"request, 16 tasks mixed; the embedded backbone, {r['threads']} torch thread per server, max batch 32, "
+            f"request, 16 tasks mixed; backbone `{r.get('backbone', 'embedded')}` (random weights), {r['threads']} torch thread per server, max batch 32, "
             f"max wait 5 ms) on each of three servers side by side: tracing off, on (every request sampled), on with "
             f"1 request in 10 sampled (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=0.1`); "
             f"{r['rounds']} rounds, the order reversed every other round; the traced servers export every sampled span "
