@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import os
 import threading
@@ -11,7 +10,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from adaptformer.adapter_file import load_adapter
@@ -30,7 +28,7 @@ from adaptformer.gathered import (
 from adaptformer.layer import AdaptedBlock, block_forward
 from adaptformer.model import BlockArgs, block_inputs, check_supported
 from adaptformer.task import TaskAdapter
-from adaptformer.video import TemporalRows, VideoViT
+from adaptformer.video import TemporalRows, VideoViT, clip_support
 
 __all__ = ["PATHS", "MultiTaskViT", "TaskTable"]
 
@@ -120,8 +118,6 @@ class MultiTaskViT(nn.Module):
         self.vit = vit.eval()
         self.fingerprint = fingerprint or backbone_fingerprint(vit)
         self.spec = BackboneSpec.of(vit, self.fingerprint)  # what a task must match (prepare checks it)
-        if not isinstance(vit, VisionTransformer):  # rotary embedding / relative position bias: a 2D grid only
-            self.spec = dataclasses.replace(self.spec, supports_clips=False)
         self._table = TaskTable()
         self._lock = threading.Lock()
         self._video: dict[tuple[int, int], VideoViT] = {}
@@ -196,10 +192,8 @@ class MultiTaskViT(nn.Module):
         """The tokens before the blocks (:meth:`embed`) and what the backbone gives each block besides them (Eva's
         rotary embedding, Beit's relative position bias; nothing for a ViT), built once per forward."""
         if x.ndim == 5:
-            if not isinstance(self.vit, VisionTransformer):
-                raise ValueError(
-                    f"clips need a VisionTransformer backbone; this {type(self.vit).__name__} takes images only"
-                )
+            if (why := clip_support(self.vit)) is not None:
+                raise ValueError(why)
             return self.video(x.shape[1], tubelet).embed(x, temporal or [(None, None)]), [{}] * len(self.vit.blocks)
         if x.ndim != 4:
             raise ValueError(f"expected images [batch, 3, H, W] or clips [batch, frames, 3, H, W], got {list(x.shape)}")

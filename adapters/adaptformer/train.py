@@ -26,6 +26,7 @@ from adaptformer.fingerprint import backbone_fingerprint
 from adaptformer.model import add_adapters, base_vit, linear_probe, trainable_parameters
 from adaptformer.temporal import TemporalConfig
 from adaptformer.video import video_vit
+from adaptformer.videomae import is_video_pretrained
 from adaptformer.vpt import add_prompts
 
 __all__ = ["METHODS", "TrainConfig", "TrainResult", "build_model", "evaluate", "fit", "save_result"]
@@ -62,7 +63,7 @@ class TrainConfig:
         amp: Mixed precision (bfloat16 autocast) on GPU.
         tubelet: Frames per space-time token for clip tasks.
         temporal: A clip task's temporal parts: ``auto`` (``diff``; ``none`` for a linear probe, which trains its
-            head only), ``none``, or a ``+``-list of ``diff``, ``time``, ``mix``, ``low``, ``proj`` (see
+            head only, and on a video-pretrained backbone such as VideoMAE), ``none``, or a ``+``-list of ``diff``, ``time``, ``mix``, ``low``, ``proj`` (see
             :mod:`adaptformer.temporal`; ``low+proj`` keeps a clip task within a tenth of a percent of the backbone).
             Image tasks have none.
         eval_every: Epochs between validation passes (the last epoch is always validated).
@@ -99,10 +100,13 @@ class TrainConfig:
             raise ValueError(f"eval_every must be >= 1, got {self.eval_every!r}")
         self.temporal_config()  # fails early on a malformed list
 
-    def temporal_config(self) -> TemporalConfig:
-        """The temporal parts a clip task gets with this recipe."""
+    def temporal_config(self, backbone: nn.Module | None = None) -> TemporalConfig:
+        """The temporal parts a clip task on ``backbone`` gets with this recipe: for ``auto``, none for a linear
+        probe and for a video-pretrained backbone (VideoMAE: its own tubelet kernel sees motion, and the paper's
+        video results train branches and head alone on it), else ``diff``."""
         if self.temporal == "auto":
-            return TemporalConfig.parse("none" if self.method == "linear" else DEFAULT_TEMPORAL)
+            native = backbone is not None and is_video_pretrained(backbone)
+            return TemporalConfig.parse("none" if self.method == "linear" or native else DEFAULT_TEMPORAL)
         return TemporalConfig.parse(self.temporal)
 
     def to_dict(self) -> dict:
@@ -127,7 +131,7 @@ def build_model(backbone: Backbone, cfg: TrainConfig, num_classes: int, frames: 
     torch.manual_seed(cfg.seed)
     model: nn.Module = backbone.model
     if frames > 1:
-        model = video_vit(model, frames=frames, tubelet=cfg.tubelet, temporal=cfg.temporal_config())
+        model = video_vit(model, frames=frames, tubelet=cfg.tubelet, temporal=cfg.temporal_config(model))
     if cfg.method == "adaptformer":
         return add_adapters(model, cfg.adapter, num_classes=num_classes)
     if cfg.method == "linear":

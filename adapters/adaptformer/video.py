@@ -12,7 +12,7 @@ from torch import nn
 from adaptformer.errors import UnsupportedModelError
 from adaptformer.model import base_vit
 from adaptformer.temporal import TemporalConfig, TemporalPart
-from adaptformer.videomae import TubeletProjection, sinusoid_table
+from adaptformer.videomae import TubeletProjection, is_video_pretrained, sinusoid_table
 
 __all__ = ["TemporalRows", "VideoViT", "clip_support", "video_vit"]
 
@@ -26,9 +26,15 @@ def _sinusoid(positions: int, dim: int) -> torch.Tensor:
 
 
 def clip_support(vit: nn.Module) -> str | None:
-    """Why ``vit`` cannot read clips (``None`` when it can): the rule of :class:`VideoViT` and of ``BackboneSpec``."""
+    """Why ``vit`` cannot read clips (``None`` when it can): the rule of :class:`VideoViT`, of ``BackboneSpec`` and
+    of the engine."""
+    if not isinstance(vit, VisionTransformer):  # Eva, Beit: rotary embedding / relative position bias
+        return (
+            f"clips need a VisionTransformer backbone; this {type(vit).__name__} takes images only (its blocks "
+            "take positions on the 2D image grid)"
+        )
     proj = getattr(getattr(vit, "patch_embed", None), "proj", None)
-    if isinstance(proj, TubeletProjection):  # a video backbone: its own kernel and position table
+    if is_video_pretrained(vit):  # its own kernel and position table
         return "video_vit needs a fixed input size" if getattr(vit, "dynamic_img_size", False) else None
     if not isinstance(proj, nn.Conv2d) or tuple(proj.kernel_size) != tuple(proj.stride):
         return "video_vit needs a ViT whose patch embedding is a Conv2d with stride = kernel"

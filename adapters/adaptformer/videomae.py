@@ -44,6 +44,7 @@ from adaptformer.errors import AdaptformerError
 __all__ = [
     "VIDEOMAE_NAMES",
     "TubeletProjection",
+    "is_video_pretrained",
     "is_videomae",
     "load_videomae",
     "read_checkpoint",
@@ -69,6 +70,13 @@ _IGNORED = ("decoder.", "encoder_to_decoder.", "mask_token", "head.", "classifie
 def is_videomae(name: str) -> bool:
     """Whether a backbone name asks for a VideoMAE checkpoint (``videomae``, ``videomae-base``...)."""
     return name in VIDEOMAE_NAMES
+
+
+def is_video_pretrained(vit: nn.Module) -> bool:
+    """Whether ``vit`` (or the image ViT of a video model) embeds tubelets with a kernel of its own (VideoMAE's
+    :class:`TubeletProjection`) rather than an image patch kernel inflated over time."""
+    vit = getattr(vit, "vit", vit)
+    return isinstance(getattr(getattr(vit, "patch_embed", None), "proj", None), TubeletProjection)
 
 
 def sinusoid_table(positions: int, dim: int) -> torch.Tensor:

@@ -96,7 +96,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
     backbone: str = Field("embedded", description="'embedded' (shipped 28x28 ViT) or any timm ViT name")
     weights: Path | None = Field(
-        None, description="backbone weights file (safetensors or torch state dict); timm name: none = download"
+        None,
+        description="backbone weights: a file (safetensors or torch state dict), or for videomae-* also a Hugging "
+        "Face model folder; a timm name without weights: downloaded",
     )
     store: Path = Field(default_factory=default_store, description="adapter directory (<task>.safetensors files)")
     seed_demo: bool = Field(True, description="copy the shipped demo adapters into an unseeded store (embedded only)")

@@ -17,8 +17,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import adaptformer as af
 from adaptformer.backbone import load_backbone
+from adaptformer.fit import BackboneSpec
 from adaptformer.layer import block_family, run_block
 from adaptformer.model import block_inputs
+from adaptformer.video import VideoViT, clip_support
 from tests.support import adapted, max_diff
 
 SMALL = {"depth": 3, "embed_dim": 64, "num_heads": 2}
@@ -226,9 +228,14 @@ def test_op_count_does_not_grow_with_tasks(family_name: str) -> None:
 
 
 def test_clips_refused_with_a_reason(backbone: nn.Module, task_models: dict[str, nn.Module]) -> None:
-    """An Eva or Beit takes images only: the engine's spec says so and a clip batch is a clear ValueError."""
+    """An Eva or Beit takes images only: the library's clip rule, the backbone's spec and the engine's say so, and a
+    clip batch is a clear ValueError."""
+    assert "takes images only" in (clip_support(backbone) or "")
+    assert BackboneSpec.of(backbone, "f").supports_clips is False
     engine = _engine(backbone, {"t0": task_models["t0"]}, "slices")
     assert engine.spec.supports_clips is False
+    with pytest.raises(af.UnsupportedModelError, match="takes images only"):
+        VideoViT(backbone, frames=2)
     size = backbone.patch_embed.img_size[0]
     with pytest.raises(ValueError, match="clips need a VisionTransformer"):
         engine(torch.zeros(1, 2, 3, size, size), "t0")

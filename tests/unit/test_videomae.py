@@ -21,6 +21,7 @@ from adaptformer.adapter_header import read_header
 from adaptformer.backbone import load_backbone
 from adaptformer.errors import AdaptformerError
 from adaptformer.temporal import TemporalConfig
+from adaptformer.train import TrainConfig
 from adaptformer.video import VideoViT
 from adaptformer.videomae import TubeletProjection, load_videomae
 from tests.support import adapted, max_diff
@@ -294,7 +295,17 @@ def test_cli_trains_and_evaluates_a_clip_task_on_it(hf_folder: Path, tmp_path: P
     assert header.metadata.backbone_fingerprint == af.backbone_fingerprint(vit)
     spec = header.metadata.input
     assert (spec.modality, spec.frames, spec.tubelet, spec.size) == ("clip", FRAMES, 2, SIZE)
+    # the default temporal part on a video-pretrained backbone is none: its own tubelet kernel sees motion
+    assert str(TemporalConfig.from_dict(header.metadata.temporal or {})) == "none"
     main(["eval", "--adapter", str(out), *common, "--limit", "8"])
+
+
+def test_auto_temporal_part_is_none_on_a_video_backbone(backbone: af.Backbone) -> None:
+    """``temporal=auto``: none on VideoMAE (and for a linear probe), ``diff`` on an image ViT inflated over time."""
+    assert str(TrainConfig().temporal_config(backbone.model)) == "none"
+    assert str(TrainConfig().temporal_config(load_backbone().model)) == "diff"
+    assert str(TrainConfig(method="linear").temporal_config(load_backbone().model)) == "none"
+    assert str(TrainConfig(temporal="low+proj").temporal_config(backbone.model)) == "low+proj"
 
 
 def test_server_loads_a_model_folder(hf_folder: Path) -> None:
