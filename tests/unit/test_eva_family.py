@@ -26,7 +26,7 @@ from tests.support import adapted, max_diff
 SMALL = {"depth": 3, "embed_dim": 64, "num_heads": 2}
 # Small random versions of each family's timm models (random weights; nothing is downloaded). Eva: rotary embedding
 # and a packed SwiGLU MLP (eva02), layer scale (init_values), the split SwiGLU with its inner norm (scale_mlp, as
-# eva02_base), the Perception Encoder's attention pooling; Beit: a relative position bias per block with layer scale,
+# eva02_base), the Perception Encoder's attention pooling (core) and its spatial and language variants; Beit: a relative position bias per block with layer scale,
 # or one shared by all blocks.
 FAMILIES: dict[str, Callable[[], nn.Module]] = {
     "eva02": lambda: timm.create_model("eva02_tiny_patch14_224", img_size=42, **SMALL),
@@ -34,6 +34,8 @@ FAMILIES: dict[str, Callable[[], nn.Module]] = {
         "eva02_tiny_patch14_224", img_size=42, init_values=0.5, scale_mlp=True, **SMALL
     ),
     "pe-core": lambda: timm.create_model("vit_pe_core_tiny_patch16_384", img_size=48, **SMALL),
+    "pe-spatial": lambda: timm.create_model("vit_pe_spatial_tiny_patch16_512", img_size=48, **SMALL),
+    "pe-lang": lambda: timm.create_model("vit_pe_lang_large_patch14_448", img_size=42, **SMALL),
     "beit": lambda: timm.create_model("beit_base_patch16_224", img_size=48, **SMALL),
     "beit-shared-bias": lambda: timm.create_model(
         "beit_base_patch16_224", img_size=48, use_rel_pos_bias=False, use_shared_rel_pos_bias=True, **SMALL
