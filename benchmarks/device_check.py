@@ -211,12 +211,8 @@ def server_part(args: argparse.Namespace, device: torch.device) -> dict:
             ns = argparse.Namespace(backbone=args.model, weights=weights, device=str(device))
         vit, _ = sl.backbone_for(ns, work)
         size = vit.patch_embed.img_size[0]
-        files = [sl.adapter_file(vit, f"task{i}", args.bottleneck, seed=i) for i in range(args.server_tasks)]
         store = work / "store"
-        store.mkdir()
-        for i, data in enumerate(files):
-            (store / f"task{i}.safetensors").write_bytes(data)
-        tasks = [f"task{i}" for i in range(args.server_tasks)]
+        tasks = sl.task_store(store, vit, args.bottleneck, args.server_tasks)
         photo = (64, 48) if args.quick else (1024, 768)
         inputs = {
             f"png {size}": sl.images(32, size),

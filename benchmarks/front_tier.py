@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
 import statistics
 import sys
 import tempfile
@@ -33,12 +32,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from benchmarks.machine import header, report_head, write_report
-from benchmarks.server_load import adapter_file, wrk_load
+from benchmarks.machine import finish, header, report_head
+from benchmarks.server_load import TASKS, task_store, wrk_load
 from tests.support import ServerProcess, children, cpu_seconds, embedded_backbone, png
 
 STAND_IN = Path(__file__).with_name("stand_in_server.py")
-TASKS = 16
 SHAPES = {
     "one process": ["--workers", "1"],
     "1 front + engine": ["--workers", "1", "--engine-process", "on"],
@@ -92,9 +90,7 @@ class Tree:
 
 def build_store(work: Path, kind: str, vit: torch.nn.Module) -> Path:
     store = work / f"store-{kind}"
-    store.mkdir()
-    for i in range(TASKS):
-        (store / f"task{i}.safetensors").write_bytes(adapter_file(vit, f"task{i}", 8, seed=i))
+    task_store(store, vit, 8)
     return store
 
 
@@ -198,8 +194,7 @@ def main(argv: list[str] | None = None) -> None:
                 "two_over_one_front": round(two / one, 3) if one else float("nan"),
                 "fed_by_16_cores": round(14 * 1000 / summary["2 fronts + engine"]["cpu_ms_per_image_fronts"]),
             }
-    results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    write_report(args.out, render(results), results)
+    finish(args.out, results, render)
 
 
 NAMES = {"png28": "28x28 PNG", "jpeg224": "224x224 JPEG", "jpeg1024": "1024x768 JPEG, resized to 224"}

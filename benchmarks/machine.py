@@ -8,6 +8,7 @@ import os
 import platform
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,13 @@ def header(module: str, argv: list[str] | None, note: str = "") -> dict[str, Any
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
         "note": note,
     }
+
+
+def finish(out: Path | None, results: dict[str, Any], render: Callable[[dict[str, Any]], str]) -> None:
+    """Records the load average at the end in ``results``, then prints and writes the report ``render`` makes of
+    them (:func:`write_report`)."""
+    results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    write_report(out, render(results), results)
 
 
 def write_report(out: Path | None, report: str, results: dict[str, Any]) -> None:

@@ -18,7 +18,6 @@ every server), wrk with ``--clients`` connections, torch 1 thread everywhere, in
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -26,11 +25,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.machine import header, report_head, write_report
-from benchmarks.server_load import adapter_file, engine_alone, random_backbone, wrk_load
+from benchmarks.machine import finish, header, report_head
+from benchmarks.server_load import TASKS, engine_alone, random_backbone, task_store, wrk_load
 from tests.support import ServerProcess, png, wait_ready
 
-TASKS = 16
 BOUNDARY = "adaptformerbenchboundary"
 PEER = Path(__file__).with_name("litserve_peer.py")
 
@@ -110,9 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         vit, weights, backbone = random_backbone(args.backbone, work)
         size = vit.patch_embed.img_size[0]
         store = work / "store"
-        store.mkdir()
-        for i in range(TASKS):
-            (store / f"task{i}.safetensors").write_bytes(adapter_file(vit, f"task{i}", args.bottleneck, seed=i))
+        task_store(store, vit, args.bottleneck)
         images = [png(i, size) for i in range(8)]
         ours = [form(images[k % len(images)], None) for k in range(8)]
         theirs = [form(images[k % len(images)], f"task{k % TASKS}") for k in range(2 * TASKS)]
@@ -155,8 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         "server / LitServe": round(med["server"]["rps"] / med["LitServe"]["rps"], 3),
         "server, 2 fronts / LitServe": round(med["server, 2 fronts"]["rps"] / med["LitServe"]["rps"], 3),
     }
-    results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    write_report(args.out, render(results), results)
+    finish(args.out, results, render)
 
 
 def render(r: dict) -> str:

@@ -47,7 +47,7 @@ from adaptformer.engine import MultiTaskViT
 from adaptformer_server.backbone import load_backbone, resolve_device
 from adaptformer_server.settings import Settings
 from benchmarks import engine_throughput as bench
-from benchmarks.machine import cpu_model, write_report
+from benchmarks.machine import cpu_model, finish, write_report
 from tests.support import ServerProcess, adapter_bytes, embedded_backbone, png
 
 TASKS = 16
@@ -84,6 +84,16 @@ def adapter_file(vit: torch.nn.Module, name: str, bottleneck: int, seed: int) ->
         vit.pretrained_cfg = {"architecture": "benchmark-vit"}
     labels = [str(i) for i in range(10)]
     return adapter_bytes(vit, name, num_classes=10, bottleneck=bottleneck, seed=seed, scale=0.02, labels=labels)
+
+
+def task_store(store: Path, vit: torch.nn.Module, bottleneck: int, tasks: int = TASKS) -> list[str]:
+    """Makes the folder ``store`` with ``tasks`` adapter files ``task0``, ``task1``... (:func:`adapter_file`, seeded
+    by their index); returns their names."""
+    store.mkdir()
+    names = [f"task{i}" for i in range(tasks)]
+    for i, name in enumerate(names):
+        (store / f"{name}.safetensors").write_bytes(adapter_file(vit, name, bottleneck, seed=i))
+    return names
 
 
 def images(n: int, size: int) -> list[bytes]:
@@ -404,18 +414,13 @@ def main(argv: list[str] | None = None) -> None:
         vit, _ = backbone_for(args, work)
         size = vit.patch_embed.img_size[0]
         print(f"building {TASKS} adapters (d^={bottleneck}) on {args.backbone}", flush=True)
-        files = [adapter_file(vit, f"task{i}", bottleneck, seed=i) for i in range(TASKS)]
-        payloads = images(32, size)
         store = work / "store"
-        store.mkdir()
-        for i, data in enumerate(files):
-            (store / f"task{i}.safetensors").write_bytes(data)
-        tasks = [f"task{i}" for i in range(TASKS)]
+        tasks = task_store(store, vit, bottleneck)
+        payloads = images(32, size)
         if args.saturation:
             args.seconds, args.bottleneck, args.reps = seconds, bottleneck, args.reps or (3 if quick else 7)
             results["saturation"] = saturation(args, vit, store, payloads, tasks)
-            results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-            write_report(args.out, render_saturation(results), results)
+            finish(args.out, results, render_saturation)
             return
 
         results["load"] = {}

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import http.server
-import os
 import statistics
 import tempfile
 import threading
@@ -30,8 +29,8 @@ import timeit
 from pathlib import Path
 
 from adaptformer_server import tracing
-from benchmarks.machine import header, report_head, write_report
-from benchmarks.server_load import TASKS, adapter_file, images, load, random_backbone
+from benchmarks.machine import finish, header, report_head
+from benchmarks.server_load import images, load, random_backbone, task_store
 from tests.support import ServerProcess
 
 SHAPES = {"one process": [], "2 fronts + engine": ["--workers", "2", "--engine-process", "on"]}
@@ -137,10 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         vit, _, backbone = random_backbone(args.backbone, work)
         size = vit.patch_embed.img_size[0]
         store = work / "store"
-        store.mkdir()
-        for i in range(TASKS):
-            (store / f"task{i}.safetensors").write_bytes(adapter_file(vit, f"task{i}", 64, seed=i))
-        tasks = [f"task{i}" for i in range(TASKS)]
+        tasks = task_store(store, vit, 64)
         payloads = images(32, size)
         for shape in args.shapes.split(","):
             with contextlib.ExitStack() as stack:
@@ -163,8 +159,7 @@ def main(argv: list[str] | None = None) -> None:
                     out[mode].update(ratios=[round(x, 4) for x in ratios], ratio=round(statistics.median(ratios), 4))
             results["shapes"][shape] = out
     sink.shutdown()
-    results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    write_report(args.out, render(results), results)
+    finish(args.out, results, render)
 
 
 def render(r: dict) -> str:

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -34,7 +33,7 @@ from adaptformer.backbone import load_backbone
 from adaptformer.temporal import TemporalConfig, TemporalPart
 from adaptformer.video import VideoViT
 from adaptformer.videomae import load_videomae, videomae_from_state
-from benchmarks.machine import header, report_head, write_report
+from benchmarks.machine import finish, header, report_head
 
 TINY = dict(image_size=32, patch_size=16, num_frames=4, tubelet_size=2, hidden_size=32, num_hidden_layers=2,
             num_attention_heads=4, intermediate_size=64, num_labels=3)  # fmt: skip
@@ -282,8 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
     batch, reps, frames = (4, 2, 4) if args.quick else (args.batch, args.reps, args.frames)
     results["throughput"] = throughput(batch, reps, frames)
     results["share"] = share()
-    results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    write_report(args.out, report(results), results)
+    finish(args.out, results, report)
     return results
 
 

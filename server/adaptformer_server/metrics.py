@@ -65,51 +65,52 @@ class Metrics:
         # The labelled series of every request, by label values (closed sets): `labels()` checks and locks per call.
         self._http_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._task_series: dict[tuple[str, str], Any] = {}
-        self.http_requests = Counter(
-            "adaptformer_http_requests",
-            "HTTP requests by method, route and status",
-            ["method", "route", "status"],
-            registry=r,
+
+        def counter(name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
+            return Counter(name, doc, list(labels), registry=r)
+
+        def histogram(
+            name: str, doc: str, labels: Sequence[str] = (), buckets: Sequence[float] = _LATENCY
+        ) -> Histogram:
+            return Histogram(name, doc, list(labels), buckets=buckets, registry=r)
+
+        self.http_requests = counter(
+            "adaptformer_http_requests", "HTTP requests by method, route and status", ["method", "route", "status"]
         )
 
-        def latency(name: str, doc: str, labels: Sequence[str] = ()) -> Histogram:
-            return Histogram(name, doc, list(labels), buckets=_LATENCY, registry=r)
-
-        self.http_latency = latency("adaptformer_http_request_seconds", "HTTP request latency by route", ["route"])
-        self.predictions = Counter(
-            "adaptformer_predict_requests", "Prediction requests by task and status", ["task", "status"], registry=r
+        self.http_latency = histogram("adaptformer_http_request_seconds", "HTTP request latency by route", ["route"])
+        self.predictions = counter(
+            "adaptformer_predict_requests", "Prediction requests by task and status", ["task", "status"]
         )
-        self.predict_latency = latency("adaptformer_predict_seconds", "Prediction latency, request received to answer")
-        self.task_latency = latency(
+        self.predict_latency = histogram(
+            "adaptformer_predict_seconds", "Prediction latency, request received to answer"
+        )
+        self.task_latency = histogram(
             "adaptformer_task_request_seconds",
             "Prediction latency by task (/predict and /v2 infer), names admitted to answer; outcome ok (2xx) or error",
             ["task", "outcome"],
         )
-        self.version_requests = Counter(
+        self.version_requests = counter(
             "adaptformer_version_requests",
             "Prediction requests by task, the adapter version admitted (current or in a split, else other) and status",
             ["task", "version", "status"],
-            registry=r,
         )
-        self.version_latency = latency(
+        self.version_latency = histogram(
             "adaptformer_version_request_seconds",
             "Prediction latency by task and the adapter version admitted",
             ["task", "version"],
         )
-        self.version_top1 = Histogram(
+        self.version_top1 = histogram(
             "adaptformer_version_top1_score",
             "Top-1 softmax score of each image or clip answered, by task and the adapter version that ran (a canary "
             "whose scores fall is less sure of its answers than the version it would replace)",
             ["task", "version"],
-            buckets=_SCORES,
-            registry=r,
+            _SCORES,
         )
-        self.batch_size = Histogram("adaptformer_batch_size", "Samples per forward pass", buckets=_SIZES, registry=r)
-        self.batch_tasks = Histogram(
-            "adaptformer_batch_tasks", "Distinct adapters per forward pass", buckets=_SIZES, registry=r
-        )
-        self.batch_latency = latency("adaptformer_batch_seconds", "Forward pass time per batch")
-        self.queue_wait = latency("adaptformer_queue_wait_seconds", "Time a sample waits in the queue")
+        self.batch_size = histogram("adaptformer_batch_size", "Samples per forward pass", buckets=_SIZES)
+        self.batch_tasks = histogram("adaptformer_batch_tasks", "Distinct adapters per forward pass", buckets=_SIZES)
+        self.batch_latency = histogram("adaptformer_batch_seconds", "Forward pass time per batch")
+        self.queue_wait = histogram("adaptformer_queue_wait_seconds", "Time a sample waits in the queue")
         # Several processes (tier/): gauges of live processes only, summed (the queue) or the engine's (the rest).
         self.queue_depth = Gauge(
             "adaptformer_queue_depth", "Samples waiting for a batch", registry=r, multiprocess_mode="livesum"
@@ -120,30 +121,25 @@ class Metrics:
         self.registered = Gauge(
             "adaptformer_registered_adapters", "Adapters in the registry", registry=r, multiprocess_mode="livemax"
         )
-        self.page_ins = Counter("adaptformer_page_ins", "Adapters loaded from the store into a slot", registry=r)
-        self.page_in_failures = Counter(
-            "adaptformer_page_in_failures", "Page-ins that failed (invalid or stale file)", registry=r
-        )
-        self.page_in_latency = latency("adaptformer_page_in_seconds", "Time to load, check and place one adapter")
-        self.evictions = Counter("adaptformer_evictions", "Adapters evicted from a slot (LRU)", registry=r)
-        self.uploads = Counter("adaptformer_uploads", "Adapter uploads by result status", ["status"], registry=r)
-        self.source_fetches = Counter(
+        self.page_ins = counter("adaptformer_page_ins", "Adapters loaded from the store into a slot")
+        self.page_in_failures = counter("adaptformer_page_in_failures", "Page-ins that failed (invalid or stale file)")
+        self.page_in_latency = histogram("adaptformer_page_in_seconds", "Time to load, check and place one adapter")
+        self.evictions = counter("adaptformer_evictions", "Adapters evicted from a slot (LRU)")
+        self.uploads = counter("adaptformer_uploads", "Adapter uploads by result status", ["status"])
+        self.source_fetches = counter(
             "adaptformer_source_fetches",
             "Adapters registered by reference (POST /adapters with a source), by scheme and result status",
             ["scheme", "status"],
-            registry=r,
         )
-        self.rollbacks = Counter("adaptformer_rollbacks", "Rollbacks by result status", ["status"], registry=r)
-        self.store_changes = Counter(
+        self.rollbacks = counter("adaptformer_rollbacks", "Rollbacks by result status", ["status"])
+        self.store_changes = counter(
             "adaptformer_store_changes",
             "Adapters added, replaced or removed in the store by another process (seen by the store watcher)",
             ["kind"],
-            registry=r,
         )
-        self.quarantined = Counter(
+        self.quarantined = counter(
             "adaptformer_quarantined_files",
             "Store files moved to .quarantine/ at start-up or by the store watcher because they can never be read",
-            registry=r,
         )
 
     def render(self) -> bytes:
