@@ -87,6 +87,28 @@ async def test_one_request_is_one_tree_of_stage_spans_with_its_request_id(vit, t
     assert forward.end_time <= encode.start_time <= encode.end_time <= root.end_time  # type: ignore[operator]
 
 
+async def test_a_kserve_request_has_the_same_stage_spans(vit, tasks_store, make_settings, spans):
+    """``/v2/models/{task}/infer``: admission, decode, queue wait, forward and encode under its HTTP span."""
+    app = create_app(make_settings(tracing=True), backbone=vit)
+    async with serving(app) as client:
+        spans.clear()
+        size = vit.patch_embed.img_size[0]
+        doc = {
+            "inputs": [
+                {"name": "input", "shape": [1, 3, size, size], "datatype": "FP32", "data": [0.0] * (3 * size * size)}
+            ]
+        }
+        r = await client.post("/v2/models/alpha/infer", json=doc, headers={"X-Request-ID": "trace-v2"})
+        assert r.status_code == 200, r.text
+    named = by_name(spans.get_finished_spans())
+    assert set(named) >= STAGES, set(named)
+    root = next(s for s in spans.get_finished_spans() if s.parent is None)
+    encode = named["encode"][0]
+    assert encode.parent is not None and encode.parent.span_id == root.context.span_id
+    assert rid_of(encode) == "trace-v2"
+    assert named["forward"][0].end_time <= encode.start_time <= encode.end_time <= root.end_time  # type: ignore[operator]
+
+
 async def test_a_mixed_batch_links_the_span_of_every_request_it_served(vit, tasks_store, make_settings, spans):
     # a batch of 2 goes once both samples are queued: the two requests are one forward pass
     app = create_app(make_settings(tracing=True, max_batch_size=2, max_wait_ms=5000), backbone=vit)

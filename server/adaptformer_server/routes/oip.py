@@ -38,7 +38,7 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
 from adaptformer.preprocess import InputSpec
-from adaptformer_server import __version__
+from adaptformer_server import __version__, tracing
 from adaptformer_server.backbone import BackboneError, resolve_device
 from adaptformer_server.deps import Inference, PredictAuth, PredictRoute, RuntimeDep, inference_of
 from adaptformer_server.errors import InvalidInput, ValidationFailed, as_api_error
@@ -575,4 +575,5 @@ async def infer(request: Request, task: str, version: str | None = None) -> Resp
         req = await _read(request, inference.limits, admitted.entries[0])
         done = await inference.infer(admitted, req)
         ((entry, logits),) = done.results
-        return _respond(req, entry, logits, done.latency_ms)
+        with tracing.span(inference.tracer, "encode"):
+            return _respond(req, entry, logits, done.latency_ms)
