@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 AF=${AF:-.venv/bin/adaptformer}
 OUT=adapters/adaptformer/demo
 mkdir -p "$OUT"
-"$AF" train --task digits --data digits --method adaptformer --bottleneck 64 --scale 0.1 --epochs 15 --out "$OUT/digits.safetensors"
-"$AF" train --task emoji --data emoji --method adaptformer --bottleneck 64 --scale 0.1 --epochs 15 --out "$OUT/emoji.safetensors"
-"$AF" train --task motion --data motion --frames 8 --method adaptformer --bottleneck 64 --scale 0.1 --epochs 6 --temporal diff --out "$OUT/motion.safetensors"
+"$AF" train --task digits --data digits --method adaptformer --bottleneck 64 --scale 0.1 --epochs 15 --batch-size 64 --out "$OUT/digits.safetensors"
+"$AF" train --task emoji --data emoji --method adaptformer --bottleneck 64 --scale 0.1 --epochs 15 --batch-size 64 --out "$OUT/emoji.safetensors"
+"$AF" train --task motion --data motion --frames 8 --method adaptformer --bottleneck 64 --scale 0.1 --epochs 6 --batch-size 64 --temporal diff --out "$OUT/motion.safetensors"
 .venv/bin/python -m adaptformer.embedded --export-fashion-head "$OUT/fashion.safetensors"

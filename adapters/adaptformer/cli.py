@@ -112,7 +112,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from adaptformer.config import AdapterConfig
-    from adaptformer.train import TrainConfig
+    from adaptformer.train import SMALL_DATA, SMALL_DATA_PER_CLASS, TrainConfig
 
     parser = argparse.ArgumentParser(prog="adaptformer", description="AdaptFormer: train, evaluate, inspect, serve.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,10 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the built-in source's)",
     )
     # The config fields' flags are generated: a field added to AdapterConfig or TrainConfig is a flag at once.
-    adapter = t.add_argument_group("adaptformer")
+    defaults = ", ".join(f"--{flag.replace('_', '-')} {SMALL_DATA[key]}" for flag, key in _SMALL_DATA_FLAGS.items())
+    small = (
+        f"On a training set of at most {SMALL_DATA_PER_CLASS} examples per class the small-data recipe's defaults "
+        f"apply ({defaults}); a flag given keeps its value."
+    )
+    adapter = t.add_argument_group("adaptformer", description=small)
     for name in _config_fields(AdapterConfig):
         _add_field(adapter, AdapterConfig, name)
-    vpt, g = t.add_argument_group("vpt"), t.add_argument_group("recipe")
+    vpt, g = t.add_argument_group("vpt"), t.add_argument_group("recipe", description=small)
     for name in _config_fields(TrainConfig):
         if name not in ("method", "device"):  # beside --task, and with --backbone (eval has it too)
             _add_field(vpt if name in ("prompt_tokens", "vpt_deep") else g, TrainConfig, name)
@@ -155,11 +160,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# train flags whose defaults the small-data recipe changes -> its keys (adaptformer.train.SMALL_DATA)
+_SMALL_DATA_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "bottleneck": "adapter.bottleneck",
+                     "scale": "adapter.scale"}  # fmt: skip
+
+
+def _given(argv: list[str]) -> set[str]:
+    """The small-data recipe's keys whose ``train`` flags the command line gives (a default is not a choice)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    for action in sub._actions:
+        action.default = argparse.SUPPRESS
+    given = vars(parser.parse_args(argv))
+    return {key for flag, key in _SMALL_DATA_FLAGS.items() if flag in given}
+
+
 def _train(args: argparse.Namespace) -> None:
     from adaptformer.backbone import load_backbone
     from adaptformer.config import AdapterConfig
     from adaptformer.data import load_data
-    from adaptformer.train import TrainConfig, build_model, fit, save_result
+    from adaptformer.train import (
+        SMALL_DATA_PER_CLASS,
+        TrainConfig,
+        build_model,
+        fit,
+        is_small,
+        save_result,
+        small_data_recipe,
+    )
 
     cfg = _config(TrainConfig, args, adapter=_config(AdapterConfig, args))
     out = args.out or Path("adapters") / f"{args.task}.safetensors"
@@ -168,10 +196,17 @@ def _train(args: argparse.Namespace) -> None:
                        seed=args.data_seed, limit=args.limit, progress=not args.quiet)  # fmt: skip
     if len(splits.labels) < 2:
         raise ValueError(f"{args.data} has one class; a classifier needs at least two")
+    recipe = ""
+    if is_small(len(splits.train.y), len(splits.labels)):
+        cfg = small_data_recipe(cfg, keep=getattr(args, "given", ()))
+        recipe = (
+            f"; at most {SMALL_DATA_PER_CLASS} per class: the small-data recipe (d^={cfg.adapter.bottleneck}, "
+            f"s={cfg.adapter.scale:g}, {cfg.epochs} epochs, batch {cfg.batch_size}; flags given keep their values)"
+        )
     model = build_model(backbone, cfg, len(splits.labels), frames=splits.frames)
     print(
         f"task {args.task}: {args.method} on {backbone.name}, {len(splits.train.y)} train / {len(splits.val.y)} val "
-        f"{splits.modality}s, {len(splits.labels)} classes",
+        f"{splits.modality}s, {len(splits.labels)} classes{recipe}",
         flush=True,
     )
     ckpt = out.with_name(out.name + ".ckpt")
@@ -229,6 +264,8 @@ def main(argv: list[str] | None = None) -> None:
         serve_main(argv[1:])
         return
     args = build_parser().parse_args(argv)
+    if args.command == "train":
+        args.given = _given(argv)
     from adaptformer.errors import AdaptformerError
 
     try:

@@ -14,6 +14,7 @@ from adaptformer.adapter_file import load_adapter
 from adaptformer.cli import main
 from adaptformer.data.sources import BUILTIN_NOTES
 from adaptformer.embedded import build_embedded
+from adaptformer.train import TrainConfig, is_small, small_data_recipe
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +124,23 @@ def test_mismatched_clip_frames(tmp_path: Path, weights: Path) -> None:
             Image.new("RGB", (8, 8), (k * 10, 0, 0)).save(clip / f"{k}.png")
     message = run_error(["train", "--task", "t", "--data", str(root), "--weights", str(weights), "--quiet"])
     assert "frame" in message.lower()
+
+
+def test_a_small_set_gets_the_small_data_recipe_but_flags_given_win(
+    tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """At most 200 training examples per class: d^=16, s=0.5, 20 epochs, batch 16 (the server's job defaults) in
+    place of TrainConfig's 64, 0.1, 10 and 64; a flag on the command line keeps its value, abbreviated or not."""
+    out = tmp_path / "d.safetensors"
+    main(["train", "--task", "d", "--data", "digits", "--limit", "40", "--epochs", "1", "--scal", "0.2",
+          "--weights", str(weights), "--out", str(out), "--quiet"])  # fmt: skip
+    assert "small-data recipe (d^=16, s=0.2, 1 epochs, batch 16" in capsys.readouterr().out
+    recipe = json.loads((tmp_path / "d.metrics.json").read_text())["recipe"]
+    assert (recipe["epochs"], recipe["batch_size"]) == (1, 16)
+    assert (recipe["adapter"]["bottleneck"], recipe["adapter"]["scale"]) == (16, 0.2)
+    assert is_small(200 * 10, 10) and not is_small(200 * 10 + 1, 10)
+    cfg = small_data_recipe(TrainConfig(), keep={"adapter.bottleneck"})
+    assert (cfg.epochs, cfg.batch_size, cfg.adapter.bottleneck, cfg.adapter.scale) == (20, 16, 64, 0.5)
 
 
 def test_unknown_backbone_and_bad_knobs() -> None:

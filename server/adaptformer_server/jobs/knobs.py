@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from adaptformer.config import AdapterConfig
+from adaptformer.train import SMALL_DATA as LIBRARY_SMALL_DATA
 from adaptformer.train import TrainConfig
 
 __all__ = ["LIBRARY_FIELDS", "SMALL_DATA", "TrainKnobs"]
@@ -32,9 +33,12 @@ LIBRARY_FIELDS: dict[str, str] = {
     "batch_size": "batch_size",
     "seed": "seed",
 }
-# Defaults for 20-200 examples per class, where they differ from the library's (measured: docs/API.md, the
-# training jobs' knobs): smaller branches, a larger scale, smaller batches and more epochs.
-SMALL_DATA: dict[str, Any] = {"bottleneck": 16, "scale": 0.5, "epochs": 20, "batch_size": 16}
+# Defaults where they differ from TrainConfig's: the library's small-data recipe (adaptformer.train.SMALL_DATA,
+# which `adaptformer train` also takes for a set of at most 200 examples per class), by knob name. A job's
+# examples are a small set.
+SMALL_DATA: dict[str, Any] = {
+    knob: LIBRARY_SMALL_DATA[path] for knob, path in LIBRARY_FIELDS.items() if path in LIBRARY_SMALL_DATA
+}
 _ADAPTER_FIELDS = {f.name: f for f in dataclasses.fields(AdapterConfig)}
 
 
