@@ -118,6 +118,7 @@ class MultiTaskViT(nn.Module):
         self.vit = vit.eval()
         self.fingerprint = fingerprint or backbone_fingerprint(vit)
         self.spec = BackboneSpec.of(vit, self.fingerprint)  # what a task must match (prepare checks it)
+        self._clip_refusal = clip_support(vit)  # why clip batches are refused (None: they run); once, not per batch
         self._table = TaskTable()
         self._lock = threading.Lock()
         self._video: dict[tuple[int, int], VideoViT] = {}
@@ -192,8 +193,8 @@ class MultiTaskViT(nn.Module):
         """The tokens before the blocks (:meth:`embed`) and what the backbone gives each block besides them (Eva's
         rotary embedding, Beit's relative position bias; nothing for a ViT), built once per forward."""
         if x.ndim == 5:
-            if (why := clip_support(self.vit)) is not None:
-                raise ValueError(why)
+            if self._clip_refusal is not None:
+                raise ValueError(self._clip_refusal)
             return self.video(x.shape[1], tubelet).embed(x, temporal or [(None, None)]), [{}] * len(self.vit.blocks)
         if x.ndim != 4:
             raise ValueError(f"expected images [batch, 3, H, W] or clips [batch, frames, 3, H, W], got {list(x.shape)}")

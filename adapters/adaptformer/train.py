@@ -83,8 +83,8 @@ class TrainConfig:
         amp: Mixed precision (bfloat16 autocast) on GPU.
         tubelet: Frames per space-time token for clip tasks.
         temporal: A clip task's temporal parts: ``auto`` (``diff``; ``none`` for a linear probe, which trains its
-            head only, and on a video-pretrained backbone such as VideoMAE), ``none``, or a ``+``-list of ``diff``, ``time``, ``mix``, ``low``, ``proj`` (see
-            :mod:`adaptformer.temporal`; ``low+proj`` keeps a clip task within a tenth of a percent of the backbone).
+            head only, and on a video-pretrained backbone such as VideoMAE), ``none``, or a ``+``-list of ``diff``,
+            ``time``, ``mix``, ``low``, ``proj`` (see :mod:`adaptformer.temporal`; ``low+proj`` keeps a clip task within a tenth of a percent of the backbone).
             Image tasks have none.
         eval_every: Epochs between validation passes (the last epoch is always validated).
         clip_augment: Label-true augmentation of training clips (temporal jitter of the frame sampling, random
