@@ -41,7 +41,7 @@ import torch
 import adaptformer as af
 from adaptformer.gathered import grouped_mm_works
 from benchmarks.engine_throughput import paired_times, random_task, sync_device
-from benchmarks.machine import cpu_model
+from benchmarks.machine import cpu_model, table
 
 TARGET_ENGINE = 0.95  # at 64 tasks
 TARGET_SERVER = 0.9
@@ -282,15 +282,25 @@ def render(r: dict) -> str:
         "",
         f"`torch._grouped_mm` usable: {r['grouped_mm']}.",
         "",
-        "| dtype | batch | tasks | path | ran | plain img/s | engine img/s | ratio | kernels plain / engine |",
-        "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |",
     ]
-    for row in r["engine"]:
-        lines.append(
-            f"| {row['dtype']} | {row['batch']} | {row['tasks']} | {row['path']} | {row['ran']} | "
-            f"{row['plain_images_per_s']:.1f} | {row['engine_images_per_s']:.1f} | {row['ratio']:.3f} | "
-            f"{row['plain_kernels']} / {row['engine_kernels']} |"
-        )
+    lines += table(
+        ["dtype", "path", "ran", "batch", "tasks", "plain img/s", "engine img/s", "ratio", "kernels plain / engine"],
+        (
+            [
+                row["dtype"],
+                row["path"],
+                row["ran"],
+                row["batch"],
+                row["tasks"],
+                row["plain_images_per_s"],
+                row["engine_images_per_s"],
+                f"{row['ratio']:.3f}",
+                f"{row['plain_kernels']} / {row['engine_kernels']}",
+            ]
+            for row in r["engine"]
+        ),
+        left=3,
+    )
     top = [row for row in r["engine"] if row["tasks"] == max(a["tasks"]) and row["path"] == "auto"]
     if top:
         worst = min(row["ratio"] for row in top)
@@ -304,14 +314,16 @@ def render(r: dict) -> str:
         f"Agreement on one batch of {min(a['batches'])} rows mixing {max(a['tasks'])} tasks: largest difference of "
         "any logit from the slice path in the same dtype, and from the float32 slice path.",
         "",
-        "| dtype | path | vs slices, same dtype | vs float32 | largest float32 logit |",
-        "| --- | --- | ---: | ---: | ---: |",
     ]
-    lines += [
-        f"| {g['dtype']} | {g['path']} | {g['max_diff_vs_slices_same_dtype']} | {g['max_diff_vs_float32']} | "
-        f"{g['max_abs_logit_float32']} |"
-        for g in r.get("agreement", [])
-    ]
+    lines += table(
+        ["dtype", "path", "vs slices, same dtype", "vs float32", "largest float32 logit"],
+        (
+            [g[k] for k in ("dtype", "path", "max_diff_vs_slices_same_dtype", "max_diff_vs_float32")]
+            + [g["max_abs_logit_float32"]]
+            for g in r.get("agreement", [])
+        ),
+        left=2,
+    )
     lines += ["", "## Server saturation", ""]
     s = r.get("server")
     if isinstance(s, dict):
@@ -321,17 +333,29 @@ def render(r: dict) -> str:
             f"{s['engine_images_per_s']:.1f} img/s. Device decoding: JPEGs decoded by nvJPEG and resized on the GPU "
             "(`--device-decode`, the default on CUDA); off: PIL on the CPU's decode threads. CPU: cores used.",
             "",
-            "| shape | input | device decoding | clients | img/s | mean batch | p50 ms | p99 ms | server CPU | "
-            "generator CPU | errors | server / engine |",
-            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
-        lines += [
-            f"| {lv.get('shape', 'one process')} | {lv['input']} | {lv['device_decode']} | {lv['concurrency']} | "
-            f"{lv['rps']:.1f} | {lv['mean_batch']} | "
-            f"{lv['p50_ms']:.1f} | {lv['p99_ms']:.1f} | {lv['server_cpu']:.2f} | {lv['generator_cpu']:.2f} | "
-            f"{lv['errors']} | {lv['ratio']:.3f} |"
-            for lv in s["levels"]
-        ]
+        columns = ["shape", "input", "device decoding", "clients", "img/s", "mean batch", "p50 ms", "p99 ms"]
+        lines += table(
+            [*columns, "server CPU", "generator CPU", "errors", "server / engine"],
+            (
+                [
+                    lv.get("shape", "one process"),
+                    lv["input"],
+                    lv["device_decode"],
+                    lv["concurrency"],
+                    lv["rps"],
+                    lv["mean_batch"],
+                    lv["p50_ms"],
+                    lv["p99_ms"],
+                    f"{lv['server_cpu']:.2f}",
+                    f"{lv['generator_cpu']:.2f}",
+                    lv["errors"],
+                    f"{lv['ratio']:.3f}",
+                ]
+                for lv in s["levels"]
+            ),
+            left=3,
+        )
         c = s["generator_ceiling"]
         lines.append(
             f"\nThe generator's ceiling (GET /healthz, {c['concurrency']} clients): {c['rps']:.0f} req/s, generator "

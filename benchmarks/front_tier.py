@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from benchmarks.machine import finish, header, report_head
+from benchmarks.machine import finish, header, report_head, table
 from benchmarks.server_load import TASKS, task_store, wrk_load
 from tests.support import ServerProcess, children, cpu_seconds, embedded_backbone, png
 
@@ -208,23 +208,33 @@ def render(r: dict) -> str:
     )
     lines = [
         *report_head("Front tier (device stand-in)", r, setup),
-        "| payload | shape | img/s | p50 ms | p99 ms | fronts CPU-ms/img | server CPU-ms/img | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for kind, k in r["kinds"].items():
-        for shape, m in k["median"].items():
-            lines.append(
-                f"| {NAMES.get(kind, kind)} ({k['payload_bytes']} B) | {shape} | {m['rps']:.0f} | {m['p50_ms']:.1f} | "
-                f"{m['p99_ms']:.1f} | {m['cpu_ms_per_image_fronts']:.3f} | {m['cpu_ms_per_image_server']:.3f} | "
-                f"{m['errors']} |"
-            )
-    lines += [
-        "",
-        "| payload | 2 fronts / 1 front (img/s) | images/s 14 fronts would feed (16 cores) |",
-        "|---|---:|---:|",
-    ]
-    for kind, k in r["kinds"].items():
-        lines.append(f"| {NAMES.get(kind, kind)} | {k['two_over_one_front']:.2f}x | {k['fed_by_16_cores']:,} |")
+    lines += table(
+        ["payload", "shape", "img/s", "p50 ms", "p99 ms", "fronts CPU-ms/img", "server CPU-ms/img", "errors"],
+        (
+            [
+                f"{NAMES.get(kind, kind)} ({k['payload_bytes']} B)",
+                shape,
+                f"{m['rps']:.0f}",
+                m["p50_ms"],
+                m["p99_ms"],
+                f"{m['cpu_ms_per_image_fronts']:.3f}",
+                f"{m['cpu_ms_per_image_server']:.3f}",
+                m["errors"],
+            ]
+            for kind, k in r["kinds"].items()
+            for shape, m in k["median"].items()
+        ),
+        left=2,
+    )
+    lines.append("")
+    lines += table(
+        ["payload", "2 fronts / 1 front (img/s)", "images/s 14 fronts would feed (16 cores)"],
+        (
+            [NAMES.get(kind, kind), f"{k['two_over_one_front']:.2f}x", f"{k['fed_by_16_cores']:,}"]
+            for kind, k in r["kinds"].items()
+        ),
+    )
     eager, compiled = VIT_B16_A100["eager"], VIT_B16_A100["compiled fp16"]
     lines += [
         "",

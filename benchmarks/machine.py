@@ -8,11 +8,11 @@ import os
 import platform
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_model", "header", "provenance", "write_report"]
+__all__ = ["cpu_model", "finish", "header", "provenance", "report_head", "table", "write_report"]
 
 
 def cpu_model() -> str:
@@ -66,3 +66,21 @@ def provenance(r: dict[str, Any]) -> str:
     start = ", ".join(map(str, r["load_average_at_start"]))
     end = ", ".join(map(str, r["load_average_at_end"]))
     return f"`{r['command']}`, {r['date']}, on {r['machine']} (load average at the start {start}, at the end {end})."
+
+
+def table(columns: Sequence[str], rows: Iterable[Sequence[object]], left: int = 1) -> list[str]:
+    """A Markdown table's lines: the header, then one line per row. The first ``left`` columns (names) align left,
+    the rest (figures) right. A float cell of 1 or more is written with one decimal, a smaller one with three
+    significant digits (a difference of 2e-06 stays one); format a cell yourself to say otherwise."""
+
+    def cell(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.1f}" if v == 0 or abs(v) >= 1 else f"{v:.3g}"
+        return str(v)
+
+    rule = ["---"] * min(left, len(columns)) + ["---:"] * max(0, len(columns) - left)
+    return [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join(rule) + "|",
+        *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows),
+    ]

@@ -20,13 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
-import os
-import platform
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +32,7 @@ import torch
 from adaptformer.embedded import load_embedded
 from adaptformer_server import create_app
 from adaptformer_server.settings import Settings
+from benchmarks.machine import finish, header, report_head, table
 from tests.support import adapter_bytes, png
 
 
@@ -116,27 +112,34 @@ async def measure(counts: list[int], reps: int, max_wait_ms: float, threads: int
 
 
 def markdown(result: dict) -> str:
-    env = result["environment"]
-    lines = [
-        "# Multi-task predict: one request for N tasks vs N single-task requests",
-        "",
-        f"Measured {result['date']} with `{result['command']}` on {env['machine']} "
-        f"({env['cpus']} CPUs, torch {env['torch']}, {env['threads']} inference thread(s), "
-        f"max_wait_ms {result['max_wait_ms']}); medians over {result['reps']} interleaved repetitions. "
-        "Embedded backbone (28x28, 6 blocks, width 128), AdaptFormer adapters with bottleneck 16, one 28x28 PNG, "
-        "in-process over ASGI (no network).",
-        "",
-        "| tasks | one multi-task request | N sequential requests | N concurrent requests | "
-        "speed-up vs sequential | vs concurrent | forward passes (multi / seq / conc) |",
-        "|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in result["rows"]:
-        f = r["forward_passes"]
-        lines.append(
-            f"| {r['tasks']} | {r['multi_ms']:.1f} ms | {r['sequential_ms']:.1f} ms | {r['concurrent_ms']:.1f} ms | "
-            f"{r['speedup_vs_sequential']:.2f}x | {r['speedup_vs_concurrent']:.2f}x | "
-            f"{f['multi']:g} / {f['sequential']:g} / {f['concurrent']:g} |"
-        )
+    setup = (
+        f" {result['threads']} inference thread(s), max_wait_ms {result['max_wait_ms']}; medians over "
+        f"{result['reps']} interleaved repetitions. Embedded backbone (28x28, 6 blocks, width 128), AdaptFormer "
+        "adapters with bottleneck 16, one 28x28 PNG, in-process over ASGI (no network)."
+    )
+    lines = report_head("Multi-task predict: one request for N tasks vs N single-task requests", result, setup)
+    lines += table(
+        [
+            "tasks",
+            "one multi-task request",
+            "N sequential requests",
+            "N concurrent requests",
+            "speed-up vs sequential",
+            "vs concurrent",
+            "forward passes (multi / seq / conc)",
+        ],
+        (
+            [
+                r["tasks"],
+                *(f"{r[k]:.1f} ms" for k in ("multi_ms", "sequential_ms", "concurrent_ms")),
+                f"{r['speedup_vs_sequential']:.2f}x",
+                f"{r['speedup_vs_concurrent']:.2f}x",
+                " / ".join(f"{r['forward_passes'][k]:g}" for k in ("multi", "sequential", "concurrent")),
+            ]
+            for r in result["rows"]
+        ),
+        left=0,
+    )
     lines += [
         "",
         "A multi-task request decodes and preprocesses the image once and runs the N rows in one forward pass "
@@ -161,25 +164,10 @@ def main(argv: list[str] | None = None) -> None:
     counts = [1, 4] if args.quick else [int(c) for c in args.tasks.split(",")]
     reps = 5 if args.quick else args.reps
     torch.manual_seed(0)
-    result = asyncio.run(measure(counts, reps, args.max_wait_ms, args.threads))
-    result.update(
-        date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        command="python -m benchmarks.multitask_predict " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        reps=reps,
-        max_wait_ms=args.max_wait_ms,
-        environment={
-            "machine": platform.machine() + " " + platform.processor(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "threads": args.threads,
-            "python": platform.python_version(),
-        },
-    )
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "multitask_predict.json").write_text(json.dumps(result, indent=2) + "\n")
-        (args.out / "multitask_predict.md").write_text(markdown(result))
-    print(markdown(result))
+    result = header("benchmarks.multitask_predict", argv)
+    result.update(asyncio.run(measure(counts, reps, args.max_wait_ms, args.threads)))
+    result.update(reps=reps, max_wait_ms=args.max_wait_ms, threads=args.threads, torch=torch.__version__)
+    finish(None if args.out is None else args.out / "multitask_predict.md", result, markdown)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.machine import finish, header, report_head
+from benchmarks.machine import finish, header, report_head, table
 from benchmarks.server_load import TASKS, engine_alone, random_backbone, task_store, wrk_load
 from tests.support import ServerProcess, png, wait_ready
 
@@ -162,16 +162,21 @@ def render(r: dict) -> str:
     )
     lines = [
         *report_head("The server, the engine alone and LitServe", r, setup),
-        "| setup | img/s | p50 ms | p99 ms | per round (img/s) |",
-        "|---|---:|---:|---:|---|",
     ]
-    for name, m in r["median"].items():
-        per = ", ".join(f"{row['rps']:.1f}" for row in r["rows"][name])
-        p50 = f"{m['p50_ms']:.0f}" if "p50_ms" in m else "-"
-        p99 = f"{m['p99_ms']:.0f}" if "p99_ms" in m else "-"
-        lines.append(f"| {name} | {m['rps']:.1f} | {p50} | {p99} | {per} |")
-    lines += ["", "| ratio (medians) | value |", "|---|---:|"]
-    lines += [f"| {k} | {v:.3f} |" for k, v in r["ratios"].items()]
+    lines += table(
+        ["setup", "img/s", "p50 ms", "p99 ms", "per round (img/s)"],
+        (
+            [
+                name,
+                m["rps"],
+                *(f"{m[k]:.0f}" if k in m else "-" for k in ("p50_ms", "p99_ms")),
+                ", ".join(f"{row['rps']:.1f}" for row in r["rows"][name]),
+            ]
+            for name, m in r["median"].items()
+        ),
+    )
+    lines.append("")
+    lines += table(["ratio (medians)", "value"], ([k, f"{v:.3f}"] for k, v in r["ratios"].items()))
     return "\n".join(lines)
 
 

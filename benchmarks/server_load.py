@@ -47,7 +47,7 @@ from adaptformer.engine import MultiTaskViT
 from adaptformer_server.backbone import load_backbone, resolve_device
 from adaptformer_server.settings import Settings
 from benchmarks import engine_throughput as bench
-from benchmarks.machine import cpu_model, finish, write_report
+from benchmarks.machine import cpu_model, finish, table, write_report
 from tests.support import ServerProcess, adapter_bytes, embedded_backbone, png
 
 TASKS = 16
@@ -347,13 +347,9 @@ async def page_in(url: str, tasks: list[str], payload: bytes) -> dict:
 
 
 # -- report ----------------------------------------------------------------------------------------------------
-def table(rows: list[dict], columns: list[str]) -> str:
-    def fmt(v: object) -> str:
-        return f"{v:.1f}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+def records(rows: list[dict], columns: list[str]) -> str:
+    """The ``columns`` of result records as a Markdown table."""
+    return "\n".join(table(columns, ([r[c] for c in columns] for r in rows), left=0))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -554,7 +550,7 @@ def render(r: dict) -> str:
     parts = _head("Server load benchmark", r, setup)
     for mode, data in r["load"].items():
         parts += [f"## Throughput and latency, {mode} (mean batch {data['mean_batch_size']:.1f})", ""]
-        parts += [table(data["rows"], ["concurrency", "rps", "p50_ms", "p99_ms", "requests", "errors"]), ""]
+        parts += [records(data["rows"], ["concurrency", "rps", "p50_ms", "p99_ms", "requests", "errors"]), ""]
     best = max(row["rps"] for row in r["load"]["batching on"]["rows"])
     e = r["engine"]
     parts += [
@@ -570,7 +566,7 @@ def render(r: dict) -> str:
         "",
         "## Upload to servable",
         "",
-        table(r["upload"], ["upload_ms", "servable_ms"]),
+        records(r["upload"], ["upload_ms", "servable_ms"]),
         "",
         f"## Page-in ({r['page_in']['registered']} registered adapters, {r['page_in']['slots']} slots)",
         "",

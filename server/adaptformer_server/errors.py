@@ -27,6 +27,7 @@ from adaptformer_server.repository.names import TASK_PATTERN
 __all__ = [
     "CLIENT_CLOSED",
     "ApiError",
+    "Conflict",
     "Forbidden",
     "IncompatibleAdapter",
     "InvalidAdapter",
@@ -86,23 +87,40 @@ class ApiError(Exception):
 
 
 class InvalidInput(ApiError):
+    """A request the server cannot read: an undecodable image, the wrong modality or frame count, bad query values."""
+
     status, code = 400, "invalid_input"
 
 
 class Unauthorized(ApiError):
+    """No API key where the route needs one."""
+
     status, code = 401, "unauthorized"
     fixed_headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": "Bearer"}
 
 
 class Forbidden(ApiError):
+    """A wrong key, a predict key on an admin route, or adapter management switched off."""
+
     status, code = 403, "forbidden"
 
 
 class NotFound(ApiError):
+    """No such task, version, job or route."""
+
     status, code = 404, "not_found"
 
 
+class Conflict(ApiError):
+    """A change that does not fit the current state: a job that can no longer be cancelled, a split with no version
+    to promote or abort."""
+
+    status, code = 409, "conflict"
+
+
 class IncompatibleAdapter(ApiError):
+    """An adapter that does not fit the served backbone; ``check`` names the check it failed."""
+
     status, code = 409, "incompatible_adapter"
 
 
@@ -114,18 +132,26 @@ class RequestTimeout(ApiError):
 
 
 class PayloadTooLarge(ApiError):
+    """A body, image, frame count, part count or upload over the server's limits."""
+
     status, code = 413, "payload_too_large"
 
 
 class UnsupportedMediaType(ApiError):
+    """A Content-Type the route does not take."""
+
     status, code = 415, "unsupported_media_type"
 
 
 class InvalidAdapter(ApiError):
+    """Not an adapter file: not safetensors, bad or missing metadata, non-finite weights."""
+
     status, code = 422, "invalid_adapter"
 
 
 class ValidationFailed(ApiError):
+    """A request document (JSON body or query) that fails its schema."""
+
     status, code = 422, "validation_error"
 
 
@@ -141,10 +167,14 @@ class _RetryLater(ApiError):
 
 
 class Overloaded(_RetryLater):
+    """The queue is full: try again in a second."""
+
     code = "overloaded"
 
 
 class NotReady(_RetryLater):
+    """The server is still loading its backbone or adapters."""
+
     code, retry_after = "not_ready", 5
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import pytest
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -155,6 +156,18 @@ def multipart_many(n: int, file_parts: bool) -> Req:
 
 
 Build = Callable[[Kit], Req]
+Case = tuple[str, Build, int, str | None]
+"""One hostile case: its id, the request it builds, its documented status and error code (None: not an error)."""
+
+
+def cases(table: list[Case]) -> pytest.MarkDecorator:
+    """Parametrizes a test over ``table`` as ``(build, status, code)``, each case named by its id (ids unique)."""
+    ids = [c[0] for c in table]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    assert not repeated, f"hostile case ids used twice: {repeated}"
+    return pytest.mark.parametrize(("build", "status", "code"), [c[1:] for c in table], ids=ids)
+
+
 T00 = "t00"
 
 

@@ -1,4 +1,5 @@
-"""Fixtures of the server tests: a tiny backbone, a store with three tasks, settings."""
+"""Fixtures of the server tests: a tiny backbone, a store with three tasks, settings (the empty `store` is
+tests/conftest.py's)."""
 
 from __future__ import annotations
 
@@ -23,13 +24,6 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def vit() -> VisionTransformer:
     return tiny_vit()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Path:
-    path = tmp_path / "store"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture

@@ -27,13 +27,6 @@ def remote(monkeypatch: pytest.MonkeyPatch) -> Iterator[Remote]:
     r.close()
 
 
-@pytest.fixture
-def allowed(tmp_path: Path) -> Path:
-    path = tmp_path / "allowed"
-    path.mkdir()
-    return path
-
-
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -2,14 +2,13 @@
 
 from adaptformer_server.jobs.examples import ExamplesSummary, check_examples, unpack_fields, unpack_zip
 from adaptformer_server.jobs.knobs import TrainKnobs
-from adaptformer_server.jobs.manager import JobConflict, JobManager, QueueFull, register_adapter
+from adaptformer_server.jobs.manager import JobManager, QueueFull, register_adapter
 from adaptformer_server.jobs.record import TERMINAL, TRANSITIONS, JobRecord
 
 __all__ = [
     "TERMINAL",
     "TRANSITIONS",
     "ExamplesSummary",
-    "JobConflict",
     "JobManager",
     "JobRecord",
     "QueueFull",

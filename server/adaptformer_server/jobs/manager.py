@@ -32,7 +32,7 @@ from torch import nn
 
 from adaptformer.atomic import atomic_write
 from adaptformer.embedded import EMBEDDED_NAME
-from adaptformer_server.errors import ApiError, NotFound
+from adaptformer_server.errors import ApiError, Conflict, NotFound
 from adaptformer_server.jobs.examples import ExamplesSummary
 from adaptformer_server.jobs.knobs import TrainKnobs
 from adaptformer_server.jobs.record import TERMINAL, TRANSITIONS, JobRecord, JobStatus
@@ -42,7 +42,7 @@ from adaptformer_server.runtime import Runtime
 from adaptformer_server.services.adapters import Replacement
 from adaptformer_server.settings import Settings
 
-__all__ = ["JobConflict", "JobManager", "QueueFull", "register_adapter"]
+__all__ = ["JobManager", "QueueFull", "register_adapter"]
 
 log = logging.getLogger("adaptformer_server.jobs")
 
@@ -66,10 +66,6 @@ class QueueFull(ApiError):
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after)})
-
-
-class JobConflict(ApiError):
-    status, code = 409, "conflict"
 
 
 def default_train_threads() -> int:
@@ -320,13 +316,13 @@ class JobManager:
 
         Raises:
             NotFound: no such job.
-            JobConflict: the job can no longer be cancelled (registering, or it has ended otherwise).
+            Conflict: the job can no longer be cancelled (registering, or it has ended otherwise).
         """
         job = self.get(job_id)
         if job.status == "cancelled":
             return job
         if "cancelled" not in TRANSITIONS[job.status]:
-            raise JobConflict(f"job {job_id} {_NOT_CANCELLABLE[job.status]}; it can no longer be cancelled")
+            raise Conflict(f"job {job_id} {_NOT_CANCELLABLE[job.status]}; it can no longer be cancelled")
         self.move(job, "cancelled")
         if job.process is not None:
             await self._terminate(job.process)

@@ -25,7 +25,7 @@ from adaptformer.engine import MultiTaskViT
 from adaptformer.errors import AdapterFormatError, IncompatibleAdapterError
 from adaptformer.task import TaskAdapter
 from adaptformer_server.backbone import BackboneInfo
-from adaptformer_server.errors import ApiError, IncompatibleAdapter, InvalidAdapter, InvalidInput, NotFound, NotReady
+from adaptformer_server.errors import Conflict, IncompatibleAdapter, InvalidAdapter, InvalidInput, NotFound, NotReady
 from adaptformer_server.metrics import Metrics
 from adaptformer_server.repository.layout import AdapterStore
 from adaptformer_server.repository.names import (
@@ -44,7 +44,7 @@ from adaptformer_server.repository.split import Split, SplitStore, check_split, 
 from adaptformer_server.repository.watcher import StoreWatcher
 from adaptformer_server.settings import Settings
 
-__all__ = ["AdapterManager", "Replacement", "SplitConflict", "split_pin"]
+__all__ = ["AdapterManager", "Replacement", "split_pin"]
 
 log = logging.getLogger("adaptformer_server")
 
@@ -55,12 +55,6 @@ class Replacement:
 
     entry: AdapterEntry
     previous: AdapterEntry | None
-
-
-class SplitConflict(ApiError):
-    """A split change that does not fit the split there is (none to promote or abort, a version not in it)."""
-
-    status, code = 409, "conflict"
 
 
 class AdapterManager:
@@ -536,7 +530,7 @@ class AdapterManager:
             self.entry(task)
             split = self._split_or_conflict(task)
             if version not in split.versions:
-                raise SplitConflict(
+                raise Conflict(
                     f"version {version!r} is not in the split of task {task!r} ({', '.join(split.versions)})"
                 )
             result = await self._make_current_locked(task, version)
@@ -556,7 +550,7 @@ class AdapterManager:
     def _split_or_conflict(self, task: str) -> Split:
         split = self.splits.get(task)
         if split is None:
-            raise SplitConflict(f"task {task!r} has no traffic split; PUT /adapters/{task}/split sets one")
+            raise Conflict(f"task {task!r} has no traffic split; PUT /adapters/{task}/split sets one")
         return split
 
     async def _clear_split_locked(self, task: str) -> None:

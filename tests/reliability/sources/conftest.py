@@ -102,13 +102,6 @@ def data(vit: VisionTransformer) -> bytes:
 
 
 @pytest.fixture
-def allowed(tmp_path: Path) -> Path:
-    path = tmp_path / "allowed"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def app(vit: VisionTransformer, tmp_path: Path, allowed: Path) -> Callable[..., object]:
     def make(**overrides: object) -> object:
         values: dict = {
