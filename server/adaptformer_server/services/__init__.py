@@ -1,7 +1,7 @@
 """The service layer: what routes call. The adapter manager owns the adapters (store, registry, bank, watcher);
 the inference service admits, decodes and runs requests. The runtime builds both and runs their life cycle."""
 
-from adaptformer_server.services.adapters import AdapterManager, Replacement, split_pin
+from adaptformer_server.services.adapters import AdapterManager, Replacement
 from adaptformer_server.services.inference import (
     ALL_IMAGE_TASKS,
     Admission,
@@ -20,5 +20,4 @@ __all__ = [
     "Payload",
     "Replacement",
     "check_task_name",
-    "split_pin",
 ]

@@ -27,15 +27,8 @@ from adaptformer.task import TaskAdapter
 from adaptformer_server.backbone import BackboneInfo
 from adaptformer_server.errors import Conflict, IncompatibleAdapter, InvalidAdapter, InvalidInput, NotFound, NotReady
 from adaptformer_server.metrics import Metrics
+from adaptformer_server.repository import names
 from adaptformer_server.repository.layout import AdapterStore
-from adaptformer_server.repository.names import (
-    SUFFIX,
-    split_pin,
-    task_name_problem,
-    valid_task_name,
-    valid_version,
-    version_of,
-)
 from adaptformer_server.repository.record import AdapterEntry, Stamp
 from adaptformer_server.repository.registry import Registry
 from adaptformer_server.repository.resident import ResidentAdapters, StaleVersion
@@ -44,7 +37,7 @@ from adaptformer_server.repository.split import Split, SplitStore, check_split, 
 from adaptformer_server.repository.watcher import StoreWatcher
 from adaptformer_server.settings import Settings
 
-__all__ = ["AdapterManager", "Replacement", "split_pin"]
+__all__ = ["AdapterManager", "Replacement"]
 
 log = logging.getLogger("adaptformer_server")
 
@@ -245,8 +238,8 @@ class AdapterManager:
 
     def entry(self, task: str) -> AdapterEntry:
         """The current entry of ``task``, or of a kept version for ``task@version``; 404 with a hint when unknown."""
-        task, version = split_pin(task)
-        entry = self.registry.get(task) if valid_task_name(task) else None
+        task, version = names.split_pin(task)
+        entry = self.registry.get(task) if names.valid_task_name(task) else None
         if entry is None:
             raise NotFound(f"unknown task {task!r}; GET /adapters lists the tasks this server has")
         if version is None or version == entry.version:
@@ -258,7 +251,7 @@ class AdapterManager:
         start-up checks a file; the file itself must still be there."""
         assert self.store is not None
         key = f"{task}@{version}"
-        if not valid_version(version) or not self.store.has_version(task, version):
+        if not names.valid_version(version) or not self.store.has_version(task, version):
             self.registry.unpin(key)
             raise NotFound(
                 f"task {task!r} has no version {version!r}; GET /adapters/{task}/versions lists the versions kept"
@@ -268,7 +261,7 @@ class AdapterManager:
             path = self.store.version_path(task, version)
             try:
                 with path.open("rb") as fh:
-                    header = read_header(fh, f"{key}{SUFFIX}")
+                    header = read_header(fh, f"{key}{names.SUFFIX}")
                     stamp = Stamp.of(os.fstat(fh.fileno()))
                 entry = AdapterEntry(task=task, version=version, size_bytes=stamp.size, header=header, stamp=stamp)
                 self._check_stored(entry)
@@ -350,7 +343,7 @@ class AdapterManager:
                 data = self.store.read_version(entry.task, entry.version)
             else:  # the current version: the current file, or the registry is behind the store (sync, retry)
                 data = self.store.read(entry.task)
-                if version_of(data) != entry.version:
+                if names.version_of(data) != entry.version:
                     raise StaleVersion(entry.key)
         except FileNotFoundError:
             raise StaleVersion(entry.key) from None
@@ -399,9 +392,9 @@ class AdapterManager:
         hashed once: ``version`` when the caller knows it) and the adapter, prepared."""
         header = parse_header(data, "uploaded file", size=len(data))
         name = name or header.metadata.task
-        if (problem := task_name_problem(name)) is not None:
+        if (problem := names.task_name_problem(name)) is not None:
             raise InvalidAdapter(f"{problem}; pass a valid name in the `task` form field")
-        entry = AdapterEntry(task=name, version=version or version_of(data), size_bytes=len(data), header=header)
+        entry = AdapterEntry(task=name, version=version or names.version_of(data), size_bytes=len(data), header=header)
         try:
             self._check_stored(entry)
             prepared = self._prepare(task_from_bytes(data, source="uploaded file", header=header))
@@ -415,7 +408,7 @@ class AdapterManager:
     async def upload(self, data: bytes, name: str | None) -> Replacement:
         """Validates, stores (atomically) and registers an adapter; it is resident and servable on return."""
         assert self.store is not None and self.resident_adapters is not None
-        if name is not None and (problem := task_name_problem(name)) is not None:
+        if name is not None and (problem := names.task_name_problem(name)) is not None:
             raise InvalidAdapter(problem)
         entry, prepared = await asyncio.to_thread(self._validate_upload, data, name)
         task, version = entry.task, entry.version
@@ -471,7 +464,7 @@ class AdapterManager:
                     f"GET /adapters/{task}/versions lists the versions kept"
                 )
             version = order[i + 1]
-        elif not valid_version(version) or version not in {v.version for v in listed}:
+        elif not names.valid_version(version) or version not in {v.version for v in listed}:
             raise NotFound(
                 f"task {task!r} has no version {version!r}; GET /adapters/{task}/versions lists the versions kept"
             )
@@ -593,7 +586,7 @@ class AdapterManager:
         store = self.store
         current = self.entry(task)
         want = version or current.version
-        if not valid_version(want):
+        if not names.valid_version(want):
             raise NotFound(f"task {task!r} has no version {want!r}; GET /adapters/{task}/versions lists them")
         try:
             data = await asyncio.to_thread(store.read_version, task, want)

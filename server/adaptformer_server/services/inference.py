@@ -44,9 +44,8 @@ from adaptformer_server.errors import (
 from adaptformer_server.inputs import Decoder, decode_device
 from adaptformer_server.limits import Limits
 from adaptformer_server.metrics import Metrics
-from adaptformer_server.repository.names import valid_task_name, valid_version
+from adaptformer_server.repository.names import split_pin, valid_task_name, valid_version
 from adaptformer_server.repository.record import AdapterEntry
-from adaptformer_server.services.adapters import split_pin
 from adaptformer_server.settings import Settings
 
 __all__ = [

@@ -32,10 +32,10 @@ from adaptformer_server.body_limit import BodyLimit
 from adaptformer_server.errors import InvalidTaskName, NotFound, NotReady, PayloadTooLarge, RequestTimeout, error_body
 from adaptformer_server.metrics import Metrics
 from adaptformer_server.observability import bind_request_id, current_request_id, request_id_from
+from adaptformer_server.repository.names import split_pin
 from adaptformer_server.repository.record import AdapterEntry
 from adaptformer_server.repository.split import Split, current_caller
 from adaptformer_server.services import InferenceService, check_task_name
-from adaptformer_server.services.adapters import split_pin
 from adaptformer_server.settings import Settings
 from adaptformer_server.tier import wire
 from adaptformer_server.tier.process import become_child
