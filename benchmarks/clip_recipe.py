@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from adaptformer.backbone import load_backbone
 from adaptformer.config import AdapterConfig
 from adaptformer.data import load_data
 from adaptformer.train import TrainConfig, build_model, fit
-from benchmarks.machine import finish, header, report_head
+from benchmarks.machine import finish, header, report_head, table
 
 # name -> the TrainConfig fields it changes. "batch 64, 10 epochs" is TrainConfig()'s own recipe; "small-data" is
 # adaptformer.train.SMALL_DATA (d^=16, s=0.5, 20 epochs, batch 16), what `adaptformer train` and the server's
@@ -38,6 +39,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "batch 16, 10 epochs, low+proj": {"batch_size": 16, "epochs": 10, "temporal": "low+proj"},
     "small-data": SMALL,
     "small-data, low+proj": {**SMALL, "temporal": "low+proj"},
+    "small-data, diff": {**SMALL, "temporal": "diff"},
+    "small-data, low": {**SMALL, "temporal": "low"},
 }
 SOURCES = ["zoom-rotate", "motion"]
 CHANCE = {"zoom-rotate": 0.25, "motion": 0.125}
@@ -59,11 +62,18 @@ def run(source: str, recipe: str, seed: int, train: int) -> dict:
         "bottleneck": cfg.adapter.bottleneck,
         "scale": cfg.adapter.scale,
         "temporal": str(cfg.temporal_config(backbone.model)),
+        "low_rank": _low_rank(model),
         "steps": cfg.epochs * math.ceil(len(splits.train.y) / cfg.batch_size),
         "val_top1": round(result.metrics["val_top1"], 4),
         "train_top1": round(result.history[-1]["train_top1"], 4),
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _low_rank(model: torch.nn.Module) -> int | None:
+    """The rank of the clip task's ``low`` kernel (``None`` without one)."""
+    ups = [p for name, p in model.named_parameters() if name.endswith("temporal.low_up")]
+    return int(ups[0].shape[1]) if ups else None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,16 +107,51 @@ def render(r: dict) -> str:
         "`adaptformer.train.SMALL_DATA`, what `adaptformer train` and the server's training jobs use on a set of at "
         "most 200 examples per class, as here."
     )
-    lines = [
-        *report_head("The training recipe of a small clip task", r, setup),
-        "| source | recipe | seed | batch | epochs | steps | d^ | s | temporal | val top-1 | train top-1 | time (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
-    ]
-    for x in r["runs"]:
-        lines.append(
-            f"| {x['source']} | {x['recipe']} | {x['seed']} | {x['batch_size']} | {x['epochs']} | {x['steps']} | "
-            f"{x['bottleneck']} | {x['scale']} | `{x['temporal']}` | {x['val_top1']:.3f} | {x['train_top1']:.3f} | "
-            f"{x['seconds']:.0f} |"
+    lines = report_head("The training recipe of a small clip task", r, setup)
+    lines += table(
+        [
+            "source",
+            "recipe",
+            "seed",
+            "batch",
+            "epochs",
+            "steps",
+            "d^",
+            "s",
+            "temporal",
+            "val top-1",
+            "train top-1",
+            "time (s)",
+        ],
+        (
+            [
+                x["source"],
+                x["recipe"],
+                x["seed"],
+                x["batch_size"],
+                x["epochs"],
+                x["steps"],
+                x["bottleneck"],
+                x["scale"],
+                f"`{x['temporal']}`" + (f" (rank {x['low_rank']})" if x.get("low_rank") else ""),
+                f"{x['val_top1']:.3f}",
+                f"{x['train_top1']:.3f}",
+                f"{x['seconds']:.0f}",
+            ]
+            for x in r["runs"]
+        ),
+        left=2,
+    )
+    seeds = sorted({x["seed"] for x in r["runs"]})
+    if len(seeds) > 1:
+        groups: dict[tuple[str, str], list[float]] = {}
+        for x in r["runs"]:
+            groups.setdefault((x["source"], x["recipe"]), []).append(x["val_top1"])
+        lines += ["", f"Val top-1 over seeds {', '.join(map(str, seeds))}:", ""]
+        lines += table(
+            ["source", "recipe", "mean", "min", "max"],
+            ([*key, *(f"{f(v):.3f}" for f in (statistics.mean, min, max))] for key, v in groups.items()),
+            left=2,
         )
     return "\n".join(lines)
 

@@ -7,8 +7,9 @@
 
 Writes docs/benchmarks/demo_methods.{json,md}. The same recipe for every method (AdamW, lr 5e-3 with one
 warmup epoch and cosine decay, weight decay 1e-4, batch 64), as in the paper's comparisons. Clip tasks get the
-default temporal part (``TrainConfig(temporal="auto")``: a frame-difference kernel, none for the linear probe);
-``--variants`` compares the temporal parts and tubelet sizes with AdaptFormer branches on the clip tasks.
+default temporal part (``TrainConfig(temporal="auto")``: :data:`adaptformer.train.DEFAULT_TEMPORAL`, none for the
+linear probe); ``--variants`` compares the temporal parts and tubelet sizes with AdaptFormer branches on the clip
+tasks.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
     python -m benchmarks.temporal_parts                    # the table (embedded backbone; minutes on 2 CPU cores)
     python -m benchmarks.temporal_parts --train 240 --epochs 4 --seeds 0
+    python -m benchmarks.temporal_parts --shares-only     # the parameter shares alone, printed (seconds)
 
 Writes docs/benchmarks/temporal_parts.{json,md}. Each variant trains AdaptFormer branches (the library's default
 recipe, ``--epochs`` and ``--batch`` set here) with that temporal part on the built-in ``motion`` and
@@ -30,6 +31,7 @@ from adaptformer.data import load_data
 from adaptformer.temporal import TemporalConfig
 from adaptformer.train import TrainConfig, build_model, fit
 from adaptformer.video import video_vit
+from benchmarks.machine import table
 
 VARIANTS = ["none", "diff", "low", "proj", "low+proj", "low+proj+mix"]
 SOURCES = ["motion", "zoom-rotate"]
@@ -94,7 +96,11 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--variants", nargs="+", default=VARIANTS)
     p.add_argument("--no-augment-row", default="low+proj", help="the variant also run without augmentation")
+    p.add_argument("--shares-only", action="store_true", help="print the parameter shares of the variants; train none")
     args = p.parse_args()
+    if args.shares_only:
+        print("\n".join(share_table(shares(args.variants))))
+        return
     torch.set_num_threads(2)
     runs = []
     for seed in args.seeds:
@@ -119,6 +125,23 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "temporal_parts.json").write_text(json.dumps(report, indent=2) + "\n")
     (OUT / "temporal_parts.md").write_text(render(report))
+
+
+def share_table(r: dict) -> list[str]:
+    """The parameters of each variant as a share of each backbone, and of the d^=64 ViT-B/16 clip task."""
+    names = {"embedded": "embedded", "vit_small_patch16_224": "ViT-S/16", "vit_base_patch16_224": "ViT-B/16"}
+    columns = [f"{label} ({r['backbone_params'][k]:,})" for k, label in names.items()]
+    return table(
+        ["temporal part", *columns, "d^=64 clip task on ViT-B/16"],
+        (
+            [
+                f"`{v}`",
+                *(f"{row[k]['params']:,} ({row[k]['percent']:.3f}%)" for k in names),
+                f"{r['vit_b16_task_d64'][v]:.2f}%",
+            ]
+            for v, row in r["variants"].items()
+        ),
+    )
 
 
 def render(r: dict) -> str:

@@ -301,9 +301,9 @@ def test_cli_trains_and_evaluates_a_clip_task_on_it(hf_folder: Path, tmp_path: P
 
 
 def test_auto_temporal_part_is_none_on_a_video_backbone(backbone: af.Backbone) -> None:
-    """``temporal=auto``: none on VideoMAE (and for a linear probe), ``diff`` on an image ViT inflated over time."""
+    """``temporal=auto``: none on VideoMAE (and for a linear probe), ``low`` on an image ViT inflated over time."""
     assert str(TrainConfig().temporal_config(backbone.model)) == "none"
-    assert str(TrainConfig().temporal_config(load_backbone().model)) == "diff"
+    assert str(TrainConfig().temporal_config(load_backbone().model)) == "low"
     assert str(TrainConfig(method="linear").temporal_config(load_backbone().model)) == "none"
     assert str(TrainConfig(temporal="low+proj").temporal_config(backbone.model)) == "low+proj"
 
