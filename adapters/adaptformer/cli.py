@@ -46,7 +46,8 @@ def _add_field(group: Any, cls: type, name: str) -> None:
     spec = next(f for f in dataclasses.fields(cls) if f.name == name)
     kind = typing.get_type_hints(cls)[name]
     default = spec.default
-    help_text = _field_docs(cls).get(name)
+    doc = _field_docs(cls).get(name)
+    help_text = None if doc is None else doc.replace("%", "%%")  # argparse formats help with %
     flag = "--" + name.replace("_", "-")
     if kind is bool:
         if default:  # on unless turned off
