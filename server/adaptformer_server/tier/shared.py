@@ -27,6 +27,7 @@ __all__ = ["EngineState", "RunDir", "Snapshot", "alive"]
 
 _FORMAT = "<QqQQ"  # epoch, pid, status, generation
 _SIZE = struct.calcsize(_FORMAT)
+_GENERATION = struct.calcsize(_FORMAT[:-1])  # offset of the last field
 LOADING, READY, FAILED = 0, 1, 2
 _PREFIX = "adaptformer-"
 _MIN_FREE = 256 * 1024 * 1024
@@ -66,7 +67,9 @@ class EngineState:
         return Snapshot(*struct.unpack_from(_FORMAT, self._map))
 
     def _write(self, epoch: int, pid: int, status: int, generation: int) -> None:
-        struct.pack_into(_FORMAT, self._map, 0, epoch, pid, status, generation)
+        # One copy of bytes packed beforehand, never struct.pack_into: it zeroes its target before it packs, and a
+        # front reading the block meanwhile would see status 0 (loading) and refuse a request of a ready engine.
+        self._map[:_SIZE] = struct.pack(_FORMAT, epoch, pid, status, generation)
 
     def starting(self, epoch: int, pid: int) -> None:
         """A new engine process: loading, generation 0."""
@@ -77,9 +80,10 @@ class EngineState:
         self._write(now.epoch, now.pid, status, now.generation)
 
     def bump(self) -> None:
-        """The registry changed (the engine's registry calls this)."""
-        now = self.read()
-        self._write(now.epoch, now.pid, now.status, now.generation + 1)
+        """The registry changed (the engine's registry calls this): the generation alone is rewritten, so a front
+        reading meanwhile sees the epoch, pid and status as they are."""
+        generation = self.read().generation + 1
+        self._map[_GENERATION:_SIZE] = struct.pack("<Q", generation)
 
     def close(self) -> None:
         self._map.close()
