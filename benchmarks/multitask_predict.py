@@ -113,7 +113,7 @@ async def measure(counts: list[int], reps: int, max_wait_ms: float, threads: int
 
 def markdown(result: dict) -> str:
     setup = (
-        f" {result['threads']} inference thread(s), max_wait_ms {result['max_wait_ms']}; medians over "
+        f" torch {result['torch']}, {result['threads']} inference thread(s), max_wait_ms {result['max_wait_ms']}; medians over "
         f"{result['reps']} interleaved repetitions. Embedded backbone (28x28, 6 blocks, width 128), AdaptFormer "
         "adapters with bottleneck 16, one 28x28 PNG, in-process over ASGI (no network)."
     )

@@ -36,9 +36,9 @@ __all__ = ["FORMAT3_PARTS", "LOW_RANK", "TEMPORAL_PARTS", "TemporalConfig", "Tem
 TEMPORAL_PARTS = ("diff", "time", "mix", "low", "proj")
 # Parts an adapter file of format 2 cannot hold: a file with one of them is written as format 3.
 FORMAT3_PARTS = ("low", "proj")
-# Rank of a new ``low`` kernel (a loaded one keeps the rank of its tensors). 16: on the small-data recipe it reaches
-# diff's zoom-rotate top-1 within noise where rank 4 trailed by 0.15 (docs/benchmarks/clip_recipe_low_rank*.md);
-# 0.14% of ViT-S/16, 0.30% of the embedded backbone.
+# Rank of a new ``low`` kernel (a loaded one keeps the rank of its tensors). 16: on the small-data recipe it comes
+# within 0.02 (zoom-rotate) and 0.04 (motion) of diff's mean val top-1 over 4 seeds, where rank-4 low+proj trailed
+# by 0.17 and 0.16 over 2 (docs/benchmarks/temporal_parts.md); 0.14% of ViT-S/16, 0.30% of the embedded backbone.
 LOW_RANK = 16
 
 

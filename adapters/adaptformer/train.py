@@ -84,8 +84,8 @@ class TrainConfig:
         tubelet: Frames per space-time token for clip tasks.
         temporal: A clip task's temporal parts: ``auto`` (``low``; ``none`` for a linear probe, which trains its
             head only, and on a video-pretrained backbone such as VideoMAE), ``none``, or a ``+``-list of ``diff``,
-            ``time``, ``mix``, ``low``, ``proj`` (see :mod:`adaptformer.temporal`; ``low+proj`` is within 0.3% of the
-            backbone, ``diff`` 2.7% of ViT-S/16).
+            ``time``, ``mix``, ``low``, ``proj`` (see :mod:`adaptformer.temporal`; ``low`` is within 0.3% of the backbone,
+            ``diff`` 2.7% of ViT-S/16).
             Image tasks have none.
         eval_every: Epochs between validation passes (the last epoch is always validated).
         clip_augment: Label-true augmentation of training clips (temporal jitter of the frame sampling, random

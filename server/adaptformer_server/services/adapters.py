@@ -227,7 +227,7 @@ class AdapterManager:
     def knows(self, task: str) -> bool:
         return self.registry.get(task) is not None
 
-    async def refresh(self, names: Sequence[str]) -> None:
+    async def refresh(self, tasks: Sequence[str]) -> None:
         """Nothing: this registry is the one source (a front process's view refreshes from it here)."""
 
     def page(
