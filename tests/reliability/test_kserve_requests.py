@@ -151,7 +151,10 @@ def test_json_bytes_elements_beyond_the_limits_are_refused_before_parsing(server
     r = _infer(server, content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 413, r.text
     assert "JSON values" in r.json()["error"]
-    assert time.monotonic() - start < 1.5  # sending the 14 MB included (1.3 s on a loaded CI host)
+    # Sending the 14 MB included: 1.3 s on a loaded CI host in one process; through --workers 2 the body also
+    # crosses from the front to the engine process (1.51 and 1.52 s on two loaded CI runs). The refusal before
+    # parsing is what the "JSON values" message above shows; this bound only keeps it from growing.
+    assert time.monotonic() - start < 2.5
 
 
 def test_a_binary_data_size_beyond_the_body_is_a_400(server: Server):
