@@ -2,8 +2,10 @@
 
     python -m benchmarks.clip_recipe --out docs/benchmarks/clip_recipe.md        # tens of minutes on 2 CPU cores
     python -m benchmarks.clip_recipe --train 32 --recipes small-data --sources zoom-rotate   # a smoke run
+    python -m benchmarks.clip_recipe --backbone vit_small_patch16_224 --img-size 112 --threads 1 \
+        --recipes 'small-data, diff' 'small-data, low' --sources motion          # a real-size patch kernel
 
-Each recipe trains a clip task on the embedded backbone (AdaptFormer branches, head and temporal part, the
+Each recipe trains a clip task on the embedded backbone (or a timm ViT with random weights, ``--backbone``; AdaptFormer branches, head and temporal part, the
 library's :class:`adaptformer.train.TrainConfig` with the recipe's fields changed) on the built-in clip sources
 (8 frames, ``--train`` training clips and as many validation clips over other photographs), and reports the
 validation and training top-1 of its last epoch, its optimizer steps and its time. ``batch 64, 10 epochs`` is
@@ -22,9 +24,10 @@ from typing import Any
 
 import torch
 
-from adaptformer.backbone import load_backbone
+from adaptformer.backbone import EMBEDDED, Backbone, load_backbone
 from adaptformer.config import AdapterConfig
 from adaptformer.data import load_data
+from adaptformer.preprocess import spec_from_model
 from adaptformer.train import TrainConfig, build_model, fit
 from benchmarks.machine import finish, header, report_head, table
 
@@ -46,14 +49,30 @@ SOURCES = ["zoom-rotate", "motion"]
 CHANCE = {"zoom-rotate": 0.25, "motion": 0.125}
 
 
-def run(source: str, recipe: str, seed: int, train: int) -> dict:
-    backbone = load_backbone()
+def make_backbone(name: str, img_size: int | None) -> Backbone:
+    """The embedded backbone, or the timm ViT ``name`` with random weights (seed 0) at ``img_size`` pixels."""
+    if name == EMBEDDED:
+        return load_backbone()
+    import timm
+
+    torch.manual_seed(0)
+    sized = {"img_size": img_size} if img_size else {}
+    model = timm.create_model(name, pretrained=False, num_classes=0, **sized).eval()
+    return Backbone(model, name, spec_from_model(model))
+
+
+def run(
+    source: str, recipe: str, seed: int, train: int, backbone_name: str = EMBEDDED, img_size: int | None = None
+) -> dict:
+    backbone = make_backbone(backbone_name, img_size)
     splits = load_data(source, backbone.spec, frames=8, val_fraction=0.5, seed=seed, limit=train, progress=False)
     cfg = TrainConfig(device="cpu", seed=seed, **RECIPES[recipe])
     model = build_model(backbone, cfg, len(splits.labels), frames=splits.frames)
     started = time.perf_counter()
     result = fit(model, splits, cfg, progress=False)
     return {
+        "backbone": backbone.name,
+        "image_size": backbone.spec.size,
         "source": source,
         "recipe": recipe,
         "seed": seed,
@@ -83,24 +102,32 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     p.add_argument("--sources", nargs="+", default=SOURCES, choices=SOURCES)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--backbone", default=EMBEDDED, help="'embedded' or a timm ViT name (random weights, seed 0)")
+    p.add_argument("--img-size", type=int, default=None, help="input size of a timm ViT (default: its own)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--note", default="")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = header("benchmarks.clip_recipe", argv, args.note)
-    results.update(train=args.train, threads=args.threads, runs=[])
+    results.update(train=args.train, threads=args.threads, backbone=args.backbone, img_size=args.img_size, runs=[])
     for seed in args.seeds:
         for source in args.sources:
             for recipe in args.recipes:
-                row = run(source, recipe, seed, args.train)
+                row = run(source, recipe, seed, args.train, args.backbone, args.img_size)
                 results["runs"].append(row)
                 print(row, flush=True)
     finish(args.out, results, render)
 
 
 def render(r: dict) -> str:
+    runs = r["runs"]
+    where = (
+        "Embedded backbone"
+        if r.get("backbone", EMBEDDED) == EMBEDDED
+        else f"`{r['backbone']}` with random weights (seed 0) at {runs[0]['image_size'] if runs else '?'} px"
+    )
     setup = (
-        f" Embedded backbone, {r['train']} training and {r['train']} validation clips of 8 frames per source, "
+        f" {where}, {r['train']} training and {r['train']} validation clips of 8 frames per source, "
         f"{r['threads']} torch threads; what a recipe does not change is `TrainConfig()`'s (lr 5e-3 with a warmup "
         "epoch and cosine decay, AdamW, the label-true clip augmentation). Top-1 of the last epoch; chance: "
         "zoom-rotate 0.25, motion 0.125. `batch 64, 10 epochs` is `TrainConfig()`'s recipe; `small-data` is "
