@@ -56,7 +56,7 @@ def make_backbone(name: str, img_size: int | None) -> Backbone:
     import timm
 
     torch.manual_seed(0)
-    sized = {"img_size": img_size} if img_size else {}
+    sized: dict[str, Any] = {"img_size": img_size} if img_size else {}
     model = timm.create_model(name, pretrained=False, num_classes=0, **sized).eval()
     return Backbone(model, name, spec_from_model(model))
 

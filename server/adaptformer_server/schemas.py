@@ -101,33 +101,33 @@ class InferenceRequest(BaseModel):
 class InputInfo(BaseModel):
     """What a caller sends: pictures are resized to ``size`` x ``size`` RGB, scaled to [0, 1], then normalised."""
 
-    size: int
-    mean: list[float]
-    std: list[float]
-    interpolation: str
+    size: int = Field(description="pixels of each side after resizing (RGB)")
+    mean: list[float] = Field(description="per-channel mean subtracted after scaling to [0, 1]")
+    std: list[float] = Field(description="per-channel standard deviation divided by after the mean")
+    interpolation: str = Field(description="the resize filter, e.g. 'bicubic'")
     frames: int = Field(description="frames per clip (1 for an image task)")
     note: str = Field("", description="what else the task expects, e.g. 'a light digit on a dark background'")
 
 
 class AdapterInfo(BaseModel):
-    task: str
+    task: str = Field(description="the name to predict with (`?task=`)")
     description: str = Field("", description="one line: what the task answers")
-    input: InputInfo
-    version: str
-    method: Literal["adaptformer", "linear"]
-    modality: Literal["image", "clip"]
-    frames: int
-    num_classes: int
-    labels: list[str]
-    params: int
-    percent_of_backbone: float
-    size_bytes: int
-    backbone: str
-    fingerprint: str
-    config: dict[str, Any] | None
-    metrics: dict[str, Any]
-    created: str
-    resident: bool
+    input: InputInfo = Field(description="what to send; empty texts for files that carry none")
+    version: str = Field(description="the current version: first 12 hex digits of the SHA-256 of its file")
+    method: Literal["adaptformer", "linear"] = Field(description="AdaptFormer branches and head, or a linear probe")
+    modality: Literal["image", "clip"] = Field(description="what the task reads: one picture or a clip of frames")
+    frames: int = Field(description="frames per clip (1 for an image task)")
+    num_classes: int = Field(description="the width of the head; as many as `labels`")
+    labels: list[str] = Field(description="class names, in the head's order")
+    params: int = Field(description="parameters the task adds to the backbone (branches, head, temporal part)")
+    percent_of_backbone: float = Field(description="`params` in % of the served backbone's parameters")
+    size_bytes: int = Field(description="the size of the adapter file")
+    backbone: str = Field(description="the backbone the adapter was trained on, by name")
+    fingerprint: str = Field(description="the fingerprint of that backbone's weights; equal to `/readyz`'s")
+    config: dict[str, Any] | None = Field(description="the branch configuration; null for a linear probe")
+    metrics: dict[str, Any] = Field(description="what training recorded in the file, e.g. `val_top1`")
+    created: str = Field(description="when the file was written (ISO 8601, from its metadata)")
+    resident: bool = Field(description="loaded and ready to run now; otherwise the next request pages it in")
 
 
 class AdapterList(BaseModel):

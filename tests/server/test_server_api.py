@@ -140,3 +140,13 @@ async def test_health_ready_docs_metrics(vit, tasks_store, make_settings):
             "adaptformer_http_requests_total",
         ):
             assert name in text, name
+
+
+async def test_openapi_describes_every_field_of_a_task(vit, tasks_store, make_settings):
+    """/docs says what each field of ``GET /adapters/{task}`` means, not only its type."""
+    app = create_app(make_settings(), backbone=vit)
+    async with serving(app) as client:
+        schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    for name in ("AdapterInfo", "InputInfo"):
+        bare = [field for field, spec in schemas[name]["properties"].items() if not spec.get("description")]
+        assert not bare, f"{name} fields without a description in the OpenAPI schema: {bare}"
