@@ -5,8 +5,9 @@
     python -m benchmarks.clip_recipe --backbone vit_small_patch16_224 --img-size 112 --threads 1 \
         --recipes 'small-data, diff' 'small-data, low' --sources motion          # a real-size patch kernel
 
-Each recipe trains a clip task on the embedded backbone (or a timm ViT with random weights, ``--backbone``; AdaptFormer branches, head and temporal part, the
-library's :class:`adaptformer.train.TrainConfig` with the recipe's fields changed) on the built-in clip sources
+Each recipe trains a clip task (AdaptFormer branches, head and temporal part, the library's
+:class:`adaptformer.train.TrainConfig` with the recipe's fields changed) on the embedded backbone, or on a timm ViT
+with random weights (``--backbone``, ``--img-size``), on the built-in clip sources
 (8 frames, ``--train`` training clips and as many validation clips over other photographs), and reports the
 validation and training top-1 of its last epoch, its optimizer steps and its time. ``batch 64, 10 epochs`` is
 ``TrainConfig()``'s recipe; ``small-data`` is what ``adaptformer train`` uses on sets this small
@@ -27,6 +28,7 @@ import torch
 from adaptformer.backbone import EMBEDDED, Backbone, load_backbone
 from adaptformer.config import AdapterConfig
 from adaptformer.data import load_data
+from adaptformer.model import check_supported
 from adaptformer.preprocess import spec_from_model
 from adaptformer.train import TrainConfig, build_model, fit
 from benchmarks.machine import finish, header, report_head, table
@@ -58,6 +60,7 @@ def make_backbone(name: str, img_size: int | None) -> Backbone:
     torch.manual_seed(0)
     sized: dict[str, Any] = {"img_size": img_size} if img_size else {}
     model = timm.create_model(name, pretrained=False, num_classes=0, **sized).eval()
+    check_supported(model)  # as load_backbone does: a family the library cannot adapt is refused with its reason
     return Backbone(model, name, spec_from_model(model))
 
 

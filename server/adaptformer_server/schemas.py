@@ -103,7 +103,7 @@ class InputInfo(BaseModel):
 
     size: int = Field(description="pixels of each side after resizing (RGB)")
     mean: list[float] = Field(description="per-channel mean subtracted after scaling to [0, 1]")
-    std: list[float] = Field(description="per-channel standard deviation divided by after the mean")
+    std: list[float] = Field(description="per-channel standard deviation each channel is divided by, after the mean")
     interpolation: str = Field(description="the resize filter, e.g. 'bicubic'")
     frames: int = Field(description="frames per clip (1 for an image task)")
     note: str = Field("", description="what else the task expects, e.g. 'a light digit on a dark background'")
@@ -112,7 +112,9 @@ class InputInfo(BaseModel):
 class AdapterInfo(BaseModel):
     task: str = Field(description="the name to predict with (`?task=`)")
     description: str = Field("", description="one line: what the task answers")
-    input: InputInfo = Field(description="what to send; empty texts for files that carry none")
+    input: InputInfo = Field(
+        description="what to send: size, normalisation, frames; `note` is empty for files that carry none"
+    )
     version: str = Field(description="the current version: first 12 hex digits of the SHA-256 of its file")
     method: Literal["adaptformer", "linear"] = Field(description="AdaptFormer branches and head, or a linear probe")
     modality: Literal["image", "clip"] = Field(description="what the task reads: one picture or a clip of frames")
@@ -121,7 +123,7 @@ class AdapterInfo(BaseModel):
     labels: list[str] = Field(description="class names, in the head's order")
     params: int = Field(description="parameters the task adds to the backbone (branches, head, temporal part)")
     percent_of_backbone: float = Field(description="`params` in % of the served backbone's parameters")
-    size_bytes: int = Field(description="the size of the adapter file")
+    size_bytes: int = Field(description="bytes of the adapter file")
     backbone: str = Field(description="the backbone the adapter was trained on, by name")
     fingerprint: str = Field(description="the fingerprint of that backbone's weights; equal to `/readyz`'s")
     config: dict[str, Any] | None = Field(description="the branch configuration; null for a linear probe")
